@@ -1,0 +1,108 @@
+"""The traffic plan: the one object that says where a stack's requests go.
+
+The operator writes one plan per stack (a ConfigMap labelled
+``inferstack.dev/traffic-plan``, key ``plan.json``) and the router watches it.
+A switch of traffic, bundle and cache namespace is therefore one write of one
+object, which is what makes a rollback atomic.
+
+This module is pure: the plan's schema and the deterministic user assignment
+that every router replica computes identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+PLAN_LABEL = "inferstack.dev/traffic-plan"
+PLAN_KEY = "plan.json"
+BUCKETS = 10_000  # weight resolution: 0.01 %
+
+Role = Literal["stable", "candidate", "shadow"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ResponseCachePlan(_Model):
+    enabled: bool = False
+    ttl_seconds: float = 300.0
+    max_entries: int = 10_000
+
+
+class RevisionBundle(_Model):
+    """Everything the router applies to a request served by one revision."""
+
+    revision: str = Field(..., min_length=1)
+    url: str = Field(..., pattern=r"^https?://", description="Base URL of the revision's OpenAI server, without /v1.")
+    served_model: str = Field(..., min_length=1, description="The model name the backend expects.")
+    cache_namespace: str = Field(..., min_length=1)
+    prompt_version: str = ""
+    prompt_hash: str = ""
+    system_prompt: str | None = None
+    tools: list[dict] = Field(default_factory=list)
+    api_key: str | None = Field(None, description="Bearer token for an external endpoint (router reads it from a Secret).")
+
+
+class Stickiness(_Model):
+    header: str = "x-user-id"
+    fallback_to_api_key: bool = True
+
+
+class TrafficPlan(_Model):
+    """Weights are percents of users; shadow is a percent of requests."""
+
+    stack: str
+    namespace: str
+    serial: int = Field(0, ge=0, description="Increases with every write; routers ignore older plans.")
+    stable: RevisionBundle
+    candidate: RevisionBundle | None = None
+    candidate_weight: int = Field(0, ge=0, le=100)
+    shadow_percent: int = Field(0, ge=0, le=100)
+    stickiness: Stickiness = Field(default_factory=Stickiness)
+    tenant_header: str = "x-tenant-id"
+    response_cache: ResponseCachePlan = Field(default_factory=ResponseCachePlan)
+
+    @model_validator(mode="after")
+    def _candidate_needed(self) -> TrafficPlan:
+        if (self.candidate_weight or self.shadow_percent) and self.candidate is None:
+            raise ValueError("candidateWeight or shadowPercent > 0 needs a candidate revision")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.stack}"
+
+
+def bucket(salt: str, identity: str) -> int:
+    """A stable bucket in [0, BUCKETS) for an identity.
+
+    sha256 rather than Python's hash(): it must agree across processes and
+    replicas, and Python salts str hashes per process.
+    """
+    digest = hashlib.sha256(f"{salt}\x00{identity}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def in_candidate(plan: TrafficPlan, identity: str) -> bool:
+    """Whether a user is served by the candidate.
+
+    The salt is the candidate revision, so within one rollout the set of
+    canary users only grows as the weight goes 1 -> 5 -> 25 -> 100 (bucket <
+    threshold is monotonic in the threshold), while the next rollout picks
+    different users.
+    """
+    if plan.candidate is None or plan.candidate_weight <= 0:
+        return False
+    return bucket(plan.candidate.revision, identity) < plan.candidate_weight * (BUCKETS // 100)
+
+
+def shadowed(plan: TrafficPlan, request_id: str) -> bool:
+    """Whether a request is mirrored; per request, so every user contributes samples."""
+    if plan.candidate is None or plan.shadow_percent <= 0:
+        return False
+    return bucket("shadow:" + plan.candidate.revision, request_id) < plan.shadow_percent * (BUCKETS // 100)
