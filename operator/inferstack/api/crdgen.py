@@ -6,8 +6,8 @@
 pydantic emits JSON Schema 2020-12; the API server wants a *structural*
 OpenAPI v3.0 schema. The translation below is deliberately small: inline
 ``$ref``s, turn ``Optional[X]`` into an optional ``X``, map free-form objects
-to ``x-kubernetes-preserve-unknown-fields`` and write defaults the way the API
-server applies them (objects default to ``{}`` so nested defaults apply).
+to ``x-kubernetes-preserve-unknown-fields`` and write the defaults that
+``default_factory`` makes, which pydantic leaves out.
 """
 
 from __future__ import annotations
@@ -90,8 +90,6 @@ def _structural(node: Any) -> Any:
         value_schema = node.get("additionalProperties")
         if isinstance(value_schema, dict):
             out["additionalProperties"] = _structural(value_schema)
-    if out.get("type") == "object" and "properties" in out and isinstance(out.get("default"), dict):
-        out["default"] = {}
     return out
 
 
@@ -105,7 +103,9 @@ def _fill_factory_defaults(model: type[BaseModel], schema: dict[str, Any], defs:
         if field.default_factory is not None and "default" not in prop:
             value = field.default_factory()  # type: ignore[call-arg]
             if isinstance(value, BaseModel):
-                prop["default"] = {}
+                # The full object, not {}: the API server validates a default
+                # against CEL rules without applying nested defaults first.
+                prop["default"] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
             elif isinstance(value, list):
                 prop["default"] = [v.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(v, BaseModel) else v for v in value]
             else:
@@ -167,6 +167,13 @@ def build_crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A model, prompt, retriever, tools and cache namespace deployed as one unit.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    # Revision objects are named <stack>-<10 hex>, and Service names are DNS labels (63).
+                                    "rule": "self.metadata.name.size() <= 52",
+                                    "message": "metadata.name must be at most 52 characters: the operator appends -<revision> to name each revision's Service",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -1,0 +1,124 @@
+"""Thin Kubernetes I/O for the operator: the only module that calls the API.
+
+Every call is idempotent: create tolerates "already exists", delete tolerates
+"not found". The official client is synchronous, so calls run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from inferstack import GROUP, PLURAL, VERSION
+from inferstack.core import objects
+from inferstack.core.traffic import PLAN_KEY
+
+log = logging.getLogger(__name__)
+
+
+def load_config(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, context=context)
+    return client.ApiClient()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    async def _call(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def read_configmap_key(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            cm = await self._call(self.core.read_namespaced_config_map, name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return (cm.data or {}).get(key)
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """Create if missing; True when this call created it."""
+        ns = manifest["metadata"]["namespace"]
+        kind = manifest["kind"]
+        fn = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Service": self.core.create_namespaced_service,
+            "Deployment": self.apps.create_namespaced_deployment,
+            "ControllerRevision": self.apps.create_namespaced_controller_revision,
+        }[kind]
+        try:
+            await self._call(fn, ns, manifest)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        body = {"spec": {"replicas": replicas}}
+        try:
+            await self._call(self.apps.patch_namespaced_deployment_scale, name, namespace, body)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def delete_revision(self, namespace: str, stack: str, revision: str) -> None:
+        """All four objects of one revision; background propagation deletes its pods."""
+        name = objects.revision_name(stack, revision)
+        calls = [
+            (self.apps.delete_namespaced_deployment, name),
+            (self.core.delete_namespaced_service, name),
+            (self.core.delete_namespaced_config_map, objects.bundle_name(stack, revision)),
+            # last: while it exists, the revision counts as present and is retried
+            (self.apps.delete_namespaced_controller_revision, name),
+        ]
+        for fn, obj in calls:
+            try:
+                await self._call(fn, obj, namespace, propagation_policy="Background")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    async def write_plan(self, manifest: dict[str, Any]) -> None:
+        """One write: replace the plan's data (create on first use)."""
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            await self._call(self.core.patch_namespaced_config_map, name, ns, {"data": manifest["data"]})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            await self._call(self.core.create_namespaced_config_map, ns, manifest)
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self._call(
+            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+
+    async def read_controller_revision(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            cr = await self._call(self.apps.read_namespaced_controller_revision, name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return self.api.sanitize_for_serialization(cr)
+
+
+def plan_data(configmap_data: dict[str, str] | None) -> str | None:
+    return (configmap_data or {}).get(PLAN_KEY)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,64 @@
+"""``inferstack-operator``: run the operator (in a cluster or against a kubeconfig)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import kopf
+import yaml
+
+from inferstack import GROUP
+from inferstack.controller import handlers
+from inferstack.controller.kube import Kube, load_config
+from inferstack.core.config import OperatorConfig
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    # Everything kopf persists lives under our own API group.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    # Events are posted for decisions only (kopf.event), not for every log line.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+
+
+@kopf.on.login()
+def login(**kwargs):
+    # Reuse the kubernetes client configuration loaded in main() (kubeconfig
+    # context or in-cluster service account).
+    return kopf.login_via_client(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="inferstack-operator", description=__doc__)
+    parser.add_argument("--kubeconfig", help="path to a kubeconfig (default: in-cluster, then ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context")
+    parser.add_argument("--config", type=Path, help="operator configuration YAML (pools, backend URL template, ...)")
+    parser.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
+    parser.add_argument("--resync-seconds", type=float, help="override resyncSeconds from the configuration")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    config = OperatorConfig.model_validate(yaml.safe_load(args.config.read_text()) or {}) if args.config else OperatorConfig()
+    if args.resync_seconds:
+        config = config.model_copy(update={"resync_seconds": args.resync_seconds})
+    handlers.Runtime.config = config
+    handlers.Runtime.kube = Kube(load_config(args.kubeconfig, args.context))
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or [],
+        # No peering objects: they would be written every few seconds, and
+        # a steady state must write nothing. Run one replica (see the chart).
+        standalone=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Operator configuration: what a platform team sets once for all stacks.
+
+Read from a YAML file (``--config``, the chart mounts it) so pools can be
+changed without rebuilding the operator. Pure data, no I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+GPU_TOLERATION: dict[str, str] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class PoolConfig(_Model):
+    """Where a pool's pods go and how they are ranked when GPUs run short."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    priority_class_name: str | None = None
+
+
+def default_pools() -> dict[str, PoolConfig]:
+    return {"interactive": PoolConfig(), "batch": PoolConfig()}
+
+
+class OperatorConfig(_Model):
+    pools: dict[str, PoolConfig] = Field(default_factory=default_pools)
+    # How the router reaches a revision. Inside a cluster this is the
+    # revision's Service; tests on kwok (no kube-proxy) point it at stand-ins.
+    backend_url_template: str = "http://{service}.{namespace}.svc:8000"
+    shm_size: str = "8Gi"
+    model_port: int = 8000
+    # Model loads take minutes: the startup probe allows this long before
+    # liveness starts counting (also capped by the stack's progressDeadline).
+    startup_probe_period_seconds: int = 10
+    service_account_name: str | None = None
+    # Scan interval for rollouts and readiness, in seconds.
+    resync_seconds: float = 5.0
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_timeout_seconds: float = 5.0
