@@ -1,0 +1,61 @@
+# inferstack developer entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= .run
+ENV := source $(RUN_DIR)/env && export PATH=$$INFERSTACK_BIN:$$PATH
+
+.DEFAULT_GOAL := help
+
+##@ General
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*##/ {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2} /^##@/ {printf "\n\033[1m%s\033[0m\n", substr($$0, 5)}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	python3.11 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Create the virtualenv and install the project with dev tools
+
+##@ Development
+manifests: install ## Generate the CRD in crds/ from the pydantic API types
+	$(PY) -m inferstack.api.crdgen
+
+check-manifests: install ## Fail when crds/ differs from the API types
+	$(PY) -m inferstack.api.crdgen --check
+
+lint: install ## ruff, mypy and the import-layer contract
+	$(VENV)/bin/ruff check operator tests bench e2e
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: install ## Unit tests only (no cluster)
+	$(VENV)/bin/pytest tests/unit -q --timeout=10
+
+##@ Local control plane (no Docker: upstream binaries built from the Go module proxy)
+binaries: ## Build (or reuse the cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok
+	e2e/k8sbin/build.sh
+
+cluster-up: ## Start the control plane, 4 kwok GPU nodes and Prometheus (idempotent)
+	python3 e2e/cluster.py up
+
+cluster-down: ## Stop everything cluster-up started
+	python3 e2e/cluster.py down
+
+##@ Tests
+test: install check-manifests cluster-up ## Everything CI runs: manifests drift, unit and e2e tiers
+	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests --timeout=600 -q
+
+test-e2e: install cluster-up ## e2e tier only, on the local control plane
+	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests/e2e --timeout=600 -q
+
+##@ Demo and benchmarks
+demo: install cluster-up ## Run the demo on the local control plane
+	$(ENV) && $(PY) e2e/demo.py
+
+bench: install cluster-up ## Run the benchmarks in bench/ and print their tables
+	$(ENV) && for b in bench/*.py; do $(PY) $$b; done
+
+.PHONY: help install manifests check-manifests lint unit binaries cluster-up cluster-down test test-e2e demo bench

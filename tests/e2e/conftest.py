@@ -1,0 +1,95 @@
+"""e2e tier: runs against the local test cluster only (make cluster-up).
+
+Refuses any other kube context: these tests create and delete namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXPECTED_CONTEXT = "kwok-inferstack-e2e"
+
+
+def _load_env() -> None:
+    """Pick up .run/env written by `e2e/cluster.py up` when the shell did not source it."""
+    env_file = Path(os.environ.get("INFERSTACK_RUN_DIR", REPO / ".run")) / "env"
+    if not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        if line.startswith("export "):
+            k, _, v = line[len("export ") :].partition("=")
+            os.environ.setdefault(k, v)
+
+
+def _current_context() -> str | None:
+    proc = subprocess.run(["kubectl", "config", "current-context"], capture_output=True, text=True, env=os.environ)
+    return proc.stdout.strip() or None
+
+
+def pytest_collection_modifyitems(config, items):
+    e2e_dir = Path(__file__).parent
+    for item in items:
+        if e2e_dir in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def e2e_cluster() -> None:
+    _load_env()
+    if os.environ.get("INFERSTACK_BIN"):
+        os.environ["PATH"] = f"{os.environ['INFERSTACK_BIN']}:{os.environ['PATH']}"
+    if not os.environ.get("KUBECONFIG"):
+        msg = "no local test cluster: run `make cluster-up` first"
+        if os.environ.get("INFERSTACK_REQUIRE_E2E") == "1":
+            pytest.exit(msg, returncode=3)
+        pytest.skip(msg)
+    context = _current_context()
+    if context != EXPECTED_CONTEXT:
+        pytest.exit(f"refusing to run e2e against kube context {context!r}; only {EXPECTED_CONTEXT!r} (make cluster-up)", returncode=4)
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+def kget(kind: str, name: str | None, namespace: str | None = None) -> Any:
+    args = ["get", kind] + ([name] if name else []) + ["-o", "json"]
+    if namespace:
+        args += ["-n", namespace]
+    proc = kubectl(*args, check=False)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout)
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
+    """Poll fn until it returns something truthy; fail with the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
