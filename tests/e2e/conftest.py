@@ -93,3 +93,76 @@ def namespace() -> Iterator[str]:
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text format -> {(name, labels): value}; enough for our own metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+class Operator:
+    """The real operator as a subprocess, so tests can kill and restart it."""
+
+    def __init__(self, log_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.log_dir = log_dir
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.starts = 0
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.starts += 1
+        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(REPO / ".venv/bin/inferstack-operator"), "--kubeconfig", os.environ["KUBECONFIG"],
+             "--resync-seconds", "1", "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1", *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_until("operator metrics endpoint", self._answers, timeout=30)
+
+    def _answers(self) -> bool:
+        assert self.proc and self.proc.poll() is None, f"operator exited; see {self.log_dir}"
+        try:
+            self.metrics()
+            return True
+        except OSError:
+            return False
+
+    def metrics(self) -> dict:
+        return scrape(f"http://127.0.0.1:{self.port}/metrics")
+
+    def value(self, name: str, **labels: str) -> float:
+        return sum(v for (n, ls), v in self.metrics().items() if n == name and set(labels.items()) <= ls)
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def operator(tmp_path_factory) -> Iterator[Operator]:
+    op = Operator(tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop()

@@ -14,6 +14,7 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.controller import metrics
 from inferstack.controller.kube import Kube
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
@@ -207,15 +209,16 @@ async def stack_daemon(stopped, body, namespace, name, deployment_index, revisio
         while not stopped:
             wake.clear()
             try:
-                await reconcile_once(dict(body), (deployment_index, revision_index, plan_index), emitted)
+                with metrics.RECONCILE_SECONDS.time():
+                    await reconcile_once(dict(body), (deployment_index, revision_index, plan_index), emitted)
                 backoff = 1.0
                 timeout = Runtime.config.resync_seconds
-            except Exception as e:  # noqa: BLE001 - one bad pass must not kill the loop
+            except Exception as e:  # one bad pass must not kill the loop
+                metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
                 logger.exception(f"reconcile failed: {e}")
                 timeout = backoff = min(backoff * 2, 60.0)
-            try:
+            metrics.RECONCILES.labels(namespace, name).inc()
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
     finally:
         Runtime.wakeups.pop(key, None)

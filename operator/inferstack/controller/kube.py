@@ -15,6 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from inferstack import GROUP, PLURAL, VERSION
+from inferstack.controller.metrics import API_WRITES
 from inferstack.core import objects
 from inferstack.core.traffic import PLAN_KEY
 
@@ -59,6 +60,7 @@ class Kube:
             "ControllerRevision": self.apps.create_namespaced_controller_revision,
         }[kind]
         try:
+            API_WRITES.labels(kind, "create").inc()
             await self._call(fn, ns, manifest)
             return True
         except ApiException as e:
@@ -68,6 +70,7 @@ class Kube:
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         body = {"spec": {"replicas": replicas}}
+        API_WRITES.labels("Deployment", "scale").inc()
         try:
             await self._call(self.apps.patch_namespaced_deployment_scale, name, namespace, body)
         except ApiException as e:
@@ -85,6 +88,7 @@ class Kube:
             (self.apps.delete_namespaced_controller_revision, name),
         ]
         for fn, obj in calls:
+            API_WRITES.labels(fn.__name__.removeprefix("delete_namespaced_"), "delete").inc()
             try:
                 await self._call(fn, obj, namespace, propagation_policy="Background")
             except ApiException as e:
@@ -94,6 +98,7 @@ class Kube:
     async def write_plan(self, manifest: dict[str, Any]) -> None:
         """One write: replace the plan's data (create on first use)."""
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        API_WRITES.labels("TrafficPlan", "patch").inc()
         try:
             await self._call(self.core.patch_namespaced_config_map, name, ns, {"data": manifest["data"]})
         except ApiException as e:
@@ -102,6 +107,7 @@ class Kube:
             await self._call(self.core.create_namespaced_config_map, ns, manifest)
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        API_WRITES.labels("InferenceStack", "patch-status").inc()
         await self._call(
             self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import kopf
+import prometheus_client
 import yaml
 
 from inferstack import GROUP
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, help="operator configuration YAML (pools, backend URL template, ...)")
     parser.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
     parser.add_argument("--resync-seconds", type=float, help="override resyncSeconds from the configuration")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus metrics here (0 = off)")
+    parser.add_argument("--metrics-host", default="0.0.0.0")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         config = config.model_copy(update={"resync_seconds": args.resync_seconds})
     handlers.Runtime.config = config
     handlers.Runtime.kube = Kube(load_config(args.kubeconfig, args.context))
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_host)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or [],
