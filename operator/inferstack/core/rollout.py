@@ -1,0 +1,784 @@
+"""The rollout state machine: from what the cluster holds and sees to the next step.
+
+``decide(spec, state, obs, now)`` is a pure function. The handler reads the
+stack's status into a ``RolloutState``, gathers ``Observations`` (the revision
+the spec hashes to, which revisions are Ready, the latest gate analysis, a
+manual command), calls ``decide`` and applies the ``Decision``: write the
+traffic plan if ``rewrite_traffic``, emit ``events``, patch the status with
+``status_patch``. Everything ``decide`` needs to continue is in the status,
+so an operator killed at any instant resumes the same step with the same
+timers, and calling ``decide`` twice with the same inputs decides the same.
+
+Life of a candidate (docs/rollout.md draws it)::
+
+    spec hashes to a new revision
+      -> waiting: candidate pods not Ready; no traffic; progressDeadline runs
+      -> step 0 .. n (shadow / canary / pause / ramp); each step starts when
+         the previous one ends and ends when its duration has passed AND the
+         last analysis taken after its start passed every gate
+      -> promotion when the weight reaches 100 or the steps run out:
+         the candidate becomes stable, the old stable stays warm scaleDownDelay
+    any step -> rollback: a gate failed failureLimit consecutive analyses,
+         the pods missed progressDeadline, or a manual abort
+
+Rules that keep this honest:
+
+* Inconclusive verdicts hold the step: they never promote and never count
+  as failures (gates.py turns them into Fail for ``onInconclusive: Fail``).
+* Gates are required only while the candidate receives traffic (shadow or
+  weight): with no traffic there is nothing to measure.
+* A weight of 100 is a promotion: at 100 % the stable revision serves no one,
+  so comparing with it would stay inconclusive forever.
+* A rolled-back revision is not retried by itself: while the spec hashes to
+  it, the stack stays Degraded until the spec changes or ``retry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+from inferstack.api.v1alpha1 import InferenceStackSpec, Phase, RolloutStep
+from inferstack.core.durations import format_duration, parse_duration
+from inferstack.core.gates import GateVerdict, Verdict
+
+COMMAND_ANNOTATION: Final = "inferstack.dev/command"
+COMMAND_ID_ANNOTATION: Final = "inferstack.dev/command-id"
+NORMAL: Final = "Normal"
+WARNING: Final = "Warning"
+FULL: Final = 100
+
+
+# ------------------------------------------------------------------ commands
+
+
+class Verb(StrEnum):
+    PROMOTE = "promote"  # end the current step now (one ramp increment for a ramp)
+    PROMOTE_FULL = "promote-full"  # make the candidate stable now
+    ABORT = "abort"  # roll the candidate back
+    RETRY = "retry"  # roll out the rolled-back revision again
+    PAUSE = "pause"  # hold the rollout where it is (gates still roll back)
+    RESUME = "resume"
+    UNDO = "undo"  # undo:<revision> makes an earlier revision the candidate
+
+
+@dataclass(frozen=True)
+class Command:
+    """A manual command from annotations; ``key`` is what makes it run once."""
+
+    verb: Verb | None  # None when the annotation is not a command we know
+    argument: str = ""
+    key: str = ""
+    error: str = ""
+
+
+def parse_command(annotations: Mapping[str, str] | None) -> Command | None:
+    """The command in ``inferstack.dev/command`` (+ ``inferstack.dev/command-id``), if any.
+
+    A command runs once per distinct (command, command-id) pair: the operator
+    records the pair in ``status.rollout.lastCommand``. To repeat the same
+    command, change the id (``kubectl istack`` uses a timestamp).
+    """
+    raw = (annotations or {}).get(COMMAND_ANNOTATION, "").strip()
+    if not raw:
+        return None
+    key = f"{raw}#{(annotations or {}).get(COMMAND_ID_ANNOTATION, '').strip()}"
+    name, _, argument = raw.partition(":")
+    try:
+        verb = Verb(name.strip())
+    except ValueError:
+        known = ", ".join(v.value for v in Verb)
+        return Command(None, key=key, error=f"unknown command {raw!r}; known: {known} (undo:<revision>)")
+    argument = argument.strip()
+    if (verb == Verb.UNDO) != bool(argument):
+        return Command(
+            None, key=key, error=f"{raw!r}: undo takes a revision (undo:<revision>), other commands none"
+        )
+    return Command(verb, argument, key)
+
+
+# --------------------------------------------------------------------- state
+
+
+def _iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    # Microseconds are kept so a serialized state resumes with exactly the same timers.
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if t.microsecond else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s else None
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """The rollout's memory, read from and written to ``.status``."""
+
+    stable: str | None = None
+    candidate: str | None = None
+    candidate_since: datetime | None = (
+        None  # when the candidate was chosen: progressDeadline counts from here
+    )
+    step_index: int | None = None  # None while the candidate's pods are not Ready yet
+    step_started_at: datetime | None = None  # also restarts at every ramp increment
+    ramp_weight: int | None = None
+    candidate_weight: int = 0  # the traffic last decided, to rewrite the plan only on change
+    shadow_percent: int = 0
+    failures: Mapping[str, int] = field(default_factory=dict)  # consecutive failing analyses per gate/slice
+    last_analysis_at: datetime | None = None
+    verdicts: tuple[GateVerdict, ...] = ()  # of the last analysis
+    paused: bool = False
+    rolled_back: str | None = None
+    rollback_reason: str = ""
+    scale_down_at: Mapping[str, datetime] = field(default_factory=dict)  # warm old revisions
+    last_command: str | None = None
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None) -> RolloutState:
+        status = status or {}
+        r = status.get("rollout") or {}
+        t = status.get("traffic") or {}
+        return cls(
+            stable=status.get("stableRevision"),
+            candidate=status.get("candidateRevision"),
+            candidate_since=_time(r.get("candidateSince")),
+            step_index=r.get("stepIndex"),
+            step_started_at=_time(r.get("stepStartedAt")),
+            ramp_weight=r.get("rampWeight"),
+            candidate_weight=t.get("candidateWeight", 0),
+            shadow_percent=t.get("shadowPercent", 0),
+            failures=dict(r.get("failures") or {}),
+            last_analysis_at=_time(r.get("lastAnalysisAt")),
+            verdicts=tuple(GateVerdict.from_status(g) for g in status.get("gates") or []),
+            paused=bool(r.get("paused", False)),
+            rolled_back=status.get("rolledBackRevision"),
+            rollback_reason=r.get("rollbackReason", ""),
+            scale_down_at={k: t for k, v in (r.get("scaleDownAt") or {}).items() if (t := _time(v))},
+            last_command=r.get("lastCommand"),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The status fields this state owns (camelCase, as in the CRD)."""
+        return {
+            "stableRevision": self.stable,
+            "candidateRevision": self.candidate,
+            "rolledBackRevision": self.rolled_back,
+            "traffic": {
+                "stableWeight": FULL - self.candidate_weight,
+                "candidateWeight": self.candidate_weight,
+                "shadowPercent": self.shadow_percent,
+            },
+            "gates": [v.to_status() for v in self.verdicts],
+            "rollout": {
+                "stepIndex": self.step_index,
+                "stepStartedAt": _iso(self.step_started_at),
+                "rampWeight": self.ramp_weight,
+                "failures": dict(self.failures),
+                "candidateSince": _iso(self.candidate_since),
+                "lastAnalysisAt": _iso(self.last_analysis_at),
+                "paused": self.paused,
+                "rollbackReason": self.rollback_reason,
+                "scaleDownAt": {k: _iso(v) for k, v in sorted(self.scale_down_at.items())},
+                "lastCommand": self.last_command,
+            },
+        }
+
+
+# -------------------------------------------------------------- observations
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Gate verdicts for ``candidate`` from data up to ``taken_at``."""
+
+    candidate: str
+    taken_at: datetime
+    verdicts: tuple[GateVerdict, ...]
+
+
+@dataclass(frozen=True)
+class Observations:
+    revision: str  # what the spec hashes to now
+    ready: frozenset[str] = frozenset()  # revisions whose pods are all Ready (a hosted model always is)
+    known: frozenset[str] = frozenset()  # revisions whose objects still exist: possible undo targets
+    analysis: Analysis | None = None
+    command: Command | None = None
+
+
+# ------------------------------------------------------------------ decision
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Where requests go; ``candidate`` is None unless it gets some of them."""
+
+    stable: str | None
+    candidate: str | None = None
+    candidate_weight: int = 0
+    shadow_percent: int = 0
+
+    @property
+    def stable_weight(self) -> int:
+        return FULL - self.candidate_weight
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ConditionHint:
+    type: str  # Ready | Reconciling | Stalled
+    status: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """Why a candidate was rolled back; gate fields are set for a gate failure."""
+
+    revision: str
+    cause: str  # GateFailed | ProgressDeadlineExceeded | Aborted
+    message: str
+    gate: str | None = None
+    slice: str | None = None
+    value: float | None = None
+    baseline: float | None = None
+    threshold: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: RolloutState
+    traffic: Traffic
+    phase: Phase
+    step: str  # printer-column label: "shadow 10%", "canary 5%", "ramp 50%", "paused"
+    message: str
+    events: tuple[Event, ...] = ()
+    rewrite_traffic: bool = False  # write the traffic plan: only when ``traffic`` changed
+    conditions: tuple[ConditionHint, ...] = ()
+    rollback: Rollback | None = None
+    skipped_steps: bool = False  # an undo to a warm revision switched at once
+    requeue_after: timedelta | None = None  # when to call decide again if nothing else happens
+
+    @property
+    def scale_down_at(self) -> Mapping[str, datetime]:
+        """Revisions that are neither stable nor candidate but stay scaled up until then."""
+        return self.state.scale_down_at
+
+    def status(self) -> dict[str, Any]:
+        out = self.state.to_status()
+        out["phase"] = self.phase.value
+        out["message"] = self.message
+        out["rollout"]["step"] = self.step
+        return out
+
+    def status_patch(self, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A JSON merge patch from ``current`` to ``status()``; empty when nothing changed."""
+        return merge_patch(current or {}, self.status())
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386 patch turning ``old`` into ``new`` for the keys of ``new``.
+
+    Keys dropped from nested maps (a reset failure counter, an expired
+    scale-down) become null, which a merge patch needs to delete them.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = merge_patch(before, value)
+            nested.update({k: None for k in before if k not in value})
+            if nested:
+                patch[key] = nested
+        elif before != value:
+            patch[key] = value
+    return patch
+
+
+# -------------------------------------------------------------- step helpers
+
+
+def step_duration(step: RolloutStep) -> timedelta | None:
+    """How long a step (or one ramp increment) lasts; None = until promoted."""
+    if step.shadow:
+        return parse_duration(step.shadow.duration)
+    if step.canary:
+        return parse_duration(step.canary.duration)
+    if step.ramp:
+        return parse_duration(step.ramp.duration)
+    assert step.pause is not None
+    return parse_duration(step.pause.duration) if step.pause.duration else None
+
+
+def _weights(steps: list[RolloutStep], index: int, ramp_weight: int | None) -> tuple[int, int]:
+    """(candidate weight, shadow percent) while step ``index`` runs.
+
+    The weight never decreases along the steps: canary users stay canary
+    users as the rollout proceeds. A pause keeps the previous step's traffic.
+    """
+    weight, shadow = 0, 0
+    for step in steps[: index + 1]:
+        if step.shadow:
+            shadow = step.shadow.percent
+        elif step.canary:
+            weight, shadow = max(weight, step.canary.weight), 0
+        elif step.ramp:
+            weight, shadow = max(weight, ramp_weight or 0), 0
+    return weight, shadow
+
+
+def _describe(step: RolloutStep, weight: int) -> str:
+    if step.shadow:
+        return f"shadow {step.shadow.percent}%"
+    if step.canary:
+        return f"canary {weight}%"
+    if step.ramp:
+        return f"ramp {weight}%"
+    return "paused"
+
+
+def step_label(steps: list[RolloutStep], state: RolloutState) -> str:
+    """The printer-column label: "shadow 10%", "canary 5%", "ramp 50%", "paused"."""
+    if state.candidate is None:
+        return ""
+    if state.step_index is None:
+        label = "waiting for pods"
+    else:
+        label = _describe(steps[state.step_index], state.candidate_weight)
+    return f"{label} (paused)" if state.paused and label != "paused" else label
+
+
+def analysis_due(spec: InferenceStackSpec, state: RolloutState, now: datetime) -> bool:
+    """Whether the handler should run the gates before calling ``decide``.
+
+    Only while the candidate receives traffic: with none there is nothing to measure.
+    """
+    if not spec.gates or state.candidate is None or state.step_started_at is None:
+        return False
+    if state.candidate_weight == 0 and state.shadow_percent == 0:
+        return False
+    interval = parse_duration(spec.rollout.analysis_interval)
+    return state.last_analysis_at is None or now - state.last_analysis_at >= interval
+
+
+# -------------------------------------------------------------------- decide
+
+
+class _Run:
+    """One decision in the making: the state as it evolves, plus what to tell the world."""
+
+    def __init__(
+        self, spec: InferenceStackSpec, state: RolloutState, obs: Observations, now: datetime
+    ) -> None:
+        self.spec, self.obs, self.now = spec, obs, now
+        self.steps = spec.rollout.steps
+        self.s = state
+        self.events: list[Event] = []
+        self.rollback: Rollback | None = None
+        self.skipped = False
+        self.manual: Verb | None = None  # promote / promote-full, applied once the gates are read
+
+    def event(self, reason: str, message: str, type_: str = NORMAL) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def keep_warm(self, revision: str | None) -> None:
+        if revision:
+            delay = parse_duration(self.spec.rollout.scale_down_delay)
+            self.s = replace(self.s, scale_down_at={**self.s.scale_down_at, revision: self.now + delay})
+
+    # ----------------------------------------------------------- transitions
+
+    def start(self, revision: str) -> None:
+        """A fresh rollout of ``revision``: every per-rollout field resets."""
+        warm = {k: v for k, v in self.s.scale_down_at.items() if k != revision}
+        self.s = replace(
+            self.s,
+            candidate=revision,
+            candidate_since=self.now,
+            step_index=None,
+            step_started_at=None,
+            ramp_weight=None,
+            failures={},
+            last_analysis_at=None,
+            verdicts=(),
+            scale_down_at=warm,
+        )
+        self.event("RolloutStarted", f"rolling out revision {revision} (stable {self.s.stable})")
+
+    def drop_candidate(self) -> None:
+        """Candidate out of traffic, kept warm for scaleDownDelay; nothing recorded as rolled back."""
+        self.keep_warm(self.s.candidate)
+        self.s = replace(
+            self.s,
+            candidate=None,
+            candidate_since=None,
+            step_index=None,
+            step_started_at=None,
+            ramp_weight=None,
+        )
+
+    def roll_back(self, cause: str, message: str, verdict: GateVerdict | None = None) -> None:
+        revision = self.s.candidate
+        assert revision is not None
+        # An undo candidate is not what the spec asks for: the revision the undo
+        # replaced stays the one marked rolled back, so it does not restart.
+        marked = revision if revision == self.obs.revision else self.s.rolled_back
+        text = f"rolled back revision {revision} to {self.s.stable}: {message}"
+        self.drop_candidate()
+        self.s = replace(self.s, failures={}, rolled_back=marked, rollback_reason=text)
+        self.rollback = Rollback(
+            revision,
+            cause,
+            text,
+            *(
+                (verdict.gate, verdict.slice, verdict.value, verdict.baseline, verdict.threshold)
+                if verdict
+                else ()
+            ),
+        )
+        self.event(cause, text, WARNING)
+
+    def promote(self, why: str) -> None:
+        old, new = self.s.stable, self.s.candidate
+        assert new is not None
+        self.keep_warm(old)
+        self.s = replace(
+            self.s,
+            stable=new,
+            candidate=None,
+            candidate_since=None,
+            step_index=None,
+            step_started_at=None,
+            ramp_weight=None,
+            failures={},
+            scale_down_at={k: v for k, v in self.s.scale_down_at.items() if k != new},
+            rolled_back=None if self.s.rolled_back == new else self.s.rolled_back,
+            rollback_reason="" if self.s.rolled_back == new else self.s.rollback_reason,
+        )
+        self.event("Promoted", f"revision {new} is stable and serves 100% ({why}); {old} stays warm")
+
+    def enter(self, index: int) -> None:
+        """Start step ``index``; past the last step, or at weight 100, promote."""
+        if index >= len(self.steps):
+            self.promote("all steps passed")
+            return
+        step = self.steps[index]
+        ramp = self.s.ramp_weight
+        if step.ramp:
+            before, _ = _weights(self.steps, index - 1, ramp)
+            ramp = min(FULL, before + step.ramp.increment)
+        weight, _ = _weights(self.steps, index, ramp)
+        if weight >= FULL:
+            self.promote("weight reached 100%")
+            return
+        self.s = replace(self.s, step_index=index, step_started_at=self.now, ramp_weight=ramp)
+        label = _describe(step, weight)
+        self.event("StepStarted", f"revision {self.s.candidate}: step {index + 1}/{len(self.steps)}, {label}")
+
+    def advance(self) -> None:
+        """End the current step (or ramp increment)."""
+        index = self.s.step_index
+        assert index is not None
+        step = self.steps[index]
+        if step.ramp and (self.s.ramp_weight or 0) + step.ramp.increment < FULL:
+            self.s = replace(
+                self.s, ramp_weight=(self.s.ramp_weight or 0) + step.ramp.increment, step_started_at=self.now
+            )
+            self.event("StepStarted", f"revision {self.s.candidate}: ramp to {self.s.ramp_weight}%")
+        elif step.ramp:
+            self.promote("ramp reached 100%")
+        else:
+            self.enter(index + 1)
+
+    # ---------------------------------------------------------------- phases
+
+    def command(self) -> None:
+        cmd = self.obs.command
+        if cmd is None or cmd.key == self.s.last_command:
+            return
+        self.s = replace(self.s, last_command=cmd.key)
+        if cmd.verb is None:
+            self.event("CommandInvalid", cmd.error, WARNING)
+        elif cmd.verb == Verb.PAUSE:
+            self.s = replace(self.s, paused=True)
+            self.event("Paused", "rollouts paused by command; gates still roll back")
+        elif cmd.verb == Verb.RESUME:
+            self.s = replace(self.s, paused=False)
+            self.event("Resumed", "rollouts resumed by command")
+        elif cmd.verb == Verb.ABORT:
+            if self.s.candidate is None:
+                self.event("CommandIgnored", "abort: no rollout in progress", WARNING)
+            else:
+                self.roll_back("Aborted", "aborted by command")
+        elif cmd.verb == Verb.RETRY:
+            if self.s.rolled_back is not None and self.s.rolled_back == self.obs.revision:
+                self.s = replace(self.s, rolled_back=None, rollback_reason="")
+                self.event("RetryRequested", f"retrying revision {self.obs.revision}")
+            else:
+                self.event("CommandIgnored", "retry: the spec's revision was not rolled back", WARNING)
+        elif cmd.verb == Verb.UNDO:
+            self.undo(cmd.argument)
+        else:  # promote, promote-full: need the gates read first
+            self.manual = cmd.verb
+
+    def undo(self, target: str) -> None:
+        if target not in self.obs.known:
+            self.event("CommandIgnored", f"undo: revision {target} no longer exists", WARNING)
+            return
+        if target == self.s.stable:
+            self.event("CommandIgnored", f"undo: revision {target} is already stable; use abort", WARNING)
+            return
+        if self.s.candidate not in (None, target):
+            self.drop_candidate()
+        # Mark what the spec asks for as rolled back, so it does not restart on the next call.
+        if self.obs.revision != target:
+            self.s = replace(
+                self.s, rolled_back=self.obs.revision, rollback_reason=f"undone to revision {target}"
+            )
+        elif self.s.rolled_back == target:
+            self.s = replace(self.s, rolled_back=None, rollback_reason="")
+        if self.s.candidate != target:
+            self.start(target)
+        if target in self.obs.ready:
+            self.skipped = True
+            self.promote(f"undo to warm revision {target}")
+
+    def follow_spec(self) -> None:
+        """Start, supersede or cancel a rollout according to the revision the spec asks for."""
+        wanted = self.obs.revision
+        if wanted == self.s.rolled_back:
+            return  # never retried by itself; an undo candidate, if any, goes on
+        if wanted == self.s.stable:
+            if self.s.candidate is not None:
+                self.event(
+                    "RolloutCancelled",
+                    f"spec is back at stable revision {wanted}; {self.s.candidate} dropped",
+                )
+                self.drop_candidate()
+            return
+        if wanted == self.s.candidate:
+            return
+        if self.s.candidate is not None:
+            self.event("RolloutSuperseded", f"revision {wanted} replaces candidate {self.s.candidate}")
+            self.drop_candidate()
+        self.start(wanted)
+
+    def read_analysis(self) -> None:
+        """Count consecutive failures from a new analysis; roll back at a gate's failureLimit."""
+        a, s = self.obs.analysis, self.s
+        if (
+            a is None
+            or a.candidate != s.candidate
+            or s.step_started_at is None
+            or a.taken_at <= s.step_started_at
+        ):
+            return
+        if s.last_analysis_at is not None and a.taken_at <= s.last_analysis_at:
+            return  # already counted: the same analysis must not count twice
+        failures = dict(s.failures)
+        for v in a.verdicts:
+            if v.verdict == Verdict.FAIL:
+                failures[v.key] = failures.get(v.key, 0) + 1
+            elif v.verdict == Verdict.PASS:
+                failures[v.key] = 0
+            # Inconclusive leaves the count alone: it is neither evidence of failure nor of health.
+        self.s = replace(s, failures=failures, last_analysis_at=a.taken_at, verdicts=a.verdicts)
+        limits = {g.name: g.failure_limit for g in self.spec.gates}
+        for v in a.verdicts:
+            if v.verdict == Verdict.FAIL and v.gate in limits and failures[v.key] >= limits[v.gate]:
+                why = (
+                    f"{v.where} failed {failures[v.key]} consecutive analyses: value {v.value}, "
+                    f"baseline {v.baseline}, threshold {v.threshold or '-'} ({v.message})"
+                )
+                self.roll_back("GateFailed", why, v)
+                return
+
+    def gates_hold(self) -> str:
+        """Why the gates keep the current step, or "" when they let it end."""
+        s = self.s
+        if not self.spec.gates or (s.candidate_weight == 0 and s.shadow_percent == 0):
+            return ""
+        assert s.step_started_at is not None
+        if s.last_analysis_at is None or s.last_analysis_at <= s.step_started_at or not s.verdicts:
+            return "waiting for an analysis of this step"
+        pending = [v for v in s.verdicts if v.verdict != Verdict.PASS]
+        if pending:
+            v = pending[0]
+            return f"{v.where} {v.verdict.value.lower()}: {v.message}" + (
+                f" (+{len(pending) - 1} more)" * (len(pending) > 1)
+            )
+        step = self.steps[s.step_index or 0]
+        if step.shadow and step.shadow.min_samples:
+            few = [v for v in s.verdicts if v.samples is not None and v.samples < step.shadow.min_samples]
+            if few:
+                return f"shadow: {few[0].where} has {few[0].samples:.0f} of {step.shadow.min_samples} samples"
+        return ""
+
+    def progress(self) -> None:
+        s = self.s
+        if s.candidate is None:
+            if self.manual:
+                self.event("CommandIgnored", f"{self.manual.value}: no rollout in progress", WARNING)
+            return
+        if s.step_index is None:
+            self.wait_for_pods()
+            return
+        self.read_analysis()
+        if self.rollback:
+            return
+        if self.manual == Verb.PROMOTE_FULL:
+            self.promote("promote-full by command")
+        elif self.manual == Verb.PROMOTE:
+            self.event("StepPromoted", "current step ended by command")
+            self.advance()
+        elif not self.s.paused and self.step_done() and not self.gates_hold():
+            self.advance()
+
+    def wait_for_pods(self) -> None:
+        s = self.s
+        assert s.candidate is not None and s.candidate_since is not None
+        if s.candidate in self.obs.ready:
+            if self.manual == Verb.PROMOTE_FULL:
+                self.promote("promote-full by command")
+            elif not s.paused or self.manual == Verb.PROMOTE:
+                self.enter(0)
+            return
+        if self.manual:
+            self.event("CommandIgnored", f"{self.manual.value}: candidate pods are not Ready yet", WARNING)
+        deadline = parse_duration(self.spec.rollout.progress_deadline)
+        if self.now - s.candidate_since >= deadline:
+            self.roll_back(
+                "ProgressDeadlineExceeded",
+                f"pods not Ready within progressDeadline {format_duration(deadline)}",
+            )
+
+    def step_done(self) -> bool:
+        s = self.s
+        assert s.step_index is not None and s.step_started_at is not None
+        duration = step_duration(self.steps[s.step_index])
+        return duration is not None and self.now >= s.step_started_at + duration
+
+    # ---------------------------------------------------------------- result
+
+    def settle_traffic(self) -> Traffic:
+        s = self.s
+        weight, shadow = 0, 0
+        if s.candidate is not None and s.step_index is not None:
+            weight, shadow = _weights(self.steps, s.step_index, s.ramp_weight)
+        self.s = replace(s, candidate_weight=weight, shadow_percent=shadow)
+        return Traffic(self.s.stable, self.s.candidate if weight or shadow else None, weight, shadow)
+
+    def phase_and_message(self) -> tuple[Phase, str]:
+        s = self.s
+        if s.stable is None:
+            return Phase.PENDING, f"waiting for revision {self.obs.revision} to become Ready"
+        if s.candidate is None:
+            if self.obs.revision == s.rolled_back:
+                return Phase.DEGRADED, (
+                    f"{s.rollback_reason}; revision {s.stable} serves 100%; "
+                    f"change the spec or annotate {COMMAND_ANNOTATION}=retry"
+                )
+            return Phase.HEALTHY, f"revision {s.stable} serves 100%"
+        if s.step_index is None:
+            waiting = f"waiting for revision {s.candidate}'s pods to become Ready"
+            return (Phase.PAUSED if s.paused else Phase.PROGRESSING), waiting
+        step = self.steps[s.step_index]
+        hold = self.gates_hold()
+        duration = step_duration(step)
+        assert s.step_started_at is not None
+        if s.paused:
+            return Phase.PAUSED, f"paused by command at step {s.step_index + 1}; annotate resume or promote"
+        if duration is None:
+            return Phase.PAUSED, f"pause step: annotate {COMMAND_ANNOTATION}=promote to continue"
+        left = s.step_started_at + duration - self.now
+        timer = f"{format_duration(left)} left in step" if left > timedelta(0) else "step time done"
+        return (Phase.PAUSED if step.pause else Phase.PROGRESSING), f"{timer}; {hold or 'gates pass'}"
+
+    def requeue_after(self) -> timedelta | None:
+        """Time until the next timer: step end, next analysis, progress deadline, a scale-down.
+
+        Timers already past (a step held by its gates) are left out, so a
+        held step polls at the analysis interval instead of spinning.
+        """
+        s, now = self.s, self.now
+        times = list(s.scale_down_at.values())
+        if s.candidate is not None:
+            times.append(now + parse_duration(self.spec.rollout.analysis_interval))
+            if s.step_index is None and s.candidate_since is not None:
+                times.append(s.candidate_since + parse_duration(self.spec.rollout.progress_deadline))
+            elif s.step_index is not None and s.step_started_at is not None and not s.paused:
+                duration = step_duration(self.steps[s.step_index])
+                if duration is not None:
+                    times.append(s.step_started_at + duration)
+        return min((t - now for t in times if t > now), default=None)
+
+    def conditions(self, phase: Phase, message: str) -> tuple[ConditionHint, ...]:
+        healthy, stalled = phase == Phase.HEALTHY, phase == Phase.DEGRADED
+        return (
+            ConditionHint("Ready", healthy, phase.value, message),
+            ConditionHint(
+                "Reconciling", not healthy and not stalled, phase.value, "" if healthy else message
+            ),
+            ConditionHint(
+                "Stalled", stalled, "RolledBack" if stalled else "NotStalled", message if stalled else ""
+            ),
+        )
+
+
+def decide(spec: InferenceStackSpec, state: RolloutState, obs: Observations, now: datetime) -> Decision:
+    """The next rollout state and what to do about it. Pure and idempotent."""
+    run = _Run(spec, _normalise(spec, state, now), obs, now)
+    if run.s.stable is None:
+        # First deploy: nothing to roll out from; the revision is stable once Ready.
+        if obs.revision in obs.ready:
+            run.s = replace(run.s, stable=obs.revision)
+            run.event("RevisionStable", f"revision {obs.revision} is Ready and serves 100%")
+    else:
+        run.command()
+        if run.rollback is None:
+            run.follow_spec()
+            if run.rollback is None and not run.skipped:
+                run.progress()
+    old = Traffic(
+        state.stable,
+        state.candidate if state.candidate_weight or state.shadow_percent else None,
+        state.candidate_weight,
+        state.shadow_percent,
+    )
+    traffic = run.settle_traffic()
+    phase, message = run.phase_and_message()
+    return Decision(
+        state=run.s,
+        traffic=traffic,
+        phase=phase,
+        step=step_label(run.steps, run.s),
+        message=message,
+        events=tuple(run.events),
+        # Only a real change costs a write: the same step decided again rewrites nothing.
+        rewrite_traffic=traffic != old and run.s.stable is not None,
+        conditions=run.conditions(phase, message),
+        rollback=run.rollback,
+        skipped_steps=run.skipped,
+        requeue_after=run.requeue_after(),
+    )
+
+
+def _normalise(spec: InferenceStackSpec, state: RolloutState, now: datetime) -> RolloutState:
+    """Drop expired scale-downs; clamp a step index that an edit of the steps left dangling."""
+    warm = {
+        k: v for k, v in state.scale_down_at.items() if v > now and k not in (state.stable, state.candidate)
+    }
+    index = state.step_index
+    if index is not None and index >= len(spec.rollout.steps):
+        index = len(spec.rollout.steps) - 1
+    return replace(state, scale_down_at=warm, step_index=index)
