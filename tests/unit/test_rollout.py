@@ -740,3 +740,11 @@ def test_each_step_lasts_its_duration() -> None:
     shadow, canary = started["shadow 10%"], started["canary 5%"]
     assert shadow is not None and canary is not None
     assert canary - shadow == timedelta(minutes=5)
+
+
+def test_status_fits_the_crd_schema() -> None:
+    """Every field decide() writes exists in the API types, so the API server does not prune it."""
+    from inferstack.api.v1alpha1 import InferenceStackStatus
+
+    for d in simulate(SPEC, persist=True):
+        InferenceStackStatus.model_validate(d.status())  # extra="forbid": an unknown key fails here

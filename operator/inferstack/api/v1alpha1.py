@@ -507,6 +507,12 @@ class RolloutStatus(Model):
     ramp_weight: int | None = None
     failures: dict[str, int] = Field(default_factory=dict)
     candidate_since: str | None = None
+    # Written by the rollout engine (core/rollout.py) so a restarted operator resumes exactly.
+    paused: bool = False
+    last_analysis_at: str | None = None
+    rollback_reason: str = ""
+    scale_down_at: dict[str, str] = Field(default_factory=dict, description="Old revisions kept warm until then.")
+    last_command: str | None = Field(None, description="Last handled inferstack.dev/command#command-id.")
 
 
 class InferenceStackStatus(Model):
