@@ -1,0 +1,118 @@
+"""The stand-in's answer table: questions per slice, and prompt rules that spoil one slice.
+
+Answers depend on the system prompt through :data:`PROMPT_RULES`, so a rollout
+of a bad prompt gives measurably worse answers on one slice only, which is
+what per-slice gates must catch while the other slices look healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+REFUSAL: Final = "I'm sorry, but I can't help with that."
+
+
+@dataclass(frozen=True)
+class Fixture:
+    slice: str
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class PromptRule:
+    """When ``phrase`` occurs in the system prompt, questions of ``slice`` get ``answer``."""
+
+    phrase: str
+    slice: str
+    answer: str = REFUSAL
+
+
+FIXTURES: Final[tuple[Fixture, ...]] = (
+    Fixture("billing", "How do I get a refund?", "Open Orders, pick the order and press Request refund; it takes 5 days."),
+    Fixture("billing", "Why was I charged twice?", "The second charge is a card authorisation hold; it disappears within 3 days."),
+    Fixture("billing", "Can I change my payment method?", "Yes: Settings, Billing, Payment methods, Add card, then make it the default."),
+    Fixture("shipping", "Where is my parcel?", "Open Orders and press Track; the carrier updates the status every 4 hours."),
+    Fixture("shipping", "Do you ship to Canada?", "Yes, we ship to Canada in 5 to 8 working days."),
+    Fixture("shipping", "Can I change the delivery address?", "Yes, until the parcel leaves the warehouse: Orders, Edit address."),
+    Fixture("general", "What are your opening hours?", "Support answers every day from 8:00 to 20:00 CET."),
+    Fixture("general", "How do I reset my password?", "Press Forgot password on the sign-in page and follow the e-mail link."),
+    Fixture("general", "Who are you?", "I am the support assistant of Example Shop."),
+)
+
+PROMPT_RULES: Final[tuple[PromptRule, ...]] = (
+    PromptRule("never discuss refunds", "billing"),
+    PromptRule("never discuss payments", "billing"),
+    PromptRule("never discuss deliveries", "shipping"),
+)
+
+FALLBACK_SLICE: Final = "general"
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+_BY_QUESTION: Final = {_normalise(f.question): f for f in FIXTURES}
+
+
+def content_text(content: Any) -> str:
+    """Text of an OpenAI message ``content``: a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def find_fixture(question: str) -> Fixture | None:
+    return _BY_QUESTION.get(_normalise(question))
+
+
+def answer(system_prompt: str, question: str) -> str:
+    """The deterministic answer for a question under a system prompt."""
+    fixture = find_fixture(question)
+    slice_ = fixture.slice if fixture else FALLBACK_SLICE
+    lowered = system_prompt.lower()
+    for rule in PROMPT_RULES:
+        if rule.slice == slice_ and rule.phrase in lowered:
+            return rule.answer
+    if fixture:
+        return fixture.answer
+    return f"I have no stored answer for: {question.strip()[:200]}"
+
+
+def answer_request(body: dict[str, Any]) -> str:
+    """Answer a chat or completions request body; JSON mode wraps the answer in an object."""
+    if "messages" in body:
+        messages = body.get("messages") or []
+        system = "\n".join(content_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer"))
+        users = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        text = answer(system, users[-1] if users else "")
+    else:
+        prompt = body.get("prompt", "")
+        text = answer("", prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
+    fmt = body.get("response_format") or {}
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        return json.dumps({"answer": text})
+    return text
+
+
+def count_tokens(text: str) -> int:
+    """A rough, deterministic token count: words and punctuation runs."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        return sum(count_tokens(content_text(m.get("content"))) + 4 for m in body.get("messages") or [])
+    prompt = body.get("prompt", "")
+    return count_tokens(prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
+
+
+def split_tokens(text: str) -> list[str]:
+    """Pieces to stream; joined they give back ``text`` exactly."""
+    return re.findall(r"\S+\s*|\s+", text) or [""]
