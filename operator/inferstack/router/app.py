@@ -1,0 +1,301 @@
+"""The router's HTTP application: OpenAI endpoints, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inferstack.core.traffic import RevisionBundle, Role, TrafficPlan
+from inferstack.router import checks, proxy
+from inferstack.router.assignment import choose
+from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
+from inferstack.router.cache import ResponseCache, cache_key, cacheable
+from inferstack.router.errors import UpstreamError, classify, error_response
+from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
+from inferstack.router.plans import AmbiguousModel, PlanStore, UnknownModel
+from inferstack.router.plansource import PlanSource
+from inferstack.router.settings import RouterSettings
+from inferstack.router.shadow import ShadowMirror, mirror
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, store: PlanStore, settings: RouterSettings, metrics: RouterMetrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.slices = SliceLabels(settings.slices)
+        self.shadow = ShadowMirror(settings.shadow_queue_limit, metrics)
+        self.caches: dict[str, ResponseCache] = {}
+        self.session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.settings.max_connections, enable_cleanup_closed=True)
+        # No cookie jar and no env proxies: this is a pure pass-through to in-cluster backends.
+        self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+
+    async def close(self) -> None:
+        await self.shadow.close()
+        if self.session is not None:
+            await self.session.close()
+
+    def plan_changed(self, key: str, plan: TrafficPlan | None) -> None:
+        namespace, _, stack = key.partition("/")
+        if plan is None:
+            self.caches.pop(key, None)
+            self.metrics.plan_serial.remove(namespace, stack)
+            return
+        self.metrics.plan_serial.labels(namespace, stack).set(plan.serial)
+        cache = self.caches.get(key)
+        if not plan.response_cache.enabled:
+            self.caches.pop(key, None)
+        elif cache is None or cache.max_entries != plan.response_cache.max_entries:
+            # Entries are keyed by revision and cache namespace, so keeping the
+            # cache across plan changes can never serve another revision's answer.
+            self.caches[key] = ResponseCache(plan.response_cache.max_entries)
+
+    # -------------------------------------------------------------- handlers
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if len(self.store) == 0:
+            return web.json_response({"status": "no traffic plan loaded"}, status=503)
+        return web.json_response({"status": "ready", "stacks": len(self.store)})
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def models(self, request: web.Request) -> web.Response:
+        plans = self.store.plans()
+        names = [p.stack for p in plans]
+        data = [
+            {
+                "id": p.stack if names.count(p.stack) == 1 else p.key,
+                "object": "model",
+                "created": 0,
+                "owned_by": p.namespace,
+                "root": p.key,
+            }
+            for p in plans
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "/v1/chat/completions", chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "/v1/completions", chat=False)
+
+    # ---------------------------------------------------------------- proxy
+
+    async def _handle(self, request: web.Request, path: str, *, chat: bool) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return error_response(400, "the request body is not valid JSON", "invalid_json")
+        if not isinstance(body, dict):
+            return error_response(400, "the request body must be a JSON object", "invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(400, "`model` must name a stack: <name> or <namespace>/<name>", "missing_model")
+        try:
+            plan = self.store.resolve(model)
+        except UnknownModel:
+            return error_response(404, f"The model `{model}` does not exist.", "model_not_found")
+        except AmbiguousModel as exc:
+            return error_response(400, str(exc), "ambiguous_model")
+
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        route = choose(plan, request.headers, request_id)
+        tenant = request.headers.get(plan.tenant_header, "").strip() or DEFAULT_TENANT
+        slice_ = self.slices.label(request.headers.get(self.settings.slice_header))
+        if route.shadow is not None:
+            self._mirror(plan, route.shadow, path, body, tenant, slice_, request_id, chat=chat)
+        return await self._serve(request, plan, route.role, route.bundle, path, body, tenant, slice_, request_id, chat=chat)
+
+    def _mirror(
+        self, plan: TrafficPlan, bundle: RevisionBundle, path: str, body: dict[str, Any],
+        tenant: str, slice_: str, request_id: str, *, chat: bool,
+    ) -> None:
+        assert self.session is not None
+        labels = Labels(plan.namespace, plan.stack, bundle.revision, "shadow", slice_)
+        stream = bool(body.get("stream"))
+        coro = mirror(
+            self.session, self.metrics, labels, bundle, path, body, apply_bundle(body, bundle, tenant, chat=chat),
+            request_id=request_id,
+            timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
+            max_response_bytes=self.settings.max_response_bytes,
+        )
+        self.shadow.submit(plan.namespace, plan.stack, coro)
+
+    async def _serve(
+        self, request: web.Request, plan: TrafficPlan, role: Role, bundle: RevisionBundle, path: str,
+        body: dict[str, Any], tenant: str, slice_: str, request_id: str, *, chat: bool,
+    ) -> web.StreamResponse:
+        assert self.session is not None
+        started = time.perf_counter()
+        labels = Labels(plan.namespace, plan.stack, bundle.revision, role, slice_)
+        headers = {
+            "x-inferstack-stack": plan.key,
+            "x-inferstack-revision": bundle.revision,
+            "x-inferstack-prompt-hash": bundle.prompt_hash,
+            "x-inferstack-role": role,
+            "x-inferstack-cache": "miss",
+            "x-request-id": request_id,
+        }
+        upstream_body = apply_bundle(body, bundle, tenant, chat=chat)
+        stream = bool(body.get("stream"))
+
+        cache = self.caches.get(plan.key) if cacheable(body) else None
+        key = cache_key(tenant, bundle.cache_namespace, bundle.revision, upstream_body) if cache is not None else ""
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                headers["x-inferstack-cache"] = "hit"
+                self.metrics.cache_hits.labels(*labels).inc()
+                self.metrics.requests.labels(*labels).inc()
+                self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+                return web.Response(body=hit.body, headers={**headers, "Content-Type": hit.content_type})
+
+        timeout = proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout)
+        try:
+            response = await proxy.send(self.session, bundle, path, upstream_body, request_id=request_id, timeout=timeout)
+        except UpstreamError as err:
+            self.metrics.record_error(labels, err.kind)
+            if role == "candidate" and err.kind == "connect" and self.settings.candidate_fallback:
+                # Nothing reached the candidate, so a retry on stable cannot run the request twice.
+                self.metrics.fallbacks.labels(plan.namespace, plan.stack, bundle.revision).inc()
+                return await self._serve(request, plan, "stable", plan.stable, path, body, tenant, slice_, request_id, chat=chat)
+            return error_response(err.status, err.message, err.kind, headers)
+
+        # Closing (not releasing) on every exit drops the backend connection when
+        # the answer was not read to the end, which makes vLLM abort the generation.
+        try:
+            if stream and response.status == 200:
+                return await self._stream(request, response, labels, headers, body, started)
+            return await self._whole(response, labels, headers, body, started, cache, key, plan)
+        except UpstreamError as err:
+            self.metrics.record_error(labels, err.kind)
+            return error_response(err.status, err.message, err.kind, headers)
+        finally:
+            response.close()
+
+    async def _whole(
+        self, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str], body: dict[str, Any],
+        started: float, cache: ResponseCache | None, key: str, plan: TrafficPlan,
+    ) -> web.Response:
+        data = await proxy.read_bounded(response, self.settings.max_response_bytes)
+        content_type = response.headers.get("Content-Type", "application/json")
+        if response.status != 200:
+            # A backend 4xx is the client's problem (bad parameters): pass it on as is.
+            self.metrics.record_error(labels, f"upstream_{response.status // 100}xx")
+            return web.Response(body=data, status=response.status, headers={**headers, "Content-Type": content_type})
+        answer = proxy.parse_answer(data)
+        self._record(labels, body, answer, started, ttft=None)
+        if cache is not None:
+            cache.put(key, data, content_type, plan.response_cache.ttl_seconds)
+        return web.Response(body=data, headers={**headers, "Content-Type": content_type})
+
+    async def _stream(
+        self, request: web.Request, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str],
+        body: dict[str, Any], started: float,
+    ) -> web.StreamResponse:
+        out = web.StreamResponse(
+            headers={
+                **headers,
+                "Content-Type": response.headers.get("Content-Type", "text/event-stream"),
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await out.prepare(request)
+        observer = proxy.SSEObserver()
+        ttft = None
+        try:
+            async for chunk in response.content.iter_any():
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                observer.feed(chunk)
+                await out.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if isinstance(exc, ConnectionResetError):  # the client went away
+                self.metrics.record_error(labels, "client_disconnect")
+                return out
+            # Headers are sent, so the status cannot change: end the stream with
+            # an error event, which the openai client raises as an APIError.
+            err = classify(exc)
+            self.metrics.record_error(labels, err.kind)
+            event = {"error": {"message": err.message, "type": "upstream_error", "code": err.kind}}
+            await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await out.write_eof()
+            return out
+        except ConnectionResetError:
+            self.metrics.record_error(labels, "client_disconnect")
+            return out
+        await out.write_eof()
+        self._record(labels, body, observer.finish(), started, ttft=ttft)
+        return out
+
+    def _record(self, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float, ttft: float | None) -> None:
+        results = checks.run_checks(body, answer.text, truncated=answer.truncated)
+        self.metrics.record_answer(
+            labels,
+            duration=time.perf_counter() - started,
+            ttft=ttft,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            checks=results,
+            score=checks.quality_score(results),
+        )
+
+
+ROUTER: web.AppKey[Router] = web.AppKey("router", Router)
+
+
+def build_app(
+    store: PlanStore | None = None,
+    settings: RouterSettings | None = None,
+    sources: Sequence[PlanSource] = (),
+    metrics: RouterMetrics | None = None,
+) -> web.Application:
+    settings = settings or RouterSettings()
+    metrics = metrics or RouterMetrics()
+    store = store if store is not None else PlanStore()
+    router = Router(store, settings, metrics)
+    store.add_listener(router.plan_changed)
+    for plan in store.plans():
+        router.plan_changed(plan.key, plan)
+
+    app = web.Application(client_max_size=settings.max_request_bytes)
+    app[ROUTER] = router
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        await router.open()
+        for source in sources:
+            await source.start(store)
+        yield
+        for source in sources:
+            await source.stop()
+        await router.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/chat/completions", router.chat_completions)
+    app.router.add_post("/v1/completions", router.completions)
+    app.router.add_get("/v1/models", router.models)
+    app.router.add_get("/healthz", router.healthz)
+    app.router.add_get("/readyz", router.readyz)
+    app.router.add_get("/metrics", router.metrics_handler)
+    return app

@@ -1,0 +1,35 @@
+"""Apply a revision's bundle (model name, system prompt, tools, cache salt) to a request body."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any
+
+from inferstack.core.traffic import RevisionBundle
+
+DEFAULT_TENANT = "default"
+
+
+def cache_salt(tenant: str, cache_namespace: str) -> str:
+    """vLLM's ``cache_salt``: prefix-cache blocks are only shared between equal salts.
+
+    Tenant and cache namespace together mean no tenant reads another's cached
+    prefix (a timing side channel) and no revision reuses another's.
+    """
+    return hashlib.sha256(f"{tenant}\x00{cache_namespace}".encode()).hexdigest()
+
+
+def apply_bundle(body: dict[str, Any], bundle: RevisionBundle, tenant: str, *, chat: bool) -> dict[str, Any]:
+    """A new body for ``bundle``'s backend; ``body`` itself is left untouched (shadows reuse it)."""
+    out = copy.copy(body)
+    out["model"] = bundle.served_model
+    out["cache_salt"] = cache_salt(tenant, bundle.cache_namespace)
+    if chat:
+        if bundle.system_prompt is not None:
+            messages = [m for m in body.get("messages") or [] if not (isinstance(m, dict) and m.get("role") == "system")]
+            out["messages"] = [{"role": "system", "content": bundle.system_prompt}, *messages]
+        # The stack owns the tool set, but a client that sends its own keeps it.
+        if bundle.tools and not body.get("tools"):
+            out["tools"] = copy.deepcopy(bundle.tools)
+    return out

@@ -1,0 +1,74 @@
+"""``inferstack-router``: the command line of the data plane."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from aiohttp import web
+
+from inferstack.router.app import build_app
+from inferstack.router.metrics import RouterMetrics
+from inferstack.router.plansource import FilePlanSource, PlanSource
+from inferstack.router.settings import RouterSettings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="inferstack-router", description="OpenAI-compatible router that applies traffic plans.")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    src = p.add_argument_group("plan sources (the Kubernetes API unless --plan-file is given)")
+    src.add_argument("--plan-file", help="A plan JSON file or a directory of them, polled (local runs and tests).")
+    src.add_argument("--kubeconfig", help="Kubeconfig file; default: in-cluster config, else ~/.kube/config.")
+    src.add_argument("--in-cluster", action="store_true", help="Use the pod's service account (the default inside a pod).")
+    src.add_argument("--namespace", help="Watch plans in this namespace only; default: all namespaces.")
+    p.add_argument("--shadow-queue-limit", type=int, default=256, help="Mirrored requests in flight before new ones are dropped.")
+    p.add_argument("--upstream-timeout", type=float, default=120.0, help="Seconds for a whole answer, or between streamed chunks.")
+    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--slice-header", default="x-inferstack-slice", help="Request header naming the traffic slice.")
+    p.add_argument("--slices", default="", help="Comma-separated slice allowlist; others become 'other'.")
+    p.add_argument("--no-candidate-fallback", action="store_true", help="Do not retry candidate connect errors on stable.")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, help="Seconds to drain in-flight streams on SIGTERM.")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> RouterSettings:
+    return RouterSettings(
+        upstream_timeout=args.upstream_timeout,
+        connect_timeout=args.connect_timeout,
+        shadow_queue_limit=args.shadow_queue_limit,
+        slice_header=args.slice_header,
+        slices=tuple(s.strip() for s in args.slices.split(",") if s.strip()),
+        candidate_fallback=not args.no_candidate_fallback,
+    )
+
+
+def sources_from(args: argparse.Namespace, metrics: RouterMetrics) -> list[PlanSource]:
+    if args.plan_file:
+        return [FilePlanSource(args.plan_file, metrics)]
+    from inferstack.router.kubesource import KubePlanSource  # the kubernetes client is slow to import
+
+    return [KubePlanSource(metrics, namespace=args.namespace, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    metrics = RouterMetrics()
+    app = build_app(settings=settings_from(args), sources=sources_from(args, metrics), metrics=metrics)
+    # handler_cancellation: a client that disconnects cancels its handler, and
+    # with it the backend request, instead of letting the GPU finish for nobody.
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+
+
+if __name__ == "__main__":
+    main()

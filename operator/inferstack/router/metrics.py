@@ -1,0 +1,121 @@
+"""The router's Prometheus metrics; the label set is what gates query by."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Revision labels: namespace, stack, revision, role (stable|candidate|shadow), slice.
+LABELS = ("namespace", "stack", "revision", "role", "slice")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_SLICE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+
+
+class Labels(NamedTuple):
+    namespace: str
+    stack: str
+    revision: str
+    role: str
+    slice: str
+
+
+class SliceLabels:
+    """Maps a client's slice header to a bounded set of label values.
+
+    With an allowlist, anything else is "other". Without one, the first
+    ``max_distinct`` well-formed values seen are kept and later ones become
+    "other": a client cannot blow up the series count either way.
+    """
+
+    def __init__(self, allowlist: Iterable[str] = (), max_distinct: int = 32, default: str = "default") -> None:
+        self.allowlist = frozenset(allowlist)
+        self.max_distinct = max_distinct
+        self.default = default
+        self._seen: set[str] = set()
+
+    def label(self, header_value: str | None) -> str:
+        value = (header_value or "").strip()
+        if not value:
+            return self.default
+        if self.allowlist:
+            return value if value in self.allowlist else "other"
+        if not _SLICE_PATTERN.match(value):
+            return "other"
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.max_distinct:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
+class RouterMetrics:
+    """One registry per router app, so tests can run several routers in one process."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("inferstack_router_requests", "Requests answered, by serving revision.", LABELS, registry=r)
+        self.errors = Counter("inferstack_router_errors", "Failed requests by kind.", (*LABELS, "kind"), registry=r)
+        self.duration = Histogram(
+            "inferstack_router_request_duration_seconds", "Time until the last byte.", LABELS, registry=r, buckets=_LATENCY_BUCKETS
+        )
+        self.ttft = Histogram(
+            "inferstack_router_time_to_first_token_seconds",
+            "Time until the first upstream body byte (the first SSE chunk when streaming).",
+            LABELS,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.prompt_tokens = Counter("inferstack_router_prompt_tokens", "Prompt tokens reported by backends.", LABELS, registry=r)
+        self.completion_tokens = Counter(
+            "inferstack_router_completion_tokens", "Completion tokens reported by backends.", LABELS, registry=r
+        )
+        self.cache_hits = Counter("inferstack_router_cache_hits", "Answers served from the response cache.", LABELS, registry=r)
+        self.checks = Counter(
+            "inferstack_router_check", "Online checks on answers.", (*LABELS, "check", "result"), registry=r
+        )
+        self.quality = Histogram(
+            "inferstack_router_quality_score", "Per-answer eval score in 0..1.", LABELS, registry=r, buckets=(0.0, 0.25, 0.5, 0.75, 1.0)
+        )
+        self.shadow_dropped = Counter(
+            "inferstack_router_shadow_dropped", "Mirrors dropped because the shadow queue was full.", ("namespace", "stack"), registry=r
+        )
+        self.fallbacks = Counter(
+            "inferstack_router_candidate_fallbacks",
+            "Candidate requests retried on stable after a connect error.",
+            ("namespace", "stack", "revision"),
+            registry=r,
+        )
+        self.plan_errors = Counter("inferstack_router_plan_errors", "Plans rejected as malformed.", ("source",), registry=r)
+        self.plan_serial = Gauge("inferstack_router_plan_serial", "Serial of the plan in force.", ("namespace", "stack"), registry=r)
+        self.shadow_inflight = Gauge("inferstack_router_shadow_inflight", "Mirrored requests in flight.", registry=r)
+
+    def record_answer(
+        self,
+        labels: Labels,
+        *,
+        duration: float,
+        ttft: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        checks: dict[str, bool],
+        score: float,
+    ) -> None:
+        """Everything measured about one successful answer (client-facing or shadow)."""
+        self.requests.labels(*labels).inc()
+        self.duration.labels(*labels).observe(duration)
+        if ttft is not None:
+            self.ttft.labels(*labels).observe(ttft)
+        if prompt_tokens:
+            self.prompt_tokens.labels(*labels).inc(prompt_tokens)
+        if completion_tokens:
+            self.completion_tokens.labels(*labels).inc(completion_tokens)
+        for check, passed in checks.items():
+            self.checks.labels(*labels, check, "pass" if passed else "fail").inc()
+        self.quality.labels(*labels).observe(score)
+
+    def record_error(self, labels: Labels, kind: str) -> None:
+        self.errors.labels(*labels, kind).inc()

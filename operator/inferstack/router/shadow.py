@@ -1,0 +1,115 @@
+"""Shadow traffic: mirror a request to the candidate, measure the answer, discard it.
+
+The client's request never waits for a mirror and never sees its outcome.
+Mirrors are bounded by a count of tasks in flight; when full, new mirrors are
+dropped and counted rather than queued, because a queue would only grow while
+the candidate is slow, which is exactly when it must not cost the stable path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from inferstack.core.traffic import RevisionBundle
+from inferstack.router import checks, proxy
+from inferstack.router.errors import UpstreamError, classify
+from inferstack.router.metrics import Labels, RouterMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ShadowMirror:
+    def __init__(self, limit: int, metrics: RouterMetrics) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    def submit(self, namespace: str, stack: str, coro: Coroutine[Any, Any, None]) -> bool:
+        """Start ``coro`` in the background, or drop it when ``limit`` mirrors are in flight."""
+        if len(self._tasks) >= self.limit:
+            coro.close()
+            self.metrics.shadow_dropped.labels(namespace, stack).inc()
+            return False
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        self.metrics.shadow_inflight.set(len(self._tasks))
+        task.add_done_callback(self._done)
+        return True
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.metrics.shadow_inflight.set(len(self._tasks))
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("shadow mirror failed: %r", task.exception())
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Let mirrors finish for ``grace`` seconds at shutdown, then cancel the rest."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+async def mirror(
+    session: aiohttp.ClientSession,
+    metrics: RouterMetrics,
+    labels: Labels,
+    bundle: RevisionBundle,
+    path: str,
+    request_body: dict[str, Any],
+    upstream_body: dict[str, Any],
+    *,
+    request_id: str,
+    timeout: aiohttp.ClientTimeout,
+    max_response_bytes: int,
+) -> None:
+    """Send one mirrored request and record what came back under role="shadow"."""
+    started = time.perf_counter()
+    stream = bool(upstream_body.get("stream"))
+    try:
+        response = await proxy.send(session, bundle, path, upstream_body, request_id=request_id + "-shadow", timeout=timeout)
+        try:
+            if response.status != 200:
+                metrics.record_error(labels, f"upstream_{response.status // 100}xx")
+                return
+            ttft = None
+            if stream:
+                observer = proxy.SSEObserver()
+                async for chunk in response.content.iter_any():
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    observer.feed(chunk)
+                answer = observer.finish()
+            else:
+                answer = proxy.parse_answer(await proxy.read_bounded(response, max_response_bytes))
+        finally:
+            response.close()
+    except UpstreamError as err:
+        metrics.record_error(labels, err.kind)
+        return
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        metrics.record_error(labels, classify(exc).kind)
+        return
+    results = checks.run_checks(request_body, answer.text, truncated=answer.truncated)
+    metrics.record_answer(
+        labels,
+        duration=time.perf_counter() - started,
+        ttft=ttft,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        checks=results,
+        score=checks.quality_score(results),
+    )
