@@ -1,0 +1,126 @@
+"""Prometheus I/O for gates: run the rendered queries, hand the numbers to core/gates.py.
+
+Everything that can go wrong here (unreachable server, timeout, HTTP error, a
+result that is not one number) becomes a ``Measurement`` with ``error`` set,
+which the gate core judges Inconclusive: a Prometheus outage holds a rollout,
+it never promotes or rolls back one.
+
+The narrow ``InstantQuery`` interface (one method) is what the rest of the
+operator depends on, so unit tests use a tiny fake instead of a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, Protocol
+
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.core.gates import GateVerdict, Measurement, evaluate_gates, evaluations
+from inferstack.core.promql import ResultError, TemplateError, default_window, gate_queries, single_value
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+# Queries in flight per analysis: 32 gates x 64 slices x 3 queries must not flood Prometheus.
+MAX_CONCURRENT_QUERIES = 8
+
+
+class QueryError(Exception):
+    """A query could not be answered; the message says why, for the gate verdict."""
+
+
+class InstantQuery(Protocol):
+    async def instant(self, query: str) -> Sequence[dict[str, Any]]:
+        """``data.result`` of an instant query; raises ``QueryError`` on any failure."""
+        ...
+
+
+class PrometheusClient:
+    """``InstantQuery`` over prometheus-api-client, off the event loop."""
+
+    def __init__(
+        self, url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS, headers: dict[str, str] | None = None
+    ):
+        self.timeout = timeout
+        # The library is synchronous (requests); one connection pool per client.
+        # No retries: an analysis runs again every analysisInterval anyway, and
+        # retries would stretch one analysis far beyond ``timeout``.
+        self._conn = PrometheusConnect(url=url, headers=headers, retry=Retry(total=0))
+
+    async def instant(self, query: str) -> Sequence[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(None, lambda: self._conn.custom_query(query, timeout=self.timeout))
+        try:
+            # The HTTP timeout bounds each request; wait_for also bounds DNS and retries.
+            return await asyncio.wait_for(call, timeout=self.timeout + 1)
+        except TimeoutError as exc:
+            raise QueryError(f"prometheus did not answer within {self.timeout:g}s") from exc
+        except Exception as exc:  # requests' and the library's errors alike: all mean "no data"
+            raise QueryError(f"prometheus query failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _number(client: InstantQuery, query: str | None) -> float | None:
+    if query is None:
+        return None
+    try:
+        return single_value(await client.instant(query))
+    except ResultError as exc:
+        raise QueryError(f"{exc}: {query}") from exc
+
+
+async def _measure(
+    client: InstantQuery, limit: asyncio.Semaphore, value: str, baseline: str | None, samples: str | None
+) -> Measurement:
+    """The three numbers behind one evaluation; any failure makes the whole one an error."""
+    try:
+        async with limit:
+            v = await _number(client, value)
+            b = await _number(client, baseline)
+            n = await _number(client, samples)
+    except QueryError as exc:
+        return Measurement(error=str(exc))
+    return Measurement(value=v, baseline=b, samples=n)
+
+
+async def analyse(
+    spec: InferenceStackSpec,
+    stack: str,
+    namespace: str,
+    stable_rev: str,
+    candidate_rev: str,
+    client: InstantQuery,
+    window: timedelta | None = None,
+) -> list[GateVerdict]:
+    """Every gate's verdicts for the candidate, each slice and the aggregate.
+
+    ``window`` defaults to ``default_window(spec.rollout)``: twice the
+    analysis interval, at least one minute. Queries run concurrently; a gate
+    whose template does not render is Inconclusive with the template error.
+    """
+    window = window or default_window(spec.rollout)
+    measurements: dict[tuple[str, str], Measurement] = {}
+    limit = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
+    jobs = []
+    for gate in spec.gates:
+        try:
+            queries = gate_queries(
+                gate,
+                stack=stack,
+                namespace=namespace,
+                candidate=candidate_rev,
+                stable=stable_rev,
+                window=window,
+            )
+        except TemplateError as exc:
+            # evaluate_gates marks unmeasured evaluations; give them the real reason.
+            for slice_ in evaluations(gate):
+                measurements[(gate.name, slice_)] = Measurement(error=f"template error: {exc}")
+            continue
+        for q in queries:
+            jobs.append(((q.gate, q.slice), _measure(client, limit, q.value, q.baseline, q.samples)))
+    results = await asyncio.gather(*(job for _, job in jobs))
+    measurements.update(zip((key for key, _ in jobs), results, strict=True))
+    return evaluate_gates(spec.gates, measurements)

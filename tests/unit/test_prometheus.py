@@ -1,0 +1,128 @@
+"""controller/prometheus.py with a fake InstantQuery: no Prometheus in unit tests."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.controller.prometheus import PrometheusClient, QueryError, analyse
+from inferstack.core.gates import Verdict
+
+
+def vector(value: str) -> list[dict[str, Any]]:
+    return [{"metric": {}, "value": [1700000000.0, value]}]
+
+
+class FakePrometheus:
+    """Answers by substring of the query; records what was asked."""
+
+    def __init__(self, answers: dict[str, list[dict[str, Any]] | Exception]):
+        self.answers = answers
+        self.queries: list[str] = []
+
+    async def instant(self, query: str) -> Sequence[dict[str, Any]]:
+        self.queries.append(query)
+        for needle, answer in self.answers.items():
+            if needle in query:
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+        return []
+
+
+def spec(*gates: dict[str, Any]) -> InferenceStackSpec:
+    return InferenceStackSpec.model_validate(
+        {
+            "model": {"name": "m", "revision": "a" * 40},
+            "prompt": {"version": "v1", "system": "x"},
+            "gates": list(gates),
+        }
+    )
+
+
+JUDGE = {
+    "name": "judge",
+    "slices": ["billing"],
+    "prometheus": {
+        "query": 'score{rev="{{revision}}",slice=~"{{slice}}"}[{{window}}]',
+        "samplesQuery": 'count{rev="{{revision}}",slice=~"{{slice}}"}',
+    },
+    "compare": {"maxRelativeDrop": 0.1},
+    "minSamples": 10,
+}
+
+
+async def test_analyse_renders_runs_and_judges_each_slice() -> None:
+    fake = FakePrometheus(
+        {
+            'score{rev="cand",slice=~"billing"}': vector("0.5"),
+            'score{rev="cand",slice=~".*"}': vector("0.95"),
+            'score{rev="stab"': vector("1.0"),
+            "count{": vector("100"),
+        }
+    )
+    verdicts = await analyse(spec(JUDGE), "chat", "ns", "stab", "cand", fake)
+    assert [(v.slice, v.verdict, v.value, v.baseline, v.samples) for v in verdicts] == [
+        ("billing", Verdict.FAIL, 0.5, 1.0, 100.0),
+        ("", Verdict.PASS, 0.95, 1.0, 100.0),
+    ]
+    assert 'score{rev="cand",slice=~"billing"}[1m]' in fake.queries  # default window: max(2 x 30s, 1m)
+    assert len(fake.queries) == 6  # value, baseline, samples per evaluation
+
+
+@pytest.mark.parametrize(
+    ("answers", "message"),
+    [
+        pytest.param({}, "no usable candidate value", id="no-data"),
+        pytest.param(
+            {"score": QueryError("prometheus did not answer within 10s")}, "did not answer", id="timeout"
+        ),
+        pytest.param({"score": vector("0.9") * 2}, "returned 2 series", id="not-aggregated"),
+        pytest.param({"count": vector("3"), "score": vector("0.9")}, "3 of 10 samples", id="few-samples"),
+    ],
+)
+async def test_analyse_problems_are_inconclusive(answers: dict[str, Any], message: str) -> None:
+    verdicts = await analyse(spec(JUDGE), "chat", "ns", "stab", "cand", FakePrometheus(answers))
+    assert {v.verdict for v in verdicts} == {Verdict.INCONCLUSIVE}
+    assert message in verdicts[0].message
+
+
+async def test_analyse_template_error_is_inconclusive_without_querying() -> None:
+    bad = {"name": "bad", "prometheus": {"query": "x{a='{{stak}}'}"}, "threshold": {"max": 1}}
+    fake = FakePrometheus({})
+    (v,) = await analyse(spec(bad), "chat", "ns", "stab", "cand", fake)
+    assert v.verdict == Verdict.INCONCLUSIVE
+    assert "unknown placeholder" in v.message
+    assert fake.queries == []
+
+
+async def test_analyse_without_gates_queries_nothing() -> None:
+    fake = FakePrometheus({})
+    assert await analyse(spec(), "chat", "ns", "stab", "cand", fake) == []
+    assert fake.queries == []
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_client_timeout_becomes_query_error(silent_server: str) -> None:
+    with pytest.raises(QueryError, match="prometheus"):
+        await PrometheusClient(silent_server, timeout=0.2).instant("up")
+
+
+async def test_client_unreachable_becomes_query_error() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(QueryError, match="prometheus query failed"):
+        await PrometheusClient(url, timeout=0.5).instant("up")
