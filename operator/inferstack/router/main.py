@@ -19,6 +19,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8080)
     src = p.add_argument_group("plan sources (the Kubernetes API unless --plan-file is given)")
     src.add_argument("--plan-file", help="A plan JSON file or a directory of them, polled (local runs and tests).")
+    src.add_argument("--plan-poll-interval", type=float, default=0.5, help="Seconds between --plan-file polls.")
     src.add_argument("--kubeconfig", help="Kubeconfig file; default: in-cluster config, else ~/.kube/config.")
     src.add_argument("--in-cluster", action="store_true", help="Use the pod's service account (the default inside a pod).")
     src.add_argument("--namespace", help="Watch plans in this namespace only; default: all namespaces.")
@@ -46,7 +47,7 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
 
 def sources_from(args: argparse.Namespace, metrics: RouterMetrics) -> list[PlanSource]:
     if args.plan_file:
-        return [FilePlanSource(args.plan_file, metrics)]
+        return [FilePlanSource(args.plan_file, metrics, interval=args.plan_poll_interval)]
     from inferstack.router.kubesource import KubePlanSource  # the kubernetes client is slow to import
 
     return [KubePlanSource(metrics, namespace=args.namespace, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster)]

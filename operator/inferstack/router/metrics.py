@@ -115,6 +115,9 @@ class RouterMetrics:
             self.completion_tokens.labels(*labels).inc(completion_tokens)
         for check, passed in checks.items():
             self.checks.labels(*labels, check, "pass" if passed else "fail").inc()
+            # Create the other result's series at 0 too: a revision that only
+            # ever fails must give a pass rate of 0 in PromQL, not "no data".
+            self.checks.labels(*labels, check, "fail" if passed else "pass")
         self.quality.labels(*labels).observe(score)
 
     def record_error(self, labels: Labels, kind: str) -> None:

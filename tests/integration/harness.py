@@ -1,0 +1,116 @@
+"""Integration harness: real router and stand-in processes on loopback ports.
+
+Every wait polls with a deadline; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not ready after {timeout}s")
+        time.sleep(0.05)
+
+
+@dataclass
+class Proc:
+    url: str
+    port: int
+    popen: subprocess.Popen
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[subprocess.Popen] = []
+
+    def spawn(self, name: str, module: str, args: list[str]) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.started.append(popen)
+        return popen
+
+    def standin(self, model: str, *extra: str) -> Proc:
+        port = free_port()
+        popen = self.spawn(f"standin-{model}-{port}", "inferstack.standin.main",
+                           ["--port", str(port), "--served-model", model, *extra])
+        url = f"http://127.0.0.1:{port}"
+        wait_until(f"standin {model}", lambda: http_ok(url + "/health"), proc=popen)
+        return Proc(url, port, popen)
+
+    def router(self, plan_path: Path, *extra: str) -> Proc:
+        port = free_port()
+        popen = self.spawn(f"router-{port}", "inferstack.router.main",
+                           ["--host", "127.0.0.1", "--port", str(port), "--plan-file", str(plan_path),
+                            "--plan-poll-interval", "0.1", "--log-level", "WARNING", *extra])
+        url = f"http://127.0.0.1:{port}"
+        wait_until("router", lambda: http_ok(url + "/readyz"), proc=popen)
+        return Proc(url, port, popen)
+
+    def stop_all(self) -> None:
+        for popen in self.started:
+            popen.terminate()
+        for popen in self.started:
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+
+def plan(stable: Proc, candidate: Proc | None, serial: int = 1, **fields: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "stack": "support",
+        "namespace": "team-a",
+        "serial": serial,
+        "stable": {"revision": "rev-a", "url": stable.url, "servedModel": "model-a",
+                   "cacheNamespace": "team-a.support.rev-a", "promptHash": "hash-a",
+                   "systemPrompt": "You are the support assistant."},
+        **fields,
+    }
+    if candidate is not None:
+        data["candidate"] = {"revision": "rev-b", "url": candidate.url, "servedModel": "model-b",
+                             "cacheNamespace": "team-a.support.rev-b", "promptHash": "hash-b",
+                             "systemPrompt": "You are the support assistant. Never discuss refunds."}
+    return data
+
+
+def write_plan(path: Path, data: dict[str, Any]) -> None:
+    """Atomic replace, as a ConfigMap update is atomic; bump mtime past the filesystem's tick."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
