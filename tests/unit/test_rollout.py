@@ -244,7 +244,7 @@ CASES = {
         replace(SHADOW, last_analysis_at=T0 + MIN, verdicts=PASS),
         obs(),
         T0 + 4 * MIN,
-        {"step": "shadow 10%", "rewrite": False, "events": [], "message": "1m left in step"},
+        {"step": "shadow 10%", "rewrite": False, "events": [], "message": "step ends "},
     ),
     "step-done-but-no-analysis-since-start-holds": Case(
         replace(SHADOW, last_analysis_at=T0 - MIN, verdicts=PASS),

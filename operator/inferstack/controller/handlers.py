@@ -4,8 +4,8 @@ Design:
 
 * Owned Deployments, ControllerRevisions and traffic plans are indexed from
   kopf's watch streams, so a reconcile pass reads memory, not the API server.
-* Each stack has one daemon that runs ``reconcile_once`` serially (no two
-  passes for one stack ever race). It wakes on any event of the stack or of
+* Each stack has one loop (``StackLoop``) that runs ``reconcile_once``
+  serially (no two passes for one stack ever race). It wakes on any event of the stack or of
   an object it owns, and every ``resyncSeconds`` to move rollout timers.
 * The decision is made by the pure core; this module only gathers inputs,
   calls the core and applies the returned actions.
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -27,11 +28,14 @@ from inferstack import GROUP, PLURAL, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.controller import metrics
 from inferstack.controller.kube import Kube
+from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.plan import next_serial, plan_differs, traffic_plan
 from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile
 from inferstack.core.revision import ResolvedRefs, UnresolvedReference, compute_revision
+from inferstack.core.rollout import Analysis, Decision, RolloutState, analysis_due
+from inferstack.core.status import READY, RECONCILING, STALLED, ConditionState, merge_conditions
 from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
 
 log = logging.getLogger(__name__)
@@ -44,12 +48,13 @@ class Runtime:
 
     kube: Kube
     config: OperatorConfig = OperatorConfig()
-    wakeups: dict[tuple[str, str], asyncio.Event] = {}
+    prometheus: PrometheusClient | None = None
+    loops: dict[tuple[str, str], StackLoop] = {}
 
 
 def poke(namespace: str | None, stack: str | None) -> None:
-    if namespace and stack and (ev := Runtime.wakeups.get((namespace, stack))):
-        ev.set()
+    if namespace and stack and (loop := Runtime.loops.get((namespace, stack))):
+        loop.wake.set()
 
 
 # ------------------------------------------------------------------- indexes
@@ -93,11 +98,6 @@ def owned_object_changed(namespace, labels, **_):
     poke(namespace, labels.get(objects.LABEL_STACK))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def stack_changed(namespace, name, **_):
-    poke(namespace, name)
-
-
 def observe(key: tuple[str, str], deployment_index, revision_index, plan_index) -> tuple[Observed, dict[str, dict]]:
     deployments = {rev: st for rev, st in deployment_index.get(key, []) if rev}
     revisions: dict[str, int] = {}
@@ -130,7 +130,8 @@ async def resolve_refs(kube: Kube, namespace: str, spec: InferenceStackSpec) -> 
     return ResolvedRefs(prompt_system=prompt_system, tools_definitions=tools)
 
 
-async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set[str]) -> None:
+async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set[str]) -> dict[str, Any] | None:
+    """Carry out the actions; returns the stack as patched, when the status was written."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     for manifest in actions.create:
@@ -142,17 +143,68 @@ async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set
         kopf.info(body, reason="RevisionCollected", message=f"revision {rev} removed (beyond revisionHistoryLimit)")
     if actions.plan is not None:
         await kube.write_plan(objects.build_traffic_plan_configmap(body, actions.plan.model_dump_json(by_alias=True)))
+    patched = None
     if actions.status is not None:
-        await kube.patch_status(ns, name, actions.status)
+        log.debug("status patch %s/%s: %s", ns, name, actions.status)
+        patched = await kube.patch_status(ns, name, actions.status)
     for etype, reason, message in actions.events:
         # The same decision seen twice before the watch catches up posts once.
         if (key := f"{reason}:{message}") not in emitted:
             emitted.add(key)
             kopf.event(body, type=etype, reason=reason, message=message)
+    return patched
 
 
-async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]) -> Actions:
-    kube, config = Runtime.kube, Runtime.config
+def _invalid_spec_status(body: dict[str, Any], message: str, now: datetime) -> dict[str, Any] | None:
+    """Status for a spec the API server accepted but the operator cannot use (a missing ConfigMap)."""
+    meta, current = body["metadata"], body.get("status") or {}
+    wanted: dict[str, Any] = {"phase": "Failed", "message": message, "observedGeneration": meta.get("generation")}
+    if all(current.get(k) == v for k, v in wanted.items()):
+        return None
+    wanted["conditions"] = merge_conditions(
+        current.get("conditions") or [],
+        {
+            READY: ConditionState(False, "InvalidSpec", message),
+            RECONCILING: ConditionState(False, "InvalidSpec", ""),
+            STALLED: ConditionState(True, "InvalidSpec", message),
+        },
+        meta.get("generation"),
+        now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    return wanted
+
+
+async def run_analysis(spec: InferenceStackSpec, meta: dict[str, Any], status: dict[str, Any], now: datetime) -> Analysis | None:
+    state = RolloutState.from_status(status)
+    if not analysis_due(spec, state, now) or not state.stable or not state.candidate:
+        return None
+    if Runtime.prometheus is None:
+        Runtime.prometheus = PrometheusClient(Runtime.config.prometheus_url, timeout=Runtime.config.prometheus_timeout_seconds)
+    verdicts = await analyse(spec, meta["name"], meta["namespace"], state.stable, state.candidate, Runtime.prometheus)
+    # The time the data was read, so a step only ends on evidence gathered after it began.
+    return Analysis(state.candidate, datetime.now(UTC), tuple(verdicts))
+
+
+def desired_plan(meta, spec, decision: Decision, parts: dict[str, dict], current_json: str | None):
+    """The traffic plan the decision asks for, or None when the current one already says it."""
+    t = decision.traffic
+    if not t.stable or t.stable not in parts:
+        return None
+    candidate = (t.candidate, parts[t.candidate]) if t.candidate and t.candidate in parts else None
+    plan = traffic_plan(
+        meta, spec, Runtime.config, (t.stable, parts[t.stable]), candidate,
+        candidate_weight=t.candidate_weight, shadow_percent=t.shadow_percent, serial=next_serial(current_json),
+    )  # fmt: skip
+    return plan if plan_differs(current_json, plan) else None
+
+
+async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]) -> tuple[timedelta | None, dict | None]:
+    """One level-based pass.
+
+    Returns when the rollout wants to be looked at again, and the stack as
+    the status patch left it (None when nothing was patched).
+    """
+    kube = Runtime.kube
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     now = datetime.now(UTC)
@@ -162,63 +214,106 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     except (ValidationError, UnresolvedReference) as e:
         # Wrong input is the user's to fix: say so in status, do not crash-loop.
         message = str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)
-        stalled = {
-            "phase": "Failed",
-            "message": message,
-            "observedGeneration": meta.get("generation"),
-        }
-        current = body.get("status") or {}
-        if any(current.get(k) != v for k, v in stalled.items()):
-            from inferstack.core.status import READY, RECONCILING, STALLED, ConditionState, merge_conditions
-
-            stalled["conditions"] = merge_conditions(
-                current.get("conditions") or [],
-                {
-                    READY: ConditionState(False, "InvalidSpec", message),
-                    RECONCILING: ConditionState(False, "InvalidSpec", ""),
-                    STALLED: ConditionState(True, "InvalidSpec", message),
-                },
-                meta.get("generation"),
-                now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            )
-            await kube.patch_status(*key, stalled)
+        if (patch := _invalid_spec_status(body, message, now)) is not None:
             kopf.warn(body, reason="InvalidSpec", message=message)
-        return Actions()
+            return None, await kube.patch_status(*key, patch)
+        return None, None
     revision = compute_revision(spec, refs)
     observed, parts = observe(key, *indexes)
-    actions = reconcile(body, spec, revision, observed, config, now)
     parts.setdefault(revision.hash, revision.parts)
+    analysis = await run_analysis(spec, meta, body.get("status") or {}, now)
+    actions, decision = reconcile(body, spec, revision, observed, Runtime.config, now, analysis)
+    actions.plan = desired_plan(meta, spec, decision, parts, observed.plan_json)
+    patched = await apply(kube, body, actions, emitted)
+    metrics.CANDIDATE_WEIGHT.labels(*key).set(decision.traffic.candidate_weight)
+    if decision.rollback is not None and actions.status is not None:
+        metrics.ROLLBACKS.labels(*key, decision.rollback.cause).inc()
+    return decision.requeue_after, patched
 
-    status = {**(body.get("status") or {}), **(actions.status or {})}
-    stable = status.get("stableRevision")
-    if stable and stable in parts:
-        plan = traffic_plan(meta, spec, config, (stable, parts[stable]), serial=next_serial(observed.plan_json))
-        if plan_differs(observed.plan_json, plan):
-            actions.plan = plan
-    await apply(kube, body, actions, emitted)
-    return actions
 
+class StackLoop:
+    """The one reconcile loop of one stack; passes never overlap.
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def stack_daemon(stopped, body, namespace, name, deployment_index, revision_index, plan_index, logger, **_):
-    key = (namespace, name)
-    wake = Runtime.wakeups.setdefault(key, asyncio.Event())
-    emitted: set[str] = set()
-    backoff = 1.0
-    try:
-        while not stopped:
-            wake.clear()
+    A plain task rather than a kopf daemon: kopf guards daemons with a
+    finalizer, which would block deleting a stack (and its namespace, and a
+    GitOps prune) whenever the operator is down. Owner references already
+    clean up everything a stack owns, so no finalizer is needed.
+    """
+
+    def __init__(self, key: tuple[str, str], body: dict[str, Any], indexes: tuple) -> None:
+        self.key = key
+        self.body = body
+        self.indexes = indexes
+        self.wake = asyncio.Event()
+        self.emitted: set[str] = set()
+        self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}")
+
+    async def run(self) -> None:
+        namespace, name = self.key
+        backoff = 1.0
+        while True:
+            self.wake.clear()
             try:
                 with metrics.RECONCILE_SECONDS.time():
-                    await reconcile_once(dict(body), (deployment_index, revision_index, plan_index), emitted)
+                    requeue, patched = await reconcile_once(self.body, self.indexes, self.emitted)
+                if patched is not None:
+                    # Decide next from what we wrote, not from a watch event
+                    # that may still be on its way: a pass woken by another
+                    # object's event must not redo this pass's step.
+                    self.update(patched)
                 backoff = 1.0
                 timeout = Runtime.config.resync_seconds
+                if requeue is not None:
+                    # Wake up right when a step's timer ends, not up to a resync later.
+                    timeout = max(0.05, min(timeout, requeue.total_seconds()))
+            except asyncio.CancelledError:
+                raise
             except Exception as e:  # one bad pass must not kill the loop
                 metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
-                logger.exception(f"reconcile failed: {e}")
+                log.exception("reconcile %s/%s failed: %s", namespace, name, e)
                 timeout = backoff = min(backoff * 2, 60.0)
             metrics.RECONCILES.labels(namespace, name).inc()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=timeout)
-    finally:
-        Runtime.wakeups.pop(key, None)
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+
+    def update(self, body: dict[str, Any]) -> None:
+        """Take a newer version of the stack; ignore one older than what we hold."""
+        if _rv(body) >= _rv(self.body):
+            self.body = body
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+def _rv(body: dict[str, Any]) -> int:
+    # resourceVersion is opaque by contract, but for one object served by one
+    # etcd it grows monotonically; 0 makes an unparsable one always lose.
+    try:
+        return int(body["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def stack_changed(type, body, namespace, name, deployment_index, revision_index, plan_index, **_):
+    key = (namespace, name)
+    loop = Runtime.loops.get(key)
+    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        if loop:
+            loop.stop()
+            del Runtime.loops[key]
+        return
+    snapshot = copy.deepcopy(dict(body))
+    if loop is None:
+        Runtime.loops[key] = StackLoop(key, snapshot, (deployment_index, revision_index, plan_index))
+    else:
+        loop.update(snapshot)
+        loop.wake.set()
+
+
+@kopf.on.cleanup()
+async def stop_loops(**_):
+    for loop in Runtime.loops.values():
+        loop.stop()
+    await asyncio.gather(*(loop.task for loop in Runtime.loops.values()), return_exceptions=True)
+    Runtime.loops.clear()

@@ -106,9 +106,10 @@ class Kube:
                 raise
             await self._call(self.core.create_namespaced_config_map, ns, manifest)
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch .status; returns the object as the API server now has it."""
         API_WRITES.labels("InferenceStack", "patch-status").inc()
-        await self._call(
+        return await self._call(
             self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
 

@@ -24,7 +24,9 @@ from inferstack.api.v1alpha1 import InferenceStackSpec, Phase
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.revision import Revision, cache_namespace
+from inferstack.core.rollout import Analysis, Decision, Observations, RolloutState, decide, parse_command
 from inferstack.core.status import READY, RECONCILING, STALLED, ConditionState, merge_conditions
+from inferstack.core.traffic import TrafficPlan
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Actions:
     delete_revisions: list[str] = field(default_factory=list)
     status: dict[str, Any] | None = None  # merge patch for .status; None = unchanged
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-    plan: Any = None  # a TrafficPlan to write; None = unchanged
+    plan: TrafficPlan | None = None  # None = unchanged
 
     @property
     def writes(self) -> int:
@@ -87,10 +89,21 @@ def revision_ready(spec: InferenceStackSpec, observed: Observed, rev: str) -> bo
     return dep is not None and (dep.available or spec.model.replicas == 0)
 
 
-def status_patch(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any] | None:
-    """Only the keys that differ, so an unchanged status costs no write."""
-    patch = {k: v for k, v in wanted.items() if current.get(k) != v}
-    return patch or None
+def live_revisions(decision: Decision, now: datetime) -> set[str]:
+    """Revisions that must keep their replicas: stable, candidate and the ones kept warm."""
+    st = decision.state
+    warm = {r for r, until in st.scale_down_at.items() if until > now}
+    return {r for r in (st.stable, st.candidate) if r} | warm
+
+
+def gate_summary(decision: Decision) -> str:
+    verdicts = decision.state.verdicts
+    if not verdicts:
+        return ""
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[v.verdict.value] = counts.get(v.verdict.value, 0) + 1
+    return " ".join(f"{k}={n}" for k, n in sorted(counts.items()))
 
 
 def reconcile(
@@ -100,70 +113,68 @@ def reconcile(
     observed: Observed,
     config: OperatorConfig,
     now: datetime,
-) -> Actions:
-    """Revisions and first-deploy status. Rollouts between revisions are the rollout engine's."""
+    analysis: Analysis | None = None,
+) -> tuple[Actions, Decision]:
+    """Objects for the spec's revision, then the rollout engine's decision, as actions."""
     meta = stack["metadata"]
     status = stack.get("status") or {}
     actions = Actions()
     rev = revision.hash
-    stable = status.get("stableRevision")
-    candidate = None if rev == stable else rev
 
     if rev not in observed.revisions:
         number = max(observed.revisions.values(), default=0) + 1
         actions.create = desired_objects(stack, spec, revision, config, number)
         actions.events.append(("Normal", "RevisionCreated", f"revision {rev} (#{number}) created"))
 
-    # Scaling is not a new revision: live revisions follow spec.model.replicas.
-    for live in filter(None, (stable, candidate)):
-        dep = observed.deployments.get(live)
-        if dep is not None and dep.replicas != spec.model.replicas and spec.model.endpoint is None:
-            actions.scale[live] = spec.model.replicas
+    known = set(observed.revisions)
+    ready = frozenset(r for r in known if revision_ready(spec, observed, r))
+    obs = Observations(
+        revision=rev,
+        ready=ready,
+        known=frozenset(known),
+        analysis=analysis,
+        command=parse_command(meta.get("annotations")),
+    )
+    decision = decide(spec, RolloutState.from_status(status), obs, now)
+    actions.events.extend((e.type, e.reason, e.message) for e in decision.events)
 
-    keep = {r for r in (stable, candidate, status.get("candidateRevision")) if r}
+    # Scaling is not a new revision: live revisions follow spec.model.replicas,
+    # the others keep their objects (restorable) at zero replicas.
+    live = live_revisions(decision, now) | {rev}
+    if spec.model.endpoint is None:
+        for r, dep in observed.deployments.items():
+            want = spec.model.replicas if r in live else 0
+            if dep.replicas != want:
+                actions.scale[r] = want
+
+    keep = live | {r for r in (decision.state.rolled_back,) if r}
     actions.delete_revisions = revisions_to_collect(observed, keep, spec.rollout.revision_history_limit)
 
-    now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    wanted: dict[str, Any] = {"observedGeneration": meta.get("generation")}
-    ready_now = revision_ready(spec, observed, rev)
+    wanted = decision.status_patch(status)
+    generation = meta.get("generation")
+    if status.get("observedGeneration") != generation:
+        wanted["observedGeneration"] = generation
+    stable = decision.state.stable
+    cache_ns = cache_namespace(meta["namespace"], meta["name"], stable, spec.cache.namespace) if stable else None
+    if status.get("cacheNamespace") != cache_ns:
+        wanted["cacheNamespace"] = cache_ns
+    if status.get("gateSummary", "") != (summary := gate_summary(decision)):
+        wanted["gateSummary"] = summary
+
+    hints = {h.type: ConditionState(h.status, h.reason, h.message) for h in decision.conditions}
     dep = observed.deployments.get(rev)
-    stalled = bool(dep and dep.deadline_exceeded and not ready_now)
-
-    if stable is None:
-        if ready_now:
-            stable = rev
-            actions.events.append(("Normal", "RevisionStable", f"revision {rev} is available and serves 100%"))
-        wanted.update(
-            stableRevision=stable,
-            candidateRevision=None,
-            phase=Phase.HEALTHY.value if stable else (Phase.FAILED.value if stalled else Phase.PENDING.value),
-            message=(
-                f"revision {rev} serves 100%"
-                if stable
-                else f"revision {rev}: GPU pods missed the progress deadline"
-                if stalled
-                else f"waiting for revision {rev} to become available"
-            ),
-        )
-    elif candidate is None:
-        wanted.update(candidateRevision=None, phase=Phase.HEALTHY.value, message=f"revision {stable} serves 100%")
-    else:
-        wanted.update(candidateRevision=candidate, phase=Phase.PROGRESSING.value, message=f"candidate {candidate} created")
-
-    cache_prefix = spec.cache.namespace
-    serving = wanted.get("stableRevision", stable)
-    if serving:
-        wanted["cacheNamespace"] = cache_namespace(meta["namespace"], meta["name"], serving, cache_prefix)
-
-    healthy = wanted.get("phase") == Phase.HEALTHY.value
-    conditions = {
-        READY: ConditionState(healthy, "Serving" if healthy else "Progressing" if not stalled else "Stalled", wanted["message"]),
-        RECONCILING: ConditionState(not healthy and not stalled, "Healthy" if healthy else "Deploying", wanted["message"]),
-        STALLED: ConditionState(stalled, "ProgressDeadlineExceeded" if stalled else "NotStalled", wanted["message"] if stalled else ""),
-    }
-    merged = merge_conditions(status.get("conditions") or [], conditions, meta.get("generation"), now_s)
-    # A condition list that equals the current one except timestamps must not be rewritten.
+    if stable is None and dep is not None and dep.deadline_exceeded:
+        # The first revision's GPU pods never became Ready: only the user can fix that.
+        msg = f"revision {rev}: pods missed the progress deadline (GPUs available? image pullable?)"
+        hints = {
+            READY: ConditionState(False, "ProgressDeadlineExceeded", msg),
+            RECONCILING: ConditionState(False, "ProgressDeadlineExceeded", ""),
+            STALLED: ConditionState(True, "ProgressDeadlineExceeded", msg),
+        }
+        if status.get("phase") != Phase.FAILED.value:
+            wanted["phase"], wanted["message"] = Phase.FAILED.value, msg
+    merged = merge_conditions(status.get("conditions") or [], hints, generation, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
     if merged != (status.get("conditions") or []):
         wanted["conditions"] = merged
-    actions.status = status_patch(status, wanted)
-    return actions
+    actions.status = wanted or None
+    return actions, decision

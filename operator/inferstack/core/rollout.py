@@ -700,8 +700,10 @@ class _Run:
             return Phase.PAUSED, f"paused by command at step {s.step_index + 1}; annotate resume or promote"
         if duration is None:
             return Phase.PAUSED, f"pause step: annotate {COMMAND_ANNOTATION}=promote to continue"
-        left = s.step_started_at + duration - self.now
-        timer = f"{format_duration(left)} left in step" if left > timedelta(0) else "step time done"
+        # An absolute end time, not a countdown: a status that changes every
+        # pass would cost a write every pass.
+        end = s.step_started_at + duration
+        timer = f"step ends {end.strftime('%H:%M:%SZ')}" if end > self.now else "step time done"
         return (Phase.PAUSED if step.pause else Phase.PROGRESSING), f"{timer}; {hold or 'gates pass'}"
 
     def requeue_after(self) -> timedelta | None:
