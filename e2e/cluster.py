@@ -43,6 +43,9 @@ KWOK_WORKDIR = RUN / "kwok"
 GPU_NODES = int(os.environ.get("INFERSTACK_GPU_NODES", "4"))
 GPUS_PER_NODE = int(os.environ.get("INFERSTACK_GPUS_PER_NODE", "8"))
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+# Gateway API CRDs for the GatewayAPI traffic provider's tests, taken from the
+# module's own config/ tree through the Go module proxy (no other download).
+GATEWAY_API_VERSION = "v1.4.1"
 
 
 def log(msg: str) -> None:
@@ -176,6 +179,18 @@ def cluster_up(bin_dir: Path) -> None:
     log(f"{GPU_NODES} GPU nodes x {GPUS_PER_NODE} nvidia.com/gpu Ready; KUBECONFIG={KUBECONFIG}")
 
 
+def gateway_api_crds(bin_dir: Path) -> None:
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", f"sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}"],
+        capture_output=True, text=True, cwd=REPO / "e2e" / "k8sbin",
+    )  # fmt: skip
+    if proc.returncode != 0:
+        fail(f"go mod download sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}: {proc.stderr or proc.stdout}")
+    crds = Path(json.loads(proc.stdout)["Dir"]) / "config" / "crd" / "standard"
+    kubectl(bin_dir, "apply", "--server-side", "-f", str(crds))
+    log(f"Gateway API {GATEWAY_API_VERSION} CRDs installed")
+
+
 def prometheus_config() -> str:
     return (
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -263,6 +278,7 @@ def main() -> None:
         print(bin_dir)
     elif args.command == "up":
         cluster_up(bin_dir)
+        gateway_api_crds(bin_dir)
         prometheus_up()
         write_env()
         print(f"ready: source {RUN / 'env'}")

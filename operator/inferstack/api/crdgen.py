@@ -112,7 +112,7 @@ def _fill_factory_defaults(model: type[BaseModel], schema: dict[str, Any], defs:
                 prop["default"] = value
         # recurse into nested models
         annotation = field.annotation
-        for candidate in getattr(annotation, "__args__", ()) + (annotation,):
+        for candidate in (*getattr(annotation, "__args__", ()), annotation):
             if isinstance(candidate, type) and issubclass(candidate, BaseModel):
                 ref = prop.get("$ref") or next((o.get("$ref") for o in prop.get("anyOf", []) if "$ref" in o), None)
                 if ref:

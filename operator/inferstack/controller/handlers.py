@@ -25,12 +25,13 @@ import kopf
 from pydantic import ValidationError
 
 from inferstack import GROUP, PLURAL, VERSION
-from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.api.v1alpha1 import InferenceStackSpec, TrafficProvider
 from inferstack.controller import metrics
 from inferstack.controller.kube import Kube
 from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
+from inferstack.core.gateway import build_httproute
 from inferstack.core.plan import next_serial, plan_differs, traffic_plan
 from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile
 from inferstack.core.revision import ResolvedRefs, UnresolvedReference, compute_revision
@@ -224,6 +225,9 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     analysis = await run_analysis(spec, meta, body.get("status") or {}, now)
     actions, decision = reconcile(body, spec, revision, observed, Runtime.config, now, analysis)
     actions.plan = desired_plan(meta, spec, decision, parts, observed.plan_json)
+    if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
+        # Before the status: the status must never claim a switch not yet made.
+        await kube.apply_httproute(build_httproute(body, spec, decision.traffic, Runtime.config))
     patched = await apply(kube, body, actions, emitted)
     metrics.CANDIDATE_WEIGHT.labels(*key).set(decision.traffic.candidate_weight)
     if decision.rollback is not None and actions.status is not None:

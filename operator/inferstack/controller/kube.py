@@ -113,6 +113,34 @@ class Kube:
             self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
 
+    async def apply_httproute(self, manifest: dict[str, Any]) -> bool:
+        """Create or replace the stack's HTTPRoute unless it already carries this spec; True if written.
+
+        The API server defaults fields inside an HTTPRoute, so comparing specs
+        would always differ; a hash of what we wrote, in an annotation, does not.
+        """
+        from inferstack.core.gateway import GATEWAY_GROUP, GATEWAY_VERSION
+        from inferstack.core.revision import digest
+
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        want = digest(manifest["spec"])[:16]
+        manifest["metadata"].setdefault("annotations", {})[f"{GROUP}/spec-hash"] = want
+        args = (GATEWAY_GROUP, GATEWAY_VERSION, ns, "httproutes")
+        try:
+            current = await self._call(self.custom.get_namespaced_custom_object, *args, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            API_WRITES.labels("HTTPRoute", "create").inc()
+            await self._call(self.custom.create_namespaced_custom_object, *args, manifest)
+            return True
+        if (current.get("metadata", {}).get("annotations") or {}).get(f"{GROUP}/spec-hash") == want:
+            return False
+        manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        API_WRITES.labels("HTTPRoute", "replace").inc()
+        await self._call(self.custom.replace_namespaced_custom_object, *args, name, manifest)
+        return True
+
     async def read_controller_revision(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             cr = await self._call(self.apps.read_namespaced_controller_revision, name, namespace)
