@@ -114,7 +114,7 @@ def main() -> None:
 
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", ns)
-    log = tempfile.NamedTemporaryFile(prefix="operator-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="operator-", suffix=".log", delete=False)  # noqa: SIM115 - handed to the child process
     op = subprocess.Popen(
         [str(REPO / ".venv/bin/inferstack-operator"), "--kubeconfig", os.environ["KUBECONFIG"], "--namespace", ns,
          "--resync-seconds", str(args.resync_seconds), "--metrics-port", "0"],

@@ -221,7 +221,7 @@ def prometheus_up() -> None:
     (PROM_DIR / "targets").mkdir(parents=True, exist_ok=True)
     (PROM_DIR / "prometheus.yml").write_text(prometheus_config())
     shutil.rmtree(PROM_DIR / "data", ignore_errors=True)
-    logf = open(PROM_DIR / "prometheus.log", "ab")
+    logf = open(PROM_DIR / "prometheus.log", "ab")  # noqa: SIM115 - handed to the child process, which outlives this scope
     proc = subprocess.Popen(
         [
             PROMETHEUS,

@@ -134,7 +134,7 @@ class Operator:
     def start(self) -> None:
         self.port = free_port()
         self.starts += 1
-        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")
+        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 - handed to the child process, which outlives this scope
         self.proc = subprocess.Popen(
             [str(REPO / ".venv/bin/inferstack-operator"), "--kubeconfig", os.environ["KUBECONFIG"],
              "--resync-seconds", "1", "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1", *self.extra_args],

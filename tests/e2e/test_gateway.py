@@ -56,5 +56,5 @@ def test_gateway_route_follows_shadow_canary_and_abort(namespace, operator):
     st = wait_until("Degraded", lambda: (s := kget("istack", "gw-bot", namespace)["status"])["phase"] == "Degraded" and s)
     assert st["stableRevision"] == stable and st["rolledBackRevision"] == cand
     assert st["traffic"]["candidateWeight"] == 0
-    stalled = [c for c in st["conditions"] if c["type"] == "Stalled"][0]
+    stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True"

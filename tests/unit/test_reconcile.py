@@ -57,7 +57,7 @@ def test_first_revision_becomes_stable_when_ready_then_nothing_is_written():
     assert actions.status["phase"] == "Pending" and actions.status.get("stableRevision") is None
     body = apply_status(body, actions)
     ready = Observed(revisions={rev.hash: 1}, deployments={rev.hash: DeploymentState(1, True)})
-    actions, decision = reconcile(body, sp, rev, ready, CONFIG, NOW)
+    actions, _decision = reconcile(body, sp, rev, ready, CONFIG, NOW)
     assert actions.status["stableRevision"] == rev.hash and actions.status["phase"] == "Healthy"
     assert {c["type"]: c["status"] for c in actions.status["conditions"]} == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
     body = apply_status(body, actions)

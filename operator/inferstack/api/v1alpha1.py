@@ -26,9 +26,9 @@ Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 ShortStr = Annotated[str, Field(max_length=253)]
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """One ``x-kubernetes-validations`` entry. Messages name the field and the fix."""
-    entry = {"rule": rule, "message": message}
+    entry: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     if reason:

@@ -19,7 +19,7 @@ import copy
 import json
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -131,6 +131,11 @@ async def resolve_refs(kube: Kube, namespace: str, spec: InferenceStackSpec) -> 
     return ResolvedRefs(prompt_system=prompt_system, tools_definitions=tools)
 
 
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the stack, through kopf's background poster (never blocks a pass)."""
+    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
+
+
 async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set[str]) -> dict[str, Any] | None:
     """Carry out the actions; returns the stack as patched, when the status was written."""
     meta = body["metadata"]
@@ -141,7 +146,7 @@ async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set
         await kube.scale(ns, objects.revision_name(name, rev), replicas)
     for rev in actions.delete_revisions:
         await kube.delete_revision(ns, name, rev)
-        kopf.info(body, reason="RevisionCollected", message=f"revision {rev} removed (beyond revisionHistoryLimit)")
+        post_event(body, "Normal", "RevisionCollected", f"revision {rev} removed (beyond revisionHistoryLimit)")
     if actions.plan is not None:
         await kube.write_plan(objects.build_traffic_plan_configmap(body, actions.plan.model_dump_json(by_alias=True)))
     patched = None
@@ -152,7 +157,7 @@ async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set
         # The same decision seen twice before the watch catches up posts once.
         if (key := f"{reason}:{message}") not in emitted:
             emitted.add(key)
-            kopf.event(body, type=etype, reason=reason, message=message)
+            post_event(body, etype, reason, message)
     return patched
 
 
@@ -216,7 +221,7 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
         # Wrong input is the user's to fix: say so in status, do not crash-loop.
         message = str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)
         if (patch := _invalid_spec_status(body, message, now)) is not None:
-            kopf.warn(body, reason="InvalidSpec", message=message)
+            post_event(body, "Warning", "InvalidSpec", message)
             return None, await kube.patch_status(*key, patch)
         return None, None
     revision = compute_revision(spec, refs)
@@ -298,7 +303,7 @@ def _rv(body: dict[str, Any]) -> int:
         return 0
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 async def stack_changed(type, body, namespace, name, deployment_index, revision_index, plan_index, **_):
     key = (namespace, name)
     loop = Runtime.loops.get(key)

@@ -162,8 +162,8 @@ def reconcile(
         wanted["gateSummary"] = summary
 
     hints = {h.type: ConditionState(h.status, h.reason, h.message) for h in decision.conditions}
-    dep = observed.deployments.get(rev)
-    if stable is None and dep is not None and dep.deadline_exceeded:
+    first = observed.deployments.get(rev)
+    if stable is None and first is not None and first.deadline_exceeded:
         # The first revision's GPU pods never became Ready: only the user can fix that.
         msg = f"revision {rev}: pods missed the progress deadline (GPUs available? image pullable?)"
         hints = {

@@ -73,7 +73,7 @@ def revision_parts(spec: InferenceStackSpec, refs: ResolvedRefs | None = None) -
     if spec.retriever is not None:
         parts["retriever"] = spec.retriever.model_dump(mode="json", by_alias=True)
     if spec.tools is not None:
-        tools = {"version": spec.tools.version}
+        tools: dict[str, Any] = {"version": spec.tools.version}
         if spec.tools.config_map_ref is not None:
             if refs.tools_definitions is None:
                 raise UnresolvedReference(f"tools ConfigMap {spec.tools.config_map_ref.name} is not resolved")

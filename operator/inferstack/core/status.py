@@ -51,7 +51,7 @@ def merge_conditions(
                 "reason": state.reason,
                 "message": state.message,
                 "observedGeneration": generation,
-                "lastTransitionTime": now if changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
+                "lastTransitionTime": now if old is None or changed or not old.get("lastTransitionTime") else old["lastTransitionTime"],
             }
         )
     # Keep conditions that others (or later versions) wrote, untouched.
