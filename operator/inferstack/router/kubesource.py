@@ -197,8 +197,10 @@ class KubePlanSource:
                 break
             obj = event["object"]
             kind = event["type"]
-            meta = obj.metadata if hasattr(obj, "metadata") else None
-            if meta is not None and meta.resource_version:
+            meta = getattr(obj, "metadata", None)
+            if meta is None:
+                continue
+            if meta.resource_version:
                 resource_version = meta.resource_version
             if kind in ("ADDED", "MODIFIED"):
                 self._post(self._plans.upsert, meta.namespace, meta.name, obj.data)
