@@ -1,0 +1,318 @@
+"""The data plane around the local control plane: stand-in model server, router, operator, load.
+
+Used by the e2e tests, the demo and the benchmarks, so all three run the same
+real processes the same way:
+
+* one vLLM stand-in (no GPU here) on a loopback port. Every revision's
+  backend URL points at it (``backendUrlTemplate``); what differs between
+  revisions is what the router sends, i.e. the revision's system prompt, so
+  a bad prompt gives measurably worse answers on one slice;
+* the router, watching traffic plans through the real API server;
+* the operator, with Prometheus (started by ``e2e/cluster.py up``) as its
+  gate source;
+* Prometheus scrape targets written to the harness's file_sd directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+# Slice mix of the generated traffic: billing is small, so a candidate that
+# fails only billing still passes an aggregate comparison.
+SLICE_QUESTIONS = {
+    "billing": ["How do I get a refund?", "Why was I charged twice?", "Can I change my payment method?"],
+    "shipping": ["Where is my parcel?", "Do you ship to Canada?", "Can I change the delivery address?"],
+    "general": ["What are your opening hours?", "How do I reset my password?", "Who are you?"],
+}
+SLICE_WEIGHTS = {"billing": 0.04, "shipping": 0.36, "general": 0.60}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Proc:
+    """A child process with its log file; stopped on exit."""
+
+    name: str
+    args: list[str]
+    log_dir: Path
+    ready_url: str | None = None
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+
+    def start(self, timeout: float = 30) -> Proc:
+        self.starts += 1
+        log = open(self.log_dir / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.ready_url:
+            wait_for(f"{self.name} at {self.ready_url}", lambda: self._alive() and http_ok(self.ready_url or ""), timeout)
+        return self
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_dir}")
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def scrape_targets(name: str, targets: list[str]) -> None:
+    """Tell the harness's Prometheus to scrape these host:port targets (file_sd, picked up at once)."""
+    directory = Path(os.environ["INFERSTACK_PROMETHEUS_TARGETS"])
+    tmp = directory / f".{name}.json.tmp"
+    tmp.write_text(json.dumps([{"targets": targets, "labels": {"component": name}}]))
+    tmp.replace(directory / f"{name}.json")  # atomic: Prometheus never reads half a file
+
+
+def prometheus_query(query: str) -> list[dict]:
+    url = os.environ["INFERSTACK_PROMETHEUS_URL"] + "/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())["data"]["result"]
+
+
+@dataclass
+class DataPlane:
+    """Stand-in + router (+ operator) for one namespace, with Prometheus scraping them."""
+
+    log_dir: Path
+    namespace: str | None = None
+    served_model: str = "Qwen/Qwen2.5-7B-Instruct"
+    resync_seconds: float = 1.0
+    standin_port: int = field(default_factory=free_port)
+    router_port: int = field(default_factory=free_port)
+    operator_metrics_port: int = field(default_factory=free_port)
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_port}"
+
+    def operator_config(self) -> Path:
+        path = self.log_dir / "operator-config.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "backendUrlTemplate": f"http://127.0.0.1:{self.standin_port}",
+                    "prometheusUrl": os.environ["INFERSTACK_PROMETHEUS_URL"],
+                    "prometheusTimeoutSeconds": 2.0,
+                    "resyncSeconds": self.resync_seconds,
+                }
+            )
+        )
+        return path
+
+    def start(self, operator: bool = True) -> DataPlane:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs["standin"] = Proc(
+            "standin",
+            [str(VENV_BIN / "inferstack-standin"), "--host", "127.0.0.1", "--port", str(self.standin_port),
+             "--served-model", self.served_model, "--latency-ms", "5", "--ttft-ms", "2"],
+            self.log_dir, f"http://127.0.0.1:{self.standin_port}/health",
+        ).start()  # fmt: skip
+        ns_args = ["--namespace", self.namespace] if self.namespace else []
+        self.procs["router"] = Proc(
+            "router",
+            [str(VENV_BIN / "inferstack-router"), "--host", "127.0.0.1", "--port", str(self.router_port),
+             "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), *ns_args],
+            self.log_dir, f"{self.router_url}/healthz",
+        ).start()  # fmt: skip
+        scrape_targets(f"dataplane-{self.router_port}", [f"127.0.0.1:{self.router_port}", f"127.0.0.1:{self.standin_port}"])
+        if operator:
+            self.start_operator()
+        return self
+
+    def start_operator(self) -> Proc:
+        ns_args = ["--namespace", self.namespace] if self.namespace else []
+        proc = self.procs.get("operator") or Proc(
+            "operator",
+            [str(VENV_BIN / "inferstack-operator"), "--kubeconfig", os.environ["KUBECONFIG"],
+             "--config", str(self.operator_config()), "--metrics-host", "127.0.0.1",
+             "--metrics-port", str(self.operator_metrics_port), *ns_args],
+            self.log_dir, f"http://127.0.0.1:{self.operator_metrics_port}/metrics",
+        )  # fmt: skip
+        self.procs["operator"] = proc
+        return proc.start()
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+        target = Path(os.environ["INFERSTACK_PROMETHEUS_TARGETS"]) / f"dataplane-{self.router_port}.json"
+        target.unlink(missing_ok=True)
+
+    def __enter__(self) -> DataPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    failed: int = 0
+    by_revision: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+
+
+class Load:
+    """Steady chat traffic through the router from many users, in a background thread.
+
+    Every request carries a user id (sticky assignment) and a slice header.
+    Failures are counted, never raised: tests assert on them.
+    """
+
+    def __init__(self, router_url: str, stack: str, rate: float = 40, users: int = 400, seed: int = 7) -> None:
+        self.router_url, self.stack, self.rate, self.users = router_url, stack, rate, users
+        self.result = LoadResult()
+        self._stop = threading.Event()
+        self._rng = random.Random(seed)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _request(self) -> tuple[dict[str, str], dict[str, Any]]:
+        slice_ = self._rng.choices(list(SLICE_WEIGHTS), weights=list(SLICE_WEIGHTS.values()))[0]
+        question = self._rng.choice(SLICE_QUESTIONS[slice_])
+        headers = {"x-user-id": f"user-{self._rng.randrange(self.users)}", "x-inferstack-slice": slice_, "x-tenant-id": "acme"}
+        body = {"model": self.stack, "messages": [{"role": "user", "content": question}], "max_tokens": 64}
+        return headers, body
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        interval = 1.0 / self.rate
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            pending: set[asyncio.Task] = set()
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                headers, body = self._request()
+                task = asyncio.create_task(self._one(session, headers, body))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+
+    async def _one(self, session, headers: dict[str, str], body: dict[str, Any]) -> None:
+        self.result.sent += 1
+        try:
+            async with session.post(f"{self.router_url}/v1/chat/completions", json=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    self.result.failed += 1
+                    self.result.errors[f"http {resp.status}"] += 1
+                else:
+                    self.result.by_revision[resp.headers.get("x-inferstack-revision", "?")] += 1
+        except Exception as e:  # counted, the test decides
+            self.result.failed += 1
+            self.result.errors[type(e).__name__] += 1
+
+
+class PlanRecorder:
+    """Records every version of a stack's traffic plan, from a watch on the real API server.
+
+    Each entry is (serial, stable, candidate, candidate weight, shadow percent):
+    the sequence of steps the router was told, in order, each exactly once.
+    """
+
+    def __init__(self, namespace: str, stack: str) -> None:
+        from kubernetes import client, config, watch
+
+        self.namespace, self.name = namespace, f"{stack}-traffic"
+        self.api = client.CoreV1Api(config.new_client_from_config(os.environ["KUBECONFIG"]))
+        self.watch = watch.Watch()
+        self.plans: list[tuple[int, str, str | None, int, int]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        while True:
+            try:
+                for ev in self.watch.stream(
+                    self.api.list_namespaced_config_map, self.namespace,
+                    field_selector=f"metadata.name={self.name}", timeout_seconds=300,
+                ):  # fmt: skip
+                    data = (ev["object"].data or {}).get("plan.json")
+                    if data:
+                        self._record(json.loads(data))
+                return
+            except (ApiException, OSError):
+                time.sleep(0.2)
+            except Exception:  # the watch was stopped
+                return
+
+    def _record(self, plan: dict[str, Any]) -> None:
+        cand = plan.get("candidate") or {}
+        entry = (plan["serial"], plan["stable"]["revision"], cand.get("revision"), plan.get("candidateWeight", 0), plan.get("shadowPercent", 0))
+        if not self.plans or self.plans[-1][0] != entry[0]:
+            self.plans.append(entry)
+
+    def steps(self) -> list[tuple[str, str | None, int, int]]:
+        return [p[1:] for p in self.plans]
+
+    def __enter__(self) -> PlanRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.watch.stop()

@@ -1,0 +1,241 @@
+"""Rollouts on the real control plane, with real Prometheus and real traffic through the router.
+
+Every revision's backend is the same vLLM stand-in; what differs is the
+revision's bundle the router applies (the system prompt). A prompt with
+"Never discuss refunds" makes the stand-in refuse billing questions only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+from conftest import kget, kubectl, wait_until
+from dataplane import DataPlane, Load, PlanRecorder, prometheus_query
+
+import cluster
+
+GOOD_PROMPT = "You are the support assistant of Example Shop. Be precise."
+BETTER_PROMPT = "You are the support assistant of Example Shop. Be precise and kind."
+BAD_PROMPT = "You are the support assistant of Example Shop. Never discuss refunds."
+
+CHECK = 'inferstack_router_check_total{namespace="{{namespace}}",stack="{{stack}}",revision="{{revision}}",slice=~"{{slice}}",check="refusal"'
+QUALITY_GATE = {
+    "name": "answer-quality",
+    "slices": ["billing", "shipping", "general"],
+    "prometheus": {
+        "query": f'sum(rate({CHECK},result="pass"}}[{{{{window}}}}])) / sum(rate({CHECK}}}[{{{{window}}}}]))',
+        "samplesQuery": f"sum(increase({CHECK}}}[{{{{window}}}}]))",
+    },
+    "compare": {"maxRelativeDrop": 0.2},
+    "minSamples": 3,
+}
+
+
+def stack(name: str, system: str, **rollout) -> dict:
+    return {
+        "apiVersion": "inferstack.dev/v1alpha1",
+        "kind": "InferenceStack",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "revision": "a09a35458c702b33eeacc393d103063234e8bc28", "gpus": 1},
+            "prompt": {"version": "v1", "system": system},
+            "rollout": {
+                "analysisInterval": "1s",
+                "progressDeadline": "60s",
+                "scaleDownDelay": "5s",
+                "steps": [
+                    {"shadow": {"percent": 50, "duration": "5s", "minSamples": 3}},
+                    {"canary": {"weight": 1, "duration": "3s"}},
+                    {"canary": {"weight": 5, "duration": "3s"}},
+                    {"canary": {"weight": 25, "duration": "3s"}},
+                    {"ramp": {"increment": 25, "duration": "2s"}},
+                ],
+                **rollout,
+            },
+            "gates": [copy.deepcopy(QUALITY_GATE)],
+        },
+    }
+
+
+def apply(namespace: str, manifest: dict) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+
+def status(namespace: str, name: str) -> dict:
+    return (kget("istack", name, namespace) or {}).get("status", {})
+
+
+def with_prompt(manifest: dict, system: str) -> dict:
+    out = copy.deepcopy(manifest)
+    out["spec"]["prompt"]["system"] = system
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataplane(tmp_path_factory):
+    dp = DataPlane(tmp_path_factory.mktemp("dataplane"))
+    dp.start()
+    yield dp
+    dp.stop()
+
+
+def deploy_stable(dp: DataPlane, namespace: str, manifest: dict) -> str:
+    apply(namespace, manifest)
+    name = manifest["metadata"]["name"]
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
+    # the router has the plan once it answers for the stack
+    wait_until("router serves the stack", lambda: name in _router_models(dp), timeout=30)
+    return status(namespace, name)["stableRevision"]
+
+
+def _router_models(dp: DataPlane) -> list[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{dp.router_url}/v1/models", timeout=2) as r:
+        return [m["id"].split("/")[-1] for m in json.loads(r.read())["data"]]
+
+
+def test_a_good_candidate_goes_shadow_canary_ramp_and_is_promoted(dataplane, namespace):
+    manifest = stack("shop", GOOD_PROMPT)
+    stable = deploy_stable(dataplane, namespace, manifest)
+    with PlanRecorder(namespace, "shop") as plans, Load(dataplane.router_url, f"{namespace}/shop") as load:
+        apply(namespace, with_prompt(manifest, BETTER_PROMPT))
+        cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
+        wait_until(
+            "promotion",
+            lambda: (s := status(namespace, "shop")).get("stableRevision") == cand and s.get("phase") == "Healthy",
+            timeout=120,
+        )
+        wait_until("the router follows", lambda: load.result.by_revision[cand] > 0)
+    steps = [(w, sh) for (_, c, w, sh) in plans.steps() if c == cand or (c is None and w == 0 and sh == 0)]
+    # exactly the steps of the spec, in order, each once; then the candidate is the stable
+    assert [(w, sh) for (s_, c, w, sh) in plans.steps() if c == cand] == [(0, 50), (1, 0), (5, 0), (25, 0), (50, 0), (75, 0)], plans.steps()
+    assert plans.steps()[-1] == (cand, None, 0, 0)
+    assert plans.steps()[0][0] == stable and steps
+    assert load.result.failed == 0, load.result.errors
+    st = status(namespace, "shop")
+    assert st.get("candidateRevision") is None and st["traffic"]["candidateWeight"] == 0
+    assert all(g["verdict"] == "Pass" for g in st["gates"]), st["gates"]
+    # the old stable stays warm for scaleDownDelay, then goes to zero replicas but stays restorable
+    wait_until("old stable scaled down", lambda: kget("deployment", f"shop-{stable}", namespace)["spec"]["replicas"] == 0, timeout=30)
+    assert kget("controllerrevision", f"shop-{stable}", namespace) is not None
+
+
+def test_b_worse_only_on_billing_is_rolled_back_then_f_gitops_revert_is_healthy(dataplane, namespace):
+    manifest = stack("shop", GOOD_PROMPT)
+    stable = deploy_stable(dataplane, namespace, manifest)
+    with PlanRecorder(namespace, "shop") as plans, Load(dataplane.router_url, f"{namespace}/shop") as load:
+        apply(namespace, with_prompt(manifest, BAD_PROMPT))
+        cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
+        st = wait_until("rollback", lambda: (s := status(namespace, "shop")).get("phase") == "Degraded" and s, timeout=120)
+    assert st["stableRevision"] == stable and st["rolledBackRevision"] == cand and st.get("candidateRevision") is None
+    assert st["traffic"] == {"stableWeight": 100, "candidateWeight": 0, "shadowPercent": 0}
+    verdicts = {g["slice"]: g for g in st["gates"]}
+    assert verdicts["billing"]["verdict"] == "Fail", verdicts
+    assert verdicts[""]["verdict"] == "Pass", "the aggregate passes; only the billing slice fails"
+    reason = st["rollout"]["rollbackReason"]
+    assert "answer-quality" in reason and "billing" in reason and "baseline" in reason, reason
+    stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True"
+    assert plans.steps()[-1] == (stable, None, 0, 0), "one write put all traffic and the shadow copy back"
+    assert load.result.failed == 0, load.result.errors
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "GateFailed" and e["type"] == "Warning" and "billing" in e["message"] for e in events), [e["reason"] for e in events]
+
+    # (f) GitOps revert to the stable spec: Healthy, no new rollout, no new plan
+    serial_before = plans.plans[-1][0]
+    apply(namespace, manifest)
+    wait_until("Healthy after revert", lambda: (s := status(namespace, "shop")).get("phase") == "Healthy" and s)
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=30s")
+    st = status(namespace, "shop")
+    assert st["stableRevision"] == stable and st.get("candidateRevision") is None
+    current = json.loads(kget("configmap", "shop-traffic", namespace)["data"]["plan.json"])
+    assert current["serial"] == serial_before and current.get("candidate") is None
+
+
+def test_c_prometheus_down_holds_the_step_and_the_rollout_completes_after(dataplane, namespace):
+    manifest = stack("shop", GOOD_PROMPT)
+    deploy_stable(dataplane, namespace, manifest)
+    with Load(dataplane.router_url, f"{namespace}/shop"):
+        apply(namespace, with_prompt(manifest, BETTER_PROMPT))
+        cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
+        wait_until("canary 1%", lambda: status(namespace, "shop").get("traffic", {}).get("candidateWeight") == 1, timeout=60)
+        cluster.prometheus_down()
+        try:
+            # well past the step's 3 s: the step holds, nothing is promoted
+            deadline = time.monotonic() + 12
+            while time.monotonic() < deadline:
+                st = status(namespace, "shop")
+                assert st["traffic"]["candidateWeight"] == 1, st["traffic"]
+                assert st["stableRevision"] != cand
+                time.sleep(0.5)
+            assert any(g["verdict"] == "Inconclusive" for g in st["gates"]), st["gates"]
+        finally:
+            cluster.prometheus_up()
+            from dataplane import scrape_targets
+
+            scrape_targets(f"dataplane-{dataplane.router_port}", [f"127.0.0.1:{dataplane.router_port}", f"127.0.0.1:{dataplane.standin_port}"])
+        wait_until("promotion after Prometheus returns", lambda: status(namespace, "shop").get("stableRevision") == cand, timeout=180)
+
+
+def test_d_candidate_pods_never_ready_are_rolled_back_at_the_deadline(dataplane, namespace):
+    manifest = stack("shop", GOOD_PROMPT, progressDeadline="8s")
+    stable = deploy_stable(dataplane, namespace, manifest)
+    bad = with_prompt(manifest, BETTER_PROMPT)
+    # 16 GPUs per replica fit on no node (8 each): the pods stay Pending
+    bad["spec"]["model"].update(gpus=16, engine={"tensorParallelSize": 16})
+    apply(namespace, bad)
+    cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
+    st = wait_until("rollback at the deadline", lambda: (s := status(namespace, "shop")).get("phase") == "Degraded" and s, timeout=60)
+    assert st["rolledBackRevision"] == cand and st["stableRevision"] == stable
+    assert "progressDeadline" in st["rollout"]["rollbackReason"] or "Ready" in st["rollout"]["rollbackReason"]
+    assert st["traffic"]["candidateWeight"] == 0
+
+
+def test_e_operator_killed_at_20_random_moments_ends_every_rollout_correctly(dataplane, namespace):
+    rng = random.Random(int(os.environ.get("INFERSTACK_KILL_SEED", "20261125")))
+    manifest = stack("shop", GOOD_PROMPT)
+    stable = deploy_stable(dataplane, namespace, manifest)
+    operator = dataplane.procs["operator"]
+    kills = 0
+    expected = [(0, 50), (1, 0), (5, 0), (25, 0), (50, 0), (75, 0)]
+    with Load(dataplane.router_url, f"{namespace}/shop") as load:
+        for round_, (prompt, good) in enumerate([(BETTER_PROMPT, True), (BAD_PROMPT, False), (GOOD_PROMPT + " v3", True)]):
+            with PlanRecorder(namespace, "shop") as plans:
+                apply(namespace, with_prompt(manifest, prompt))
+                cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"), timeout=60)
+                done = (lambda: status(namespace, "shop").get("stableRevision") == cand) if good else (
+                    lambda: status(namespace, "shop").get("phase") == "Degraded"
+                )
+                deadline = time.monotonic() + 240
+                while not done() and kills < 7 * (round_ + 1) - (1 if round_ == 2 else 0):
+                    assert time.monotonic() < deadline, "rollout did not finish"
+                    time.sleep(rng.uniform(0.3, 2.5))
+                    operator.stop(signal.SIGKILL)
+                    kills += 1
+                    operator.start()
+                wait_until("rollout end", done, timeout=240)
+            st = status(namespace, "shop")
+            cand_steps = [(w, sh) for (_, c, w, sh) in plans.steps() if c == cand]
+            if good:
+                assert cand_steps == expected, plans.steps()  # no step skipped, none twice
+                assert plans.steps()[-1] == (cand, None, 0, 0)
+                stable = cand
+            else:
+                assert st["rolledBackRevision"] == cand and st["stableRevision"] == stable
+                assert cand_steps == expected[: len(cand_steps)], plans.steps()
+                assert plans.steps()[-1] == (stable, None, 0, 0)
+    assert kills == 20
+    assert load.result.failed == 0, load.result.errors
+    # no duplicate objects: exactly one of each kind per revision
+    for kind in ("deployments", "services", "controllerrevisions"):
+        items = json.loads(kubectl("get", kind, "-n", namespace, "-l", "inferstack.dev/stack=shop", "-o", "json").stdout)["items"]
+        revs = [o["metadata"]["labels"]["inferstack.dev/revision"] for o in items]
+        assert len(revs) == len(set(revs)) == 4, (kind, revs)
+    _ = prometheus_query
