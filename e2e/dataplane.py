@@ -127,7 +127,7 @@ class DataPlane:
     """Stand-in + router (+ operator) for one namespace, with Prometheus scraping them."""
 
     log_dir: Path
-    namespace: str | None = None
+    namespace: str | None = None  # a namespace, or a glob such as "e2e-*" (operator only)
     served_model: str = "Qwen/Qwen2.5-7B-Instruct"
     resync_seconds: float = 1.0
     standin_port: int = field(default_factory=free_port)
@@ -161,7 +161,8 @@ class DataPlane:
              "--served-model", self.served_model, "--latency-ms", "5", "--ttft-ms", "2"],
             self.log_dir, f"http://127.0.0.1:{self.standin_port}/health",
         ).start()  # fmt: skip
-        ns_args = ["--namespace", self.namespace] if self.namespace else []
+        # The router watches one namespace or all; a glob is for the operator only.
+        ns_args = ["--namespace", self.namespace] if self.namespace and "*" not in self.namespace else []
         self.procs["router"] = Proc(
             "router",
             [str(VENV_BIN / "inferstack-router"), "--host", "127.0.0.1", "--port", str(self.router_port),

@@ -139,7 +139,8 @@ class Operator:
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115 - handed to the child process, which outlives this scope
         self.proc = subprocess.Popen(
             [str(REPO / ".venv/bin/inferstack-operator"), "--kubeconfig", os.environ["KUBECONFIG"],
-             "--resync-seconds", "1", "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1", *self.extra_args],
+             "--resync-seconds", "1", "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1",
+             "--namespace", "e2e-*", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_until("operator metrics endpoint", self._answers, timeout=30)

@@ -79,7 +79,8 @@ def with_prompt(manifest: dict, system: str) -> dict:
 
 @pytest.fixture(scope="module")
 def dataplane(tmp_path_factory):
-    dp = DataPlane(tmp_path_factory.mktemp("dataplane"))
+    # Only the test namespaces: a demo or benchmark on the same cluster has its own operator.
+    dp = DataPlane(tmp_path_factory.mktemp("dataplane"), namespace="e2e-*")
     dp.start()
     yield dp
     dp.stop()
