@@ -16,9 +16,9 @@ import time
 
 import pytest
 from conftest import kget, kubectl, wait_until
-from dataplane import DataPlane, Load, PlanRecorder
 
 import cluster
+from dataplane import DataPlane, Load, PlanRecorder
 
 GOOD_PROMPT = "You are the support assistant of Example Shop. Be precise."
 BETTER_PROMPT = "You are the support assistant of Example Shop. Be precise and kind."
@@ -214,9 +214,10 @@ def test_e_operator_killed_at_20_random_moments_ends_every_rollout_correctly(dat
             with PlanRecorder(namespace, "shop") as plans:
                 apply(namespace, with_prompt(manifest, prompt))
                 cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"), timeout=60)
-                done = (lambda: status(namespace, "shop").get("stableRevision") == cand) if good else (
-                    lambda: status(namespace, "shop").get("phase") == "Degraded"
-                )
+                def done(cand=cand, good=good) -> bool:
+                    st = status(namespace, "shop")
+                    return st.get("stableRevision") == cand if good else st.get("phase") == "Degraded"
+
                 deadline = time.monotonic() + 240
                 # SIGKILL at random moments while this rollout runs
                 while not done() and kills < 20:
