@@ -1,0 +1,444 @@
+"""The Helm chart, checked without a cluster.
+
+Always: Chart.yaml and values.yaml parse, every value is documented, the
+operator config in values is one the operator accepts, templates are
+well-formed, the chart's CRD is the generated one, and the RBAC rules grant
+every API call the operator and the router make (found by scanning their
+source, so a new call without a rule fails here).
+With a ``helm`` binary (on PATH, or $INFERSTACK_HELM): ``helm lint`` and
+``helm template`` with several value sets, and the same checks on the output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inferstack import GROUP, PLURAL
+from inferstack.core.config import OperatorConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "inferstack"
+TEMPLATES = CHART / "templates"
+OPERATOR_SRC = ROOT / "operator" / "inferstack"
+
+Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+# API group of each resource the Python client names in snake case. A call on
+# a resource missing here fails the test: add it, and a rule to the chart.
+GROUPS = {
+    "config_map": "",
+    "service": "",
+    "secret": "",
+    "event": "",
+    "namespace": "",
+    "pod": "",
+    "deployment": "apps",
+    "controller_revision": "apps",
+}
+VERBS = {
+    "create": "create",
+    "read": "get",
+    "get": "get",
+    "patch": "patch",
+    "delete": "delete",
+    "replace": "update",
+    "list": "list",
+}
+CLIENT_CALL = re.compile(
+    r"\b(?:api|core|apps)\.(create|read|patch|delete|replace|list)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
+)
+CUSTOM_CALL = re.compile(
+    r"\.(get|create|replace|patch|list|delete)_(?:namespaced|cluster)_custom_object(_status)?\b"
+)
+
+
+# -------------------------------------------------------------- chart files
+
+
+def test_chart_yaml():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "inferstack"
+    assert chart["appVersion"] == "0.1.0"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{chart["appVersion"]}"' in pyproject, "appVersion must follow the package version"
+
+
+def test_crd_copy_is_the_generated_crd():
+    """Helm installs crds/ of the chart; it must be byte-identical to crds/ (make manifests copies it)."""
+    generated = ROOT / "crds" / "inferstack.dev_inferencestacks.yaml"
+    copy = CHART / "crds" / generated.name
+    assert copy.exists(), f"missing {copy.relative_to(ROOT)}: copy {generated.relative_to(ROOT)} there"
+    assert copy.read_bytes() == generated.read_bytes(), (
+        f"{copy.relative_to(ROOT)} differs from {generated.relative_to(ROOT)}: run make manifests"
+    )
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [generated.name]
+
+
+def values() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def undocumented_keys(text: str) -> list[str]:
+    """Keys of values.yaml without a comment line right above them.
+
+    A key needs no comment of its own when it is a section header (its value
+    is a block of documented keys) or when it sits inside a value that is
+    documented as a whole (e.g. ``resources``, a security context).
+    """
+    lines = text.splitlines()
+    missing: list[str] = []
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    key_line = re.compile(r"^(\s*)([A-Za-z0-9_.-]+):(\s|$)")
+    for i, line in enumerate(lines):
+        m = key_line.match(line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        previous = next((p for p in reversed(lines[:i]) if p.strip()), "")
+        commented = previous.strip().startswith("#")
+        if not commented and not any(documented for _, documented in stack):
+            following = next((n for n in lines[i + 1 :] if n.strip() and not n.strip().startswith("#")), "")
+            follow_indent = len(following) - len(following.lstrip())
+            is_section = not line[m.end() :].strip() and follow_indent > indent and key_line.match(following)
+            if not is_section:
+                missing.append(f"line {i + 1}: {line.strip()}")
+        stack.append((indent, commented))
+    return missing
+
+
+def test_every_value_has_a_comment():
+    assert undocumented_keys((CHART / "values.yaml").read_text()) == []
+
+
+def test_undocumented_value_is_caught():
+    text = "router:\n  # -- documented\n  replicas: 2\n  port: 8080\n"
+    assert undocumented_keys(text) == ["line 4: port: 8080"]
+
+
+def test_operator_config_in_values_is_accepted_by_the_operator():
+    config = OperatorConfig.model_validate(values()["operator"]["config"])  # extra="forbid": typos fail
+    assert set(config.pools) >= {"interactive", "batch"}  # the pools spec.model.pool may name
+
+
+def test_security_context_is_hardened():
+    v = values()
+    c, p = v["containerSecurityContext"], v["podSecurityContext"]
+    assert c["runAsNonRoot"] and c["readOnlyRootFilesystem"] and not c["allowPrivilegeEscalation"]
+    assert c["capabilities"]["drop"] == ["ALL"] and c["seccompProfile"]["type"] == "RuntimeDefault"
+    assert p["runAsNonRoot"] and p["runAsUser"] == 65532 and p["seccompProfile"]["type"] == "RuntimeDefault"
+    for name in ("operator-deployment.yaml", "router-deployment.yaml"):
+        text = (TEMPLATES / name).read_text()
+        assert ".Values.containerSecurityContext" in text and ".Values.podSecurityContext" in text, name
+        assert "resources:" in text and "livenessProbe:" in text and "readinessProbe:" in text, name
+
+
+def test_service_monitors_are_off_by_default():
+    assert values()["metrics"]["serviceMonitor"]["enabled"] is False
+
+
+# ---------------------------------------------------------------- templates
+
+
+def template_errors(text: str) -> list[str]:
+    """Unbalanced ``{{ }}`` and block actions (if/range/with/define ... end)."""
+    errors = []
+    depth = 0
+    blocks = 0
+    for m in re.finditer(r"\{\{|\}\}", text):
+        depth += 1 if m.group() == "{{" else -1
+        if depth not in (0, 1):
+            errors.append(f"unbalanced braces at offset {m.start()}")
+            depth = max(0, min(depth, 1))
+    if depth:
+        errors.append("an action is not closed")
+    for action in re.findall(r"\{\{-?\s*(.*?)\s*-?\}\}", text, flags=re.S):
+        word = action.split()[0] if action.split() else ""
+        if word in ("if", "range", "with", "define", "block"):
+            blocks += 1
+        elif word == "end":
+            blocks -= 1
+            if blocks < 0:
+                errors.append("end without a block")
+    if blocks > 0:
+        errors.append(f"{blocks} block(s) without end")
+    return errors
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in TEMPLATES.iterdir()))
+def test_template_is_well_formed(path):
+    assert template_errors((TEMPLATES / path).read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("a: {{ .x }", "not closed"),
+        ("{{ if .x }}a", "without end"),
+        ("{{ end }}", "end without"),
+        ("{{ {{ }}", "unbalanced"),
+    ],
+)
+def test_malformed_template_is_caught(text, error):
+    assert any(error in e for e in template_errors(text))
+
+
+def test_operator_runs_one_replica_recreated():
+    text = (TEMPLATES / "operator-deployment.yaml").read_text()
+    assert re.search(r"^  replicas: 1$", text, re.M), "the operator runs kopf standalone: exactly one replica"
+    assert re.search(r"strategy:\n\s+type: Recreate", text)
+
+
+def skeleton(text: str) -> list[dict[str, Any]]:
+    """A template's YAML with template actions blanked out: lines that are only an action go,
+    inline actions become ``x``. Conditional parts are kept, so this is what the template can produce."""
+    kept = [line for line in text.splitlines() if not re.fullmatch(r"\s*\{\{.*\}\}\s*", line)]
+    blanked = re.sub(r"\{\{.*?\}\}", "x", "\n".join(kept))
+    return [d for d in yaml.safe_load_all(blanked) if d]
+
+
+# --------------------------------------------------------------------- RBAC
+
+
+def _resource(snake: str, source: str) -> tuple[str, str]:
+    sub = ""
+    for suffix in ("_scale", "_status"):
+        if snake.endswith(suffix):
+            snake, sub = snake.removesuffix(suffix), "/" + suffix[1:]
+    if snake not in GROUPS:
+        pytest.fail(
+            f"{source} calls the API on {snake!r}: add it to GROUPS in this test and a rule to the chart"
+        )
+    return GROUPS[snake], snake.replace("_", "") + "s" + sub
+
+
+def client_calls(path: Path) -> set[Permission]:
+    """Permissions the official client calls in one module need, custom objects included."""
+    text = path.read_text()
+    needed: set[Permission] = set()
+    for verb, snake in CLIENT_CALL.findall(text):
+        if snake.startswith("custom_object") or snake == "kube_config":
+            continue
+        group, resource = _resource(snake, path.name)
+        needed.add((group, resource, VERBS[verb]))
+        if verb == "list" and re.search(r"watch\.Watch\(\)", text):
+            needed.add((group, resource, "watch"))
+    # Custom objects: the resource is named in the same function (PLURAL or a literal plural).
+    for body in re.split(r"\n    (?:async )?def ", text):
+        for verb, status in CUSTOM_CALL.findall(body):
+            if "PLURAL" in body:
+                group, resource = GROUP, PLURAL
+            elif '"httproutes"' in body:
+                group, resource = "gateway.networking.k8s.io", "httproutes"
+            else:
+                pytest.fail(f"{path.name}: a custom object call on a resource this test cannot name")
+            needed.add((group, resource + ("/status" if status else ""), VERBS[verb]))
+    return needed
+
+
+def kopf_watches(path: Path) -> set[Permission]:
+    """kopf indexes and event handlers list and watch their resource; kopf.event posts Events."""
+    text = path.read_text()
+    needed: set[Permission] = set()
+    for group, resource in re.findall(
+        r"@kopf\.(?:index|on\.event)\(\s*\"([^\"]*)\",\s*\"v1\",\s*\"(\w+)\"", text
+    ):
+        needed |= {(group, resource, "list"), (group, resource, "watch")}
+    if re.search(r"@kopf\.on\.event\(GROUP, VERSION, PLURAL\)", text):
+        needed |= {(GROUP, PLURAL, "list"), (GROUP, PLURAL, "watch")}
+    if "kopf.event(" in text:
+        needed.add(("", "events", "create"))
+    return needed
+
+
+def operator_needs() -> set[Permission]:
+    controller = OPERATOR_SRC / "controller"
+    return client_calls(controller / "kube.py") | kopf_watches(controller / "handlers.py")
+
+
+def router_needs() -> set[Permission]:
+    return client_calls(OPERATOR_SRC / "router" / "kubesource.py")
+
+
+def granted(documents: list[dict[str, Any]], kind: str) -> set[Permission]:
+    out: set[Permission] = set()
+    for doc in documents:
+        if doc.get("kind") == kind:
+            for rule in doc.get("rules") or []:
+                for g in rule["apiGroups"]:
+                    for r in rule["resources"]:
+                        out |= {(g, r, v) for v in rule["verbs"]}
+    return out
+
+
+def test_scans_find_the_calls_we_know_of():
+    """Guards the scanners: they must see at least these, or the RBAC checks below prove nothing."""
+    assert {
+        (GROUP, PLURAL, "watch"),
+        (GROUP, f"{PLURAL}/status", "patch"),
+        ("apps", "deployments", "create"),
+        ("apps", "deployments/scale", "patch"),
+        ("apps", "controllerrevisions", "get"),
+        ("", "configmaps", "patch"),
+        ("", "services", "delete"),
+        ("", "events", "create"),
+        ("gateway.networking.k8s.io", "httproutes", "update"),
+    } <= operator_needs()
+    assert {("", "configmaps", "list"), ("", "configmaps", "watch")} <= router_needs()
+
+
+def test_operator_clusterrole_grants_every_call():
+    rules = granted(skeleton((TEMPLATES / "operator-rbac.yaml").read_text()), "ClusterRole")
+    assert sorted(operator_needs() - rules) == []
+
+
+def test_operator_clusterrole_covers_the_brief_and_no_secrets():
+    rules = granted(skeleton((TEMPLATES / "operator-rbac.yaml").read_text()), "ClusterRole")
+    for verb in ("get", "list", "watch", "patch"):
+        assert (GROUP, PLURAL, verb) in rules
+    assert {
+        ("", "events", "create"),
+        ("events.k8s.io", "events", "create"),
+        ("events.k8s.io", "events", "patch"),
+    } <= rules
+    assert not any(resource == "secrets" for _, resource, _ in rules), (
+        "prompts and tools come from ConfigMaps"
+    )
+    assert not any(verb in ("*", "deletecollection", "escalate", "bind") for _, _, verb in rules)
+
+
+def test_router_role_is_read_only():
+    rules = granted(skeleton((TEMPLATES / "router-rbac.yaml").read_text()), "x")  # kind is templated
+    assert sorted(router_needs() - rules) == []
+    assert {verb for _, _, verb in rules} <= {"get", "list", "watch"}
+
+
+def test_rbac_check_fails_when_a_rule_is_missing():
+    docs = skeleton((TEMPLATES / "operator-rbac.yaml").read_text())
+    for doc in docs:
+        if doc.get("kind") == "ClusterRole":
+            doc["rules"] = [r for r in doc["rules"] if "configmaps" not in r["resources"]]
+    missing = operator_needs() - granted(docs, "ClusterRole")
+    assert ("", "configmaps", "patch") in missing and ("", "configmaps", "list") in missing
+
+
+# ------------------------------------------------------------- helm render
+
+
+def helm() -> str | None:
+    return os.environ.get("INFERSTACK_HELM") or shutil.which("helm")
+
+
+needs_helm = pytest.mark.skipif(
+    helm() is None, reason="no helm binary (set INFERSTACK_HELM or put helm on PATH)"
+)
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    args = [
+        helm(),
+        "template",
+        "demo",
+        str(CHART),
+        "--namespace",
+        "inferstack-system",
+        "--kube-version",
+        "1.34.0",
+    ]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@needs_helm
+def test_helm_lint():
+    subprocess.run(
+        [helm(), "lint", "--strict", str(CHART)], check=True, capture_output=True, text=True, timeout=60
+    )
+
+
+@needs_helm
+def test_helm_render_defaults():
+    docs = render()
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    assert kinds == [
+        "ClusterRole/demo-inferstack-operator",
+        "ClusterRole/demo-inferstack-router",
+        "ClusterRoleBinding/demo-inferstack-operator",
+        "ClusterRoleBinding/demo-inferstack-router",
+        "ConfigMap/demo-inferstack-operator-config",
+        "Deployment/demo-inferstack-operator",
+        "Deployment/demo-inferstack-router",
+        "PodDisruptionBudget/demo-inferstack-router",
+        "Service/demo-inferstack-operator-metrics",
+        "Service/demo-inferstack-router",
+        "ServiceAccount/demo-inferstack-operator",
+        "ServiceAccount/demo-inferstack-router",
+    ]
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    operator = by_name["Deployment", "demo-inferstack-operator"]
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+    pod = operator["spec"]["template"]["spec"]
+    assert "--config=/etc/inferstack/config.yaml" in pod["containers"][0]["args"]
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    config = yaml.safe_load(by_name["ConfigMap", "demo-inferstack-operator-config"]["data"]["config.yaml"])
+    OperatorConfig.model_validate(config)
+    assert by_name["Service", "demo-inferstack-router"]["spec"]["ports"][0]["port"] == 8080
+    router_pod = by_name["Deployment", "demo-inferstack-router"]["spec"]["template"]["spec"]
+    assert (
+        router_pod["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"][
+            "app.kubernetes.io/component"
+        ]
+        == "router"
+    )
+    assert router_pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    rules = granted(
+        [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("operator")],
+        "ClusterRole",
+    )
+    assert sorted(operator_needs() - rules) == []
+
+
+@needs_helm
+def test_helm_render_options():
+    docs = render(
+        "metrics.serviceMonitor.enabled=true",
+        "router.watchNamespace=team-a",
+        "router.rbac.readSecrets=true",
+        "operator.watchNamespaces={team-a,team-b}",
+        "router.podDisruptionBudget.enabled=false",
+    )
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("ServiceMonitor", "demo-inferstack-router") in kinds and (
+        "ServiceMonitor",
+        "demo-inferstack-operator",
+    ) in kinds
+    assert ("Role", "demo-inferstack-router") in kinds and (
+        "ClusterRole",
+        "demo-inferstack-router",
+    ) not in kinds
+    assert not any(k == "PodDisruptionBudget" for k, _ in kinds)
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == "team-a" and ("", "secrets", "get") in granted([role], "Role")
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
+    )
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    router = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))
+    assert "--namespace=team-a" in router["spec"]["template"]["spec"]["containers"][0]["args"]
+    docs = render("router.enabled=false")
+    assert not any("router" in d["metadata"]["name"] for d in docs)
