@@ -24,7 +24,9 @@ def translate(argv: list[str]) -> list[str]:
     i = 0
     while i < len(argv):
         flag, eq, value = argv[i].partition("=")
-        takes_value = not eq and flag not in SWITCHES and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        takes_value = (
+            not eq and flag not in SWITCHES and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        )
         if takes_value:
             value = argv[i + 1]
         flag = RENAMED.get(flag, flag)

@@ -76,8 +76,17 @@ class Client:
         return list(result.get("items") or [])
 
     def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        from kubernetes.client.exceptions import ApiException
+
         selector = f"involvedObject.kind=InferenceStack,involvedObject.name={name}"
-        items = self.core.list_namespaced_event(namespace, field_selector=selector).items or []
+        try:
+            items = self.core.list_namespaced_event(namespace, field_selector=selector).items or []
+        except ApiException as e:
+            if e.status != 403:
+                raise
+            # Events are a nice-to-have in `status`; no right to read them is no reason to fail.
+            print("warning: not allowed to list events; showing the stack without them", file=sys.stderr)
+            return []
         return [self._plain(e) for e in items]
 
     def revisions(self, namespace: str, name: str) -> list[dict[str, Any]]:
