@@ -107,7 +107,13 @@ def main() -> None:
     args = parser.parse_args()
     load_env()
 
-    nodes_needed = -(-args.stacks // cluster.GPUS_PER_NODE) + 1
+    # GPUs already taken by pods of other namespaces (earlier tests) do not count.
+    pods = json.loads(kubectl("get", "pods", "-A", "-o", "json"))["items"]
+    used = sum(
+        int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+        for p in pods if p["status"].get("phase") in ("Pending", "Running") for c in p["spec"]["containers"]
+    )  # fmt: skip
+    nodes_needed = -(-(args.stacks + used) // cluster.GPUS_PER_NODE) + 1
     nodes = [cluster.gpu_node(i) for i in range(nodes_needed)]
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
     kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")

@@ -266,6 +266,7 @@ def write_env() -> None:
         f"export INFERSTACK_PROMETHEUS_URL=http://127.0.0.1:{PROM_PORT}\n"
         f"export INFERSTACK_PROMETHEUS_TARGETS={PROM_DIR / 'targets'}\n"
         f"export INFERSTACK_BIN={binaries()}\n"
+        f"export INFERSTACK_HELM={binaries() / 'helm'}\n"
     )
 
 

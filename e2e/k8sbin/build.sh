@@ -10,10 +10,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 K8S_VERSION=$(awk '$1=="k8s.io/kubernetes"{print $2; exit}' "$here/go.mod")
 ETCD_VERSION=$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$here/go.mod")
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+HELM_VERSION=${HELM_VERSION:-v3.19.0}  # only for the chart's lint/template tests
 CACHE_ROOT=${INFERSTACK_CACHE:-$HOME/.cache/inferstack}
 BIN="$CACHE_ROOT/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
 
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl)
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl helm)
 missing=()
 for b in "${want[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
@@ -50,6 +51,11 @@ for b in "${missing[@]}"; do
       GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/$b@$KWOK_VERSION" >>"$log" 2>&1 \
         || { echo "build.sh: go install $b@$KWOK_VERSION failed; last lines of $log:" >&2; tail -20 "$log" >&2; exit 1; }
       echo "build.sh: $b built in $((SECONDS - t0))s" >&2 ;;
+    helm)
+      t0=$SECONDS
+      GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >>"$log" 2>&1 \
+        || { echo "build.sh: go install helm@$HELM_VERSION failed; last lines of $log:" >&2; tail -20 "$log" >&2; exit 1; }
+      echo "build.sh: helm built in $((SECONDS - t0))s" >&2 ;;
   esac
 done
 echo "$BIN"
