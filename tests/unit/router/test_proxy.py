@@ -91,7 +91,11 @@ async def test_unknown_and_malformed_requests_get_openai_errors(make_plan, route
 
 
 async def test_connect_refused_is_502(make_plan, router_client) -> None:
-    plan = make_plan(candidate=False, stable_extra={"url": f"http://127.0.0.1:{free_port()}"})
+    # A port bound but not listening refuses connections, and no other
+    # process can take it while the test holds it (a freed port could be).
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    plan = make_plan(candidate=False, stable_extra={"url": f"http://127.0.0.1:{held.getsockname()[1]}"})
     client = await router_client(plan)
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 502
@@ -99,6 +103,7 @@ async def test_connect_refused_is_502(make_plan, router_client) -> None:
     assert resp.headers["x-inferstack-revision"] == "rev-a"
     labels = {"namespace": "team-a", "stack": "support", "revision": "rev-a", "role": "stable", "slice": "default"}
     assert metric(client, "inferstack_router_errors_total", **labels, kind="connect") == 1
+    held.close()
 
 
 async def test_upstream_500_is_502_and_timeout_is_504(router_client, make_plan) -> None:
