@@ -143,6 +143,7 @@ def check(d: Decision, expect: dict[str, Any]) -> None:
         "paused": d.state.paused,
         "skipped": d.skipped_steps,
         "cause": d.rollback.cause if d.rollback else None,
+        "verdicts": len(d.state.verdicts),
     }
     for key, want in expect.items():
         if key == "message":
@@ -507,10 +508,17 @@ CASES = {
         {"phase": Phase.PROGRESSING, "candidate": D, "events": ["RolloutStarted"]},
     ),
     "spec-reverted-after-rollback-is-healthy": Case(
-        ROLLED_BACK,
+        replace(ROLLED_BACK, verdicts=PASS, failures={"q/billing": 1}),
         obs(revision=S),
         T0,
-        {"phase": Phase.HEALTHY, "candidate": None, "events": []},
+        # the rolled-back candidate's verdicts no longer describe anything served
+        {"phase": Phase.HEALTHY, "candidate": None, "events": [], "verdicts": 0, "failures": {}},
+    ),
+    "still-at-rolled-back-spec-keeps-the-verdicts": Case(
+        replace(ROLLED_BACK, verdicts=PASS),
+        obs(revision=C),
+        T0,
+        {"phase": Phase.DEGRADED, "verdicts": len(PASS)},
     ),
     # ---- undo
     "undo-to-warm-revision-switches-at-once": Case(

@@ -60,7 +60,7 @@ class Kube:
             "ControllerRevision": self.apps.create_namespaced_controller_revision,
         }[kind]
         try:
-            API_WRITES.labels(kind, "create").inc()
+            API_WRITES.labels(ns, kind, "create").inc()
             await self._call(fn, ns, manifest)
             return True
         except ApiException as e:
@@ -70,7 +70,7 @@ class Kube:
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         body = {"spec": {"replicas": replicas}}
-        API_WRITES.labels("Deployment", "scale").inc()
+        API_WRITES.labels(namespace, "Deployment", "scale").inc()
         try:
             await self._call(self.apps.patch_namespaced_deployment_scale, name, namespace, body)
         except ApiException as e:
@@ -88,7 +88,7 @@ class Kube:
             (self.apps.delete_namespaced_controller_revision, name),
         ]
         for fn, obj in calls:
-            API_WRITES.labels(fn.__name__.removeprefix("delete_namespaced_"), "delete").inc()
+            API_WRITES.labels(namespace, fn.__name__.removeprefix("delete_namespaced_"), "delete").inc()
             try:
                 await self._call(fn, obj, namespace, propagation_policy="Background")
             except ApiException as e:
@@ -98,7 +98,7 @@ class Kube:
     async def write_plan(self, manifest: dict[str, Any]) -> None:
         """One write: replace the plan's data (create on first use)."""
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        API_WRITES.labels("TrafficPlan", "patch").inc()
+        API_WRITES.labels(ns, "TrafficPlan", "patch").inc()
         try:
             await self._call(self.core.patch_namespaced_config_map, name, ns, {"data": manifest["data"]})
         except ApiException as e:
@@ -108,7 +108,7 @@ class Kube:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch .status; returns the object as the API server now has it."""
-        API_WRITES.labels("InferenceStack", "patch-status").inc()
+        API_WRITES.labels(namespace, "InferenceStack", "patch-status").inc()
         return await self._call(
             self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
@@ -131,13 +131,13 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
-            API_WRITES.labels("HTTPRoute", "create").inc()
+            API_WRITES.labels(ns, "HTTPRoute", "create").inc()
             await self._call(self.custom.create_namespaced_custom_object, *args, manifest)
             return True
         if (current.get("metadata", {}).get("annotations") or {}).get(f"{GROUP}/spec-hash") == want:
             return False
         manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        API_WRITES.labels("HTTPRoute", "replace").inc()
+        API_WRITES.labels(ns, "HTTPRoute", "replace").inc()
         await self._call(self.custom.replace_namespaced_custom_object, *args, name, manifest)
         return True
 

@@ -559,6 +559,10 @@ class _Run:
         if wanted == self.s.rolled_back:
             return  # never retried by itself; an undo candidate, if any, goes on
         if wanted == self.s.stable:
+            if self.s.candidate is None and (self.s.verdicts or self.s.failures):
+                # A revert after a rollback: the last verdicts judged a revision
+                # nobody is served by any more; a Healthy stack shows none.
+                self.s = replace(self.s, verdicts=(), failures={})
             if self.s.candidate is not None:
                 self.event(
                     "RolloutCancelled",
