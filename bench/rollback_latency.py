@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "e2e"))
 
-from dataplane import DataPlane, free_port, prometheus_query, scrape_targets, wait_for  # noqa: E402
+from dataplane import DataPlane, free_port, kubectl, load_env, prometheus_query, scrape_targets, wait_for  # noqa: E402
 from inferstack.core.durations import parse_duration  # noqa: E402
 from inferstack.core.traffic import BUCKETS, bucket  # noqa: E402
 
@@ -65,20 +64,6 @@ class GateMetric:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def load_env() -> None:
-    for line in (REPO / ".run" / "env").read_text().splitlines():
-        k, _, v = line.removeprefix("export ").partition("=")
-        os.environ.setdefault(k, v)
-    os.environ["PATH"] = f"{os.environ['INFERSTACK_BIN']}:{os.environ['PATH']}"
-
-
-def kubectl(*args: str, input: str | None = None) -> str:
-    proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"kubectl {' '.join(args[:3])}: {proc.stderr}")
-    return proc.stdout
 
 
 def stack(system: str, interval: str) -> dict:

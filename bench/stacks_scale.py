@@ -31,23 +31,10 @@ sys.path.insert(0, str(REPO / "e2e"))
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 import cluster  # noqa: E402  (e2e/cluster.py: node manifests)
+from dataplane import kubectl, load_env  # noqa: E402
 
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE"}
 OWNED_RESOURCES = {"inferencestacks", "configmaps", "services", "deployments", "controllerrevisions", "events"}
-
-
-def load_env() -> None:
-    for line in (REPO / ".run" / "env").read_text().splitlines():
-        k, _, v = line.removeprefix("export ").partition("=")
-        os.environ.setdefault(k, v)
-    os.environ["PATH"] = f"{os.environ['INFERSTACK_BIN']}:{os.environ['PATH']}"
-
-
-def kubectl(*args: str, input: str | None = None) -> str:
-    proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"kubectl {' '.join(args[:3])}: {proc.stderr}")
-    return proc.stdout
 
 
 def apiserver_requests() -> dict[tuple[str, str], float]:

@@ -47,6 +47,26 @@ SLICE_QUESTIONS = {
 SLICE_WEIGHTS = {"billing": 0.04, "shipping": 0.36, "general": 0.60}
 
 
+def load_env() -> None:
+    """Take KUBECONFIG, the built binaries and Prometheus from .run/env (written by `make cluster-up`)."""
+    env_file = Path(os.environ.get("INFERSTACK_RUN_DIR", REPO / ".run")) / "env"
+    if not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        k, _, v = line.removeprefix("export ").partition("=")
+        os.environ.setdefault(k, v)
+    if os.environ.get("INFERSTACK_BIN") and os.environ["INFERSTACK_BIN"] not in os.environ["PATH"]:
+        os.environ["PATH"] = f"{os.environ['INFERSTACK_BIN']}:{os.environ['PATH']}"
+
+
+def kubectl(*args: str, input: str | None = None, timeout: float = 120) -> str:
+    """kubectl's stdout; a failure raises with kubectl's own message."""
+    proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,7 +18,6 @@ outcomes did not happen, or when a single request failed.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -32,69 +31,23 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import REPO, DataPlane, Load, PlanRecorder, wait_for
+from scenario import (
+    BAD_PROMPT,
+    BETTER_PROMPT,
+    EXPECTED_STEPS,
+    GOOD_PROMPT,
+    LATENCY_GATE,
+    LATENCY_MAX_SECONDS,
+    QUALITY_GATE,
+    support_stack,
+)
 
 EXPECTED_CONTEXT = "kwok-inferstack-e2e"
 STACK = "support-bot"
 GPU = "nvidia.com/gpu"
 
-GOOD_PROMPT = "You are the support assistant of Example Shop. Be precise."
-BETTER_PROMPT = "You are the support assistant of Example Shop. Be precise and kind."
-BAD_PROMPT = "You are the support assistant of Example Shop. Never discuss refunds."
-
-# Steps of the spec below, as (candidate weight, shadow percent) traffic plans.
-EXPECTED_STEPS = [(0, 50), (1, 0), (5, 0), (25, 0), (50, 0), (75, 0)]
-
-_CHECK = (
-    'inferstack_router_check_total{namespace="{{namespace}}",stack="{{stack}}",'
-    'revision="{{revision}}",slice=~"{{slice}}",check="refusal"'
-)
-QUALITY_GATE = {
-    "name": "answer-quality",
-    "slices": ["billing", "shipping", "general"],
-    "prometheus": {
-        "query": f'sum(rate({_CHECK},result="pass"}}[{{{{window}}}}])) / sum(rate({_CHECK}}}[{{{{window}}}}]))',
-        "samplesQuery": f"sum(increase({_CHECK}}}[{{{{window}}}}]))",
-    },
-    "compare": {"maxRelativeDrop": 0.2},
-    "minSamples": 3,
-}
-LATENCY_MAX_SECONDS = 2.0  # generous: the stand-in answers in milliseconds
-LATENCY_GATE = {
-    "name": "p95-latency",
-    "kind": "Guardrail",
-    "prometheus": {
-        "query": (
-            "histogram_quantile(0.95, sum by (le) (rate(inferstack_router_request_duration_seconds_bucket"
-            '{namespace="{{namespace}}",stack="{{stack}}",revision="{{revision}}"}[{{window}}])))'
-        ),
-    },
-    "threshold": {"max": LATENCY_MAX_SECONDS},
-}
-
-
 def manifest(system: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "inferstack.dev/v1alpha1",
-        "kind": "InferenceStack",
-        "metadata": {"name": STACK},
-        "spec": {
-            "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "revision": "a09a35458c702b33eeacc393d103063234e8bc28", "gpus": 1},
-            "prompt": {"version": "v1", "system": system},
-            "rollout": {
-                "analysisInterval": "1s",
-                "progressDeadline": "60s",
-                "scaleDownDelay": "5s",
-                "steps": [
-                    {"shadow": {"percent": 50, "duration": "5s", "minSamples": 3}},
-                    {"canary": {"weight": 1, "duration": "3s"}},
-                    {"canary": {"weight": 5, "duration": "3s"}},
-                    {"canary": {"weight": 25, "duration": "3s"}},
-                    {"ramp": {"increment": 25, "duration": "2s"}},
-                ],
-            },
-            "gates": [copy.deepcopy(QUALITY_GATE), copy.deepcopy(LATENCY_GATE)],
-        },
-    }
+    return support_stack(STACK, system, [QUALITY_GATE, LATENCY_GATE])
 
 
 class DemoFailure(Exception):

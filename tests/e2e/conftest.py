@@ -9,9 +9,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "e2e"))  # the harness: dataplane.py, cluster.py
+
+from dataplane import free_port, load_env  # noqa: E402
+from dataplane import wait_for as wait_until  # noqa: E402  (tests read better with "until")
+
 EXPECTED_CONTEXT = "kwok-inferstack-e2e"
-
-
-def _load_env() -> None:
-    """Pick up .run/env written by `e2e/cluster.py up` when the shell did not source it."""
-    env_file = Path(os.environ.get("INFERSTACK_RUN_DIR", REPO / ".run")) / "env"
-    if not env_file.exists():
-        return
-    for line in env_file.read_text().splitlines():
-        if line.startswith("export "):
-            k, _, v = line[len("export ") :].partition("=")
-            os.environ.setdefault(k, v)
 
 
 def _current_context() -> str | None:
@@ -47,9 +39,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def e2e_cluster() -> None:
-    _load_env()
-    if os.environ.get("INFERSTACK_BIN"):
-        os.environ["PATH"] = f"{os.environ['INFERSTACK_BIN']}:{os.environ['PATH']}"
+    load_env()
     if not os.environ.get("KUBECONFIG"):
         msg = "no local test cluster: run `make cluster-up` first"
         if os.environ.get("INFERSTACK_REQUIRE_E2E") == "1":
@@ -80,32 +70,12 @@ def kget(kind: str, name: str | None, namespace: str | None = None) -> Any:
     return json.loads(proc.stdout)
 
 
-def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
-    """Poll fn until it returns something truthy; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
 @pytest.fixture
 def namespace() -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:

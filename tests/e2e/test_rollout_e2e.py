@@ -19,48 +19,11 @@ from conftest import kget, kubectl, wait_until
 
 import cluster
 from dataplane import DataPlane, Load, PlanRecorder
-
-GOOD_PROMPT = "You are the support assistant of Example Shop. Be precise."
-BETTER_PROMPT = "You are the support assistant of Example Shop. Be precise and kind."
-BAD_PROMPT = "You are the support assistant of Example Shop. Never discuss refunds."
-
-CHECK = 'inferstack_router_check_total{namespace="{{namespace}}",stack="{{stack}}",revision="{{revision}}",slice=~"{{slice}}",check="refusal"'
-QUALITY_GATE = {
-    "name": "answer-quality",
-    "slices": ["billing", "shipping", "general"],
-    "prometheus": {
-        "query": f'sum(rate({CHECK},result="pass"}}[{{{{window}}}}])) / sum(rate({CHECK}}}[{{{{window}}}}]))',
-        "samplesQuery": f"sum(increase({CHECK}}}[{{{{window}}}}]))",
-    },
-    "compare": {"maxRelativeDrop": 0.2},
-    "minSamples": 3,
-}
+from scenario import BAD_PROMPT, BETTER_PROMPT, EXPECTED_STEPS, GOOD_PROMPT, support_stack
 
 
 def stack(name: str, system: str, **rollout) -> dict:
-    return {
-        "apiVersion": "inferstack.dev/v1alpha1",
-        "kind": "InferenceStack",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "revision": "a09a35458c702b33eeacc393d103063234e8bc28", "gpus": 1},
-            "prompt": {"version": "v1", "system": system},
-            "rollout": {
-                "analysisInterval": "1s",
-                "progressDeadline": "60s",
-                "scaleDownDelay": "5s",
-                "steps": [
-                    {"shadow": {"percent": 50, "duration": "5s", "minSamples": 3}},
-                    {"canary": {"weight": 1, "duration": "3s"}},
-                    {"canary": {"weight": 5, "duration": "3s"}},
-                    {"canary": {"weight": 25, "duration": "3s"}},
-                    {"ramp": {"increment": 25, "duration": "2s"}},
-                ],
-                **rollout,
-            },
-            "gates": [copy.deepcopy(QUALITY_GATE)],
-        },
-    }
+    return support_stack(name, system, **rollout)
 
 
 def apply(namespace: str, manifest: dict) -> None:
@@ -120,7 +83,7 @@ def test_a_good_candidate_goes_shadow_canary_ramp_and_is_promoted(dataplane, nam
         wait_until("the router follows", lambda: load.result.by_revision[cand] > 0)
     steps = [(w, sh) for (_, c, w, sh) in plans.steps() if c == cand or (c is None and w == 0 and sh == 0)]
     # exactly the steps of the spec, in order, each once; then the candidate is the stable
-    assert [(w, sh) for (s_, c, w, sh) in plans.steps() if c == cand] == [(0, 50), (1, 0), (5, 0), (25, 0), (50, 0), (75, 0)], plans.steps()
+    assert [(w, sh) for (s_, c, w, sh) in plans.steps() if c == cand] == EXPECTED_STEPS, plans.steps()
     assert plans.steps()[-1] == (cand, None, 0, 0)
     assert plans.steps()[0][0] == stable and steps
     assert load.result.failed == 0, load.result.errors
@@ -213,7 +176,7 @@ def test_e_operator_killed_at_20_random_moments_ends_every_rollout_correctly(dat
     stable = deploy_stable(dataplane, namespace, manifest)
     operator = dataplane.procs["operator"]
     kills = 0
-    expected = [(0, 50), (1, 0), (5, 0), (25, 0), (50, 0), (75, 0)]
+    expected = EXPECTED_STEPS
     with Load(dataplane.router_url, f"{namespace}/shop") as load:
         rounds = [(f"{BETTER_PROMPT} r{i}", True) if i % 3 != 1 else (f"{BAD_PROMPT} r{i}", False) for i in range(8)]
         for prompt, good in rounds:

@@ -1,0 +1,73 @@
+"""The support-bot scenario shared by the e2e rollout tests and the demo.
+
+Every revision's backend is the same vLLM stand-in; what differs is the
+system prompt the router applies. ``BAD_PROMPT`` makes the stand-in refuse
+billing questions only, which the per-slice quality gate must catch while
+the aggregate still passes (billing is 4 % of the generated traffic).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+GOOD_PROMPT = "You are the support assistant of Example Shop. Be precise."
+BETTER_PROMPT = "You are the support assistant of Example Shop. Be precise and kind."
+BAD_PROMPT = "You are the support assistant of Example Shop. Never discuss refunds."
+
+# The steps of support_stack() as (candidate weight, shadow percent) traffic plans.
+EXPECTED_STEPS = [(0, 50), (1, 0), (5, 0), (25, 0), (50, 0), (75, 0)]
+
+_CHECK = (
+    'inferstack_router_check_total{namespace="{{namespace}}",stack="{{stack}}",'
+    'revision="{{revision}}",slice=~"{{slice}}",check="refusal"'
+)
+QUALITY_GATE: dict[str, Any] = {
+    "name": "answer-quality",
+    "slices": ["billing", "shipping", "general"],
+    "prometheus": {
+        "query": f'sum(rate({_CHECK},result="pass"}}[{{{{window}}}}])) / sum(rate({_CHECK}}}[{{{{window}}}}]))',
+        "samplesQuery": f"sum(increase({_CHECK}}}[{{{{window}}}}]))",
+    },
+    "compare": {"maxRelativeDrop": 0.2},
+    "minSamples": 3,
+}
+LATENCY_MAX_SECONDS = 2.0  # generous: the stand-in answers in milliseconds
+LATENCY_GATE: dict[str, Any] = {
+    "name": "p95-latency",
+    "kind": "Guardrail",
+    "prometheus": {
+        "query": (
+            "histogram_quantile(0.95, sum by (le) (rate(inferstack_router_request_duration_seconds_bucket"
+            '{namespace="{{namespace}}",stack="{{stack}}",revision="{{revision}}"}[{{window}}])))'
+        ),
+    },
+    "threshold": {"max": LATENCY_MAX_SECONDS},
+}
+
+
+def support_stack(name: str, system: str, gates: list[dict[str, Any]] | None = None, **rollout: Any) -> dict[str, Any]:
+    """An InferenceStack with short steps (a whole rollout in ~25 s) and the quality gate."""
+    return {
+        "apiVersion": "inferstack.dev/v1alpha1",
+        "kind": "InferenceStack",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "revision": "a09a35458c702b33eeacc393d103063234e8bc28", "gpus": 1},
+            "prompt": {"version": "v1", "system": system},
+            "rollout": {
+                "analysisInterval": "1s",
+                "progressDeadline": "60s",
+                "scaleDownDelay": "5s",
+                "steps": [
+                    {"shadow": {"percent": 50, "duration": "5s", "minSamples": 3}},
+                    {"canary": {"weight": 1, "duration": "3s"}},
+                    {"canary": {"weight": 5, "duration": "3s"}},
+                    {"canary": {"weight": 25, "duration": "3s"}},
+                    {"ramp": {"increment": 25, "duration": "2s"}},
+                ],
+                **rollout,
+            },
+            "gates": copy.deepcopy(gates if gates is not None else [QUALITY_GATE]),
+        },
+    }
