@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from inferstack.eventloop import event_loop
 from inferstack.router.app import build_app
 from inferstack.router.metrics import RouterMetrics
 from inferstack.router.plansource import FilePlanSource, PlanSource
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         print=None,
         handler_cancellation=True,
         shutdown_timeout=args.shutdown_timeout,
+        loop=event_loop(),
     )
 
 

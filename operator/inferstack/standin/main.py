@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from inferstack.eventloop import event_loop
 from inferstack.standin.app import StandinSettings, build_app
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         fail_rate=args.fail_rate,
         max_num_seqs=args.max_num_seqs,
     )
-    web.run_app(build_app(settings), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(build_app(settings), host=args.host, port=args.port, access_log=None, print=None, loop=event_loop())
 
 
 if __name__ == "__main__":
