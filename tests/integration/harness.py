@@ -7,30 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+# free_port and http_ok are the e2e harness's; integration tests need no cluster, only these.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
+from dataplane import free_port, http_ok
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferstack.core.traffic import RevisionBundle, Role, TrafficPlan
-from inferstack.router import checks, proxy
+from inferstack.router import proxy
 from inferstack.router.assignment import choose
 from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
 from inferstack.router.cache import ResponseCache, cache_key, cacheable
@@ -23,7 +23,7 @@ from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
 from inferstack.router.plans import AmbiguousModel, PlanStore, UnknownModel
 from inferstack.router.plansource import PlanSource
 from inferstack.router.settings import RouterSettings
-from inferstack.router.shadow import ShadowMirror, mirror
+from inferstack.router.shadow import ShadowMirror, mirror, record_checked_answer
 
 log = logging.getLogger(__name__)
 
@@ -250,16 +250,7 @@ class Router:
         return out
 
     def _record(self, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float, ttft: float | None) -> None:
-        results = checks.run_checks(body, answer.text, truncated=answer.truncated)
-        self.metrics.record_answer(
-            labels,
-            duration=time.perf_counter() - started,
-            ttft=ttft,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            checks=results,
-            score=checks.quality_score(results),
-        )
+        record_checked_answer(self.metrics, labels, body, answer, started, ttft)
 
 
 ROUTER: web.AppKey[Router] = web.AppKey("router", Router)

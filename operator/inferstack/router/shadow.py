@@ -103,6 +103,17 @@ async def mirror(
     except (aiohttp.ClientError, TimeoutError) as exc:
         metrics.record_error(labels, classify(exc).kind)
         return
+    record_checked_answer(metrics, labels, request_body, answer, started, ttft)
+
+
+def record_checked_answer(
+    metrics: RouterMetrics, labels: Labels, request_body: dict[str, Any], answer: proxy.Answer, started: float, ttft: float | None
+) -> None:
+    """Run the online checks on one answer and record everything measured about it.
+
+    The same for answers returned to clients and for mirrored ones, so a
+    shadow step's verdicts are computed exactly like a canary's.
+    """
     results = checks.run_checks(request_body, answer.text, truncated=answer.truncated)
     metrics.record_answer(
         labels,
