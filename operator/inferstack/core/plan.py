@@ -9,7 +9,7 @@ from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.durations import parse_duration
 from inferstack.core.revision import cache_namespace, digest
-from inferstack.core.traffic import ResponseCachePlan, RevisionBundle, Stickiness, TrafficPlan
+from inferstack.core.traffic import ResponseCachePlan, RevisionBundle, SecretRef, Stickiness, TrafficPlan
 
 
 def revision_bundle(
@@ -34,6 +34,8 @@ def revision_bundle(
         prompt_hash=digest(parts["prompt"])[:12],
         system_prompt=parts["prompt"].get("system"),
         tools=[{"type": "function", "function": d} for d in tools.get("definitions") or []],
+        # Only a reference: plans are ConfigMaps, and a token never goes into one.
+        api_key_secret_ref=SecretRef(**endpoint["apiKeySecretRef"]) if endpoint and endpoint.get("apiKeySecretRef") else None,
     )
 
 

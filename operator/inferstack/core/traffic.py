@@ -34,6 +34,11 @@ class ResponseCachePlan(_Model):
     max_entries: int = 10_000
 
 
+class SecretRef(_Model):
+    name: str = Field(..., min_length=1)
+    key: str = Field(..., min_length=1)
+
+
 class RevisionBundle(_Model):
     """Everything the router applies to a request served by one revision."""
 
@@ -45,7 +50,12 @@ class RevisionBundle(_Model):
     prompt_hash: str = ""
     system_prompt: str | None = None
     tools: list[dict] = Field(default_factory=list)
-    api_key: str | None = Field(None, description="Bearer token for an external endpoint (router reads it from a Secret).")
+    api_key_secret_ref: SecretRef | None = Field(
+        None, description="Secret (in the plan's namespace) with the bearer token of an external endpoint."
+    )
+    api_key: str | None = Field(
+        None, description="The token itself: filled in memory by the router from api_key_secret_ref, never written to a plan."
+    )
 
 
 class Stickiness(_Model):

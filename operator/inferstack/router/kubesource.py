@@ -11,6 +11,8 @@ hands every change to the event loop with ``call_soon_threadsafe``: the
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import random
@@ -167,10 +169,37 @@ class KubePlanSource:
                 self._stop.wait(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, self.backoff_max)
 
+    def _with_secrets(self, api: client.CoreV1Api, namespace: str, data: dict[str, str] | None) -> dict[str, str] | None:
+        """Fill each bundle's apiKey from its apiKeySecretRef, here in the watch thread (a blocking read).
+
+        Only Secrets of the plan's own namespace are read. A token that cannot
+        be read leaves the plan as it is, without a token: parse_plan then
+        rejects it whole (``apiKey`` missing where a ref is set) and the last
+        good plan stays in force. Tokens are re-read whenever the plan changes.
+        """
+        text = (data or {}).get(PLAN_KEY)
+        if not text or "apiKeySecretRef" not in text:
+            return data
+        try:
+            plan = json.loads(text)
+            for role in ("stable", "candidate"):
+                bundle = plan.get(role) or {}
+                ref = bundle.get("apiKeySecretRef")
+                if ref:
+                    secret = api.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
+                    raw = (secret.data or {}).get(ref["key"])
+                    if raw is None:
+                        raise KeyError(f"Secret {namespace}/{ref['name']} has no key {ref['key']!r}")
+                    bundle["apiKey"] = base64.b64decode(raw).decode().strip()
+        except (ApiException, KeyError, ValueError, TypeError) as exc:
+            log.error("plan in %s: cannot read an endpoint token: %s", namespace, exc)
+            return data
+        return {**(data or {}), PLAN_KEY: json.dumps(plan)}
+
     def _list(self, api: client.CoreV1Api) -> str:
         fn, args = self._list_call(api)
         result = fn(*args, label_selector=PLAN_LABEL, _request_timeout=30)
-        items = [(cm.metadata.namespace, cm.metadata.name, cm.data) for cm in result.items]
+        items = [(cm.metadata.namespace, cm.metadata.name, self._with_secrets(api, cm.metadata.namespace, cm.data)) for cm in result.items]
         assert self._plans is not None
         self._post(self._plans.replace_all, items)
         return str(result.metadata.resource_version)
@@ -203,7 +232,7 @@ class KubePlanSource:
             if meta.resource_version:
                 resource_version = meta.resource_version
             if kind in ("ADDED", "MODIFIED"):
-                self._post(self._plans.upsert, meta.namespace, meta.name, obj.data)
+                self._post(self._plans.upsert, meta.namespace, meta.name, self._with_secrets(api, meta.namespace, obj.data))
             elif kind == "DELETED":
                 self._post(self._plans.delete, meta.namespace, meta.name)
         return resource_version

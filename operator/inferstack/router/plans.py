@@ -20,9 +20,15 @@ class PlanError(ValueError):
 
 def parse_plan(text: str | bytes) -> TrafficPlan:
     try:
-        return TrafficPlan.model_validate_json(text)
+        plan = TrafficPlan.model_validate_json(text)
     except ValidationError as exc:
         raise PlanError(str(exc)) from exc
+    for bundle in filter(None, (plan.stable, plan.candidate)):
+        if bundle.api_key_secret_ref is not None and not bundle.api_key:
+            # Serving without the token would turn every request into a 401.
+            ref = bundle.api_key_secret_ref
+            raise PlanError(f"revision {bundle.revision}: token from Secret {ref.name} key {ref.key} could not be read")
+    return plan
 
 
 class UnknownModel(LookupError):

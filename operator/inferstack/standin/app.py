@@ -26,6 +26,7 @@ class StandinSettings:
     tokens_per_second: float = 0.0  # 0: stream as fast as possible
     fail_rate: float = 0.0  # share of requests answered with HTTP 500
     max_num_seqs: int = 256  # like vLLM: more concurrent requests wait
+    api_key: str | None = None  # like vLLM's --api-key: /v1 requests need this bearer token
 
 
 SETTINGS: web.AppKey[StandinSettings] = web.AppKey("settings", StandinSettings)
@@ -58,6 +59,8 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _completions(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
+    if settings.api_key and request.headers.get("Authorization") != f"Bearer {settings.api_key}":
+        return _error(401, "invalid or missing API key", "AuthenticationError")
     try:
         body = await request.json()
     except json.JSONDecodeError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from aiohttp import web
 
@@ -21,6 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens-per-second", type=float, default=0.0, help="Generation speed; 0 is unthrottled.")
     p.add_argument("--fail-rate", type=float, default=0.0, help="Share of requests answered with HTTP 500.")
     p.add_argument("--max-num-seqs", type=int, default=256, help="Concurrent requests before others wait.")
+    p.add_argument("--api-key", default=os.environ.get("STANDIN_API_KEY"), help="Require this bearer token, like vLLM's --api-key.")
     return p.parse_args(argv)
 
 
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens_per_second=args.tokens_per_second,
         fail_rate=args.fail_rate,
         max_num_seqs=args.max_num_seqs,
+        api_key=args.api_key,
     )
     web.run_app(build_app(settings), host=args.host, port=args.port, access_log=None, print=None, loop=event_loop())
 
