@@ -147,12 +147,16 @@ async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set
     for rev in actions.delete_revisions:
         await kube.delete_revision(ns, name, rev)
         post_event(body, "Normal", "RevisionCollected", f"revision {rev} removed (beyond revisionHistoryLimit)")
-    if actions.plan is not None:
-        await kube.write_plan(objects.build_traffic_plan_configmap(body, actions.plan.model_dump_json(by_alias=True)))
+    # The status (the rollout's memory) first, then the traffic. Killed in
+    # between, the next pass finds the plan behind the status and writes it
+    # forward. The other order would find the status behind the plan, decide
+    # the old step again and move traffic back: a step run twice.
     patched = None
     if actions.status is not None:
         log.debug("status patch %s/%s: %s", ns, name, actions.status)
         patched = await kube.patch_status(ns, name, actions.status)
+    if actions.plan is not None:
+        await kube.write_plan(objects.build_traffic_plan_configmap(body, actions.plan.model_dump_json(by_alias=True)))
     for etype, reason, message in actions.events:
         # The same decision seen twice before the watch catches up posts once.
         if (key := f"{reason}:{message}") not in emitted:
@@ -230,10 +234,10 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     analysis = await run_analysis(spec, meta, body.get("status") or {}, now)
     actions, decision = reconcile(body, spec, revision, observed, Runtime.config, now, analysis)
     actions.plan = desired_plan(meta, spec, decision, parts, observed.plan_json)
-    if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
-        # Before the status: the status must never claim a switch not yet made.
-        await kube.apply_httproute(build_httproute(body, spec, decision.traffic, Runtime.config))
     patched = await apply(kube, body, actions, emitted)
+    if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
+        # After the status, like the plan (see apply); a no-op when the route already says it.
+        await kube.apply_httproute(build_httproute(body, spec, decision.traffic, Runtime.config))
     metrics.CANDIDATE_WEIGHT.labels(*key).set(decision.traffic.candidate_weight)
     if decision.rollback is not None and actions.status is not None:
         metrics.ROLLBACKS.labels(*key, decision.rollback.cause).inc()
