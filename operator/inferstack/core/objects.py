@@ -111,13 +111,10 @@ def build_controller_revision(stack: dict[str, Any], revision: Revision, number:
 
 def vllm_args(spec: InferenceStackSpec, port: int) -> list[str]:
     model, engine = spec.model, spec.model.engine
-    model_path = model.name
-    if model.cache_volume is not None:
-        # vLLM and huggingface_hub use HF_HOME for the download cache; the
-        # model id stays the same so the served name does not change.
-        pass
+    # The model id, not a path, even with a cache volume: HF_HOME (set in
+    # build_deployment) points huggingface_hub at the cached weights.
     args = [
-        "--model", model_path,
+        "--model", model.name,
         "--served-model-name", served_model_name(spec),
         "--port", str(port),
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
