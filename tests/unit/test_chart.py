@@ -289,7 +289,7 @@ def test_scans_find_the_calls_we_know_of():
         (GROUP, f"{PLURAL}/status", "patch"),
         ("apps", "deployments", "create"),
         ("apps", "deployments/scale", "patch"),
-        ("apps", "controllerrevisions", "get"),
+        ("apps", "controllerrevisions", "create"),
         ("", "configmaps", "patch"),
         ("", "services", "delete"),
         ("", "events", "create"),

@@ -32,11 +32,11 @@ from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.gateway import build_httproute
-from inferstack.core.plan import next_serial, plan_differs, traffic_plan
+from inferstack.core.plan import parse_current, plan_differs, traffic_plan
 from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile
 from inferstack.core.revision import ResolvedRefs, UnresolvedReference, compute_revision
 from inferstack.core.rollout import Analysis, Decision, RolloutState, analysis_due
-from inferstack.core.status import READY, RECONCILING, STALLED, ConditionState, merge_conditions
+from inferstack.core.status import merge_conditions, stalled
 from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
 
 log = logging.getLogger(__name__)
@@ -172,14 +172,7 @@ def _invalid_spec_status(body: dict[str, Any], message: str, now: datetime) -> d
     if all(current.get(k) == v for k, v in wanted.items()):
         return None
     wanted["conditions"] = merge_conditions(
-        current.get("conditions") or [],
-        {
-            READY: ConditionState(False, "InvalidSpec", message),
-            RECONCILING: ConditionState(False, "InvalidSpec", ""),
-            STALLED: ConditionState(True, "InvalidSpec", message),
-        },
-        meta.get("generation"),
-        now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        current.get("conditions") or [], stalled("InvalidSpec", message), meta.get("generation"), now.strftime("%Y-%m-%dT%H:%M:%SZ")
     )
     return wanted
 
@@ -201,11 +194,12 @@ def desired_plan(meta, spec, decision: Decision, parts: dict[str, dict], current
     if not t.stable or t.stable not in parts:
         return None
     candidate = (t.candidate, parts[t.candidate]) if t.candidate and t.candidate in parts else None
+    current = parse_current(current_json)
     plan = traffic_plan(
         meta, spec, Runtime.config, (t.stable, parts[t.stable]), candidate,
-        candidate_weight=t.candidate_weight, shadow_percent=t.shadow_percent, serial=next_serial(current_json),
+        candidate_weight=t.candidate_weight, shadow_percent=t.shadow_percent, serial=current.serial + 1 if current else 1,
     )  # fmt: skip
-    return plan if plan_differs(current_json, plan) else None
+    return plan if plan_differs(current, plan) else None
 
 
 async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]) -> tuple[timedelta | None, dict | None]:

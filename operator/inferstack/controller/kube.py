@@ -7,7 +7,6 @@ Every call is idempotent: create tolerates "already exists", delete tolerates
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -17,7 +16,6 @@ from kubernetes.client.exceptions import ApiException
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.controller.metrics import API_WRITES
 from inferstack.core import objects
-from inferstack.core.traffic import PLAN_KEY
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +138,3 @@ class Kube:
         API_WRITES.labels(ns, "HTTPRoute", "replace").inc()
         await self._call(self.custom.replace_namespaced_custom_object, *args, name, manifest)
         return True
-
-    async def read_controller_revision(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            cr = await self._call(self.apps.read_namespaced_controller_revision, name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return self.api.sanitize_for_serialization(cr)
-
-
-def plan_data(configmap_data: dict[str, str] | None) -> str | None:
-    return (configmap_data or {}).get(PLAN_KEY)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

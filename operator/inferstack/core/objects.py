@@ -15,6 +15,7 @@ from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core.config import GPU_TOLERATION, OperatorConfig
 from inferstack.core.durations import parse_duration
 from inferstack.core.revision import Revision, canonical_json
+from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
 
 LABEL_STACK: Final = f"{GROUP}/stack"
 LABEL_REVISION: Final = f"{GROUP}/revision"
@@ -224,8 +225,6 @@ def build_service(stack: dict[str, Any], revision: str, config: OperatorConfig) 
 
 
 def build_traffic_plan_configmap(stack: dict[str, Any], plan_json: str) -> dict[str, Any]:
-    from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
-
     name = stack["metadata"]["name"]
     meta = _metadata(stack, plan_name(name), None, "traffic-plan")
     meta["labels"][PLAN_LABEL] = "true"

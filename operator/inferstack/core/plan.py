@@ -66,21 +66,18 @@ def traffic_plan(
     )
 
 
-def plan_differs(current_json: str | None, wanted: TrafficPlan) -> bool:
-    """Compare everything but the serial: an unchanged plan is never rewritten."""
+def parse_current(current_json: str | None) -> TrafficPlan | None:
+    """The plan in force, or None when there is none or it does not parse (then it is rewritten)."""
     if current_json is None:
-        return True
+        return None
     try:
-        current = TrafficPlan.model_validate_json(current_json)
+        return TrafficPlan.model_validate_json(current_json)
     except ValueError:
+        return None
+
+
+def plan_differs(current: TrafficPlan | None, wanted: TrafficPlan) -> bool:
+    """Compare everything but the serial: an unchanged plan is never rewritten."""
+    if current is None:
         return True
     return current.model_copy(update={"serial": 0}) != wanted.model_copy(update={"serial": 0})
-
-
-def next_serial(current_json: str | None) -> int:
-    if current_json is None:
-        return 1
-    try:
-        return TrafficPlan.model_validate_json(current_json).serial + 1
-    except ValueError:
-        return 1

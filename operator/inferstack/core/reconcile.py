@@ -25,7 +25,7 @@ from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.revision import Revision, cache_namespace
 from inferstack.core.rollout import Analysis, Decision, Observations, RolloutState, decide, parse_command
-from inferstack.core.status import READY, RECONCILING, STALLED, ConditionState, merge_conditions
+from inferstack.core.status import ConditionState, merge_conditions, stalled
 from inferstack.core.traffic import TrafficPlan
 
 
@@ -166,11 +166,7 @@ def reconcile(
     if stable is None and first is not None and first.deadline_exceeded:
         # The first revision's GPU pods never became Ready: only the user can fix that.
         msg = f"revision {rev}: pods missed the progress deadline (GPUs available? image pullable?)"
-        hints = {
-            READY: ConditionState(False, "ProgressDeadlineExceeded", msg),
-            RECONCILING: ConditionState(False, "ProgressDeadlineExceeded", ""),
-            STALLED: ConditionState(True, "ProgressDeadlineExceeded", msg),
-        }
+        hints = stalled("ProgressDeadlineExceeded", msg)
         if status.get("phase") != Phase.FAILED.value:
             wanted["phase"], wanted["message"] = Phase.FAILED.value, msg
     merged = merge_conditions(status.get("conditions") or [], hints, generation, now.strftime("%Y-%m-%dT%H:%M:%SZ"))

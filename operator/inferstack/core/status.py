@@ -57,3 +57,12 @@ def merge_conditions(
     # Keep conditions that others (or later versions) wrote, untouched.
     out.extend(c for c in previous if c.get("type") not in wanted)
     return out
+
+
+def stalled(reason: str, message: str) -> dict[str, ConditionState]:
+    """The conditions of a stack that cannot progress until the user changes something."""
+    return {
+        READY: ConditionState(False, reason, message),
+        RECONCILING: ConditionState(False, reason, ""),
+        STALLED: ConditionState(True, reason, message),
+    }
