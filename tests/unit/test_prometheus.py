@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,9 +24,11 @@ class FakePrometheus:
     def __init__(self, answers: dict[str, list[dict[str, Any]] | Exception]):
         self.answers = answers
         self.queries: list[str] = []
+        self.times: set[datetime | None] = set()
 
-    async def instant(self, query: str) -> Sequence[dict[str, Any]]:
+    async def instant(self, query: str, at: datetime | None = None) -> Sequence[dict[str, Any]]:
         self.queries.append(query)
+        self.times.add(at)
         for needle, answer in self.answers.items():
             if needle in query:
                 if isinstance(answer, Exception):
@@ -72,6 +75,15 @@ async def test_analyse_renders_runs_and_judges_each_slice() -> None:
     ]
     assert 'score{rev="cand",slice=~"billing"}[1m]' in fake.queries  # default window: max(2 x 30s, 1m)
     assert len(fake.queries) == 6  # value, baseline, samples per evaluation
+
+
+async def test_analyse_evaluates_every_query_at_one_time_over_the_given_window() -> None:
+    """One evaluation time: the analysis covers exactly [at - window, at], however slow the queries."""
+    fake = FakePrometheus({"score": vector("1"), "count{": vector("100")})
+    at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    await analyse(spec(JUDGE), "chat", "ns", "stab", "cand", fake, window=timedelta(seconds=90), at=at)
+    assert fake.times == {at}
+    assert all("[1m30s]" in q for q in fake.queries if "score" in q)
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,14 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core.config import OperatorConfig
-from inferstack.core.reconcile import DeploymentState, Observed, reconcile, revisions_to_collect
+from inferstack.core.reconcile import DeploymentState, Observed, reconcile, revisions_to_collect, status_patch
 from inferstack.core.revision import compute_revision
+from inferstack.core.rollout import RolloutState
+from inferstack.core.status import INVALID_SPEC, Problem
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 CONFIG = OperatorConfig()
@@ -15,12 +19,16 @@ def stack(status=None, generation=1):
     return {"metadata": {"name": "bot", "namespace": "ns", "uid": "u", "generation": generation}, "status": status or {}}
 
 
-def spec(system="s", replicas=1, limit=5):
+def spec(system="s", replicas=1, limit=5, steps=None, gates=None, deadline="20s"):
+    rollout = {"revisionHistoryLimit": limit, "progressDeadline": deadline}
+    if steps is not None:
+        rollout["steps"] = steps
     return InferenceStackSpec.model_validate(
         {
             "model": {"name": "m", "revision": "d" * 40, "replicas": replicas},
             "prompt": {"version": "v1", "system": system},
-            "rollout": {"revisionHistoryLimit": limit},
+            "rollout": rollout,
+            "gates": gates or [],
         }
     )
 
@@ -89,3 +97,131 @@ def test_gc_never_collects_stable_or_candidate():
     observed = Observed(revisions={f"r{i}": i for i in range(1, 9)})
     assert revisions_to_collect(observed, keep={"r1", "r8"}, limit=2) == ["r2", "r3", "r4", "r5"]
     assert revisions_to_collect(observed, keep={"r1"}, limit=50) == []
+
+
+# ------------------------------------------------ quiet in every phase
+
+STABLE = "stable0001"
+GATE = {"name": "quality", "prometheus": {"query": "q"}, "compare": {"maxRelativeDrop": 0.1}}
+LONG_STEPS = [{"canary": {"weight": 10, "duration": "1h"}}]
+
+
+def ready(*revs, deadline=False, available=True):
+    return Observed(
+        revisions={r: i for i, r in enumerate(revs, 1)},
+        deployments={r: DeploymentState(1, available, deadline_exceeded=deadline) for r in revs},
+    )
+
+
+def passes(body, sp, observed, count=60, step=timedelta(seconds=2)):
+    """Reconcile ``count`` times, ``step`` apart, applying each status patch; writes per pass."""
+    rev = compute_revision(sp)
+    writes = []
+    for i in range(count):
+        actions, _ = reconcile(body, sp, rev, observed, CONFIG, NOW + i * step)
+        writes.append(actions.writes)
+        body = apply_status(body, actions)
+    return writes, body
+
+
+def quiet_case(name):
+    """(stack, spec, observed) settled in phase ``name``."""
+    if name == "Pending":
+        sp = spec()
+        return stack(), sp, ready(compute_revision(sp).hash, available=False)
+    if name == "Failed: first revision missed its progress deadline":
+        sp = spec()
+        return stack(), sp, ready(compute_revision(sp).hash, available=False, deadline=True)
+    if name == "Healthy":
+        sp = spec()
+        return stack(), sp, ready(compute_revision(sp).hash)
+    if name == "Progressing: held by gates waiting for an analysis":
+        sp = spec(system="new", steps=LONG_STEPS, gates=[GATE])
+        return stack({"stableRevision": STABLE}), sp, ready(STABLE, compute_revision(sp).hash)
+    if name == "Progressing: candidate pods not Ready":
+        sp = spec(system="new", steps=LONG_STEPS, gates=[GATE], deadline="30m")
+        obs = ready(STABLE, compute_revision(sp).hash)
+        obs.deployments[compute_revision(sp).hash] = DeploymentState(1, False)
+        return stack({"stableRevision": STABLE}), sp, obs
+    if name == "Paused: pause step":
+        sp = spec(system="new", steps=[{"canary": {"weight": 10}}, {"pause": {}}])
+        st = {"stableRevision": STABLE, "candidateRevision": compute_revision(sp).hash,
+              "rollout": {"stepIndex": 1, "stepStartedAt": "2026-11-25T11:00:00Z", "candidateSince": "2026-11-25T10:00:00Z"},
+              "traffic": {"candidateWeight": 10}}  # fmt: skip
+        return stack(st), sp, ready(STABLE, compute_revision(sp).hash)
+    if name == "Degraded: candidate rolled back":
+        sp = spec(system="new")
+        st = {"stableRevision": STABLE, "rolledBackRevision": compute_revision(sp).hash,
+              "rollout": {"rollbackReason": "rolled back revision x to y: gate quality failed"}}  # fmt: skip
+        return stack(st), sp, ready(STABLE, compute_revision(sp).hash)
+    raise AssertionError(name)
+
+
+QUIET_PHASES = {
+    "Pending": "Pending",
+    "Failed: first revision missed its progress deadline": "Failed",
+    "Healthy": "Healthy",
+    "Progressing: held by gates waiting for an analysis": "Progressing",
+    "Progressing: candidate pods not Ready": "Progressing",
+    "Paused: pause step": "Paused",
+    "Degraded: candidate rolled back": "Degraded",
+}
+
+
+@pytest.mark.parametrize("name", list(QUIET_PHASES))
+def test_every_phase_is_quiet_when_nothing_changes(name):
+    """Many passes over unchanged observations: the first may write, no later one does.
+
+    The write storm this guards against: a first revision stuck past its
+    deadline was Pending for one owner of the phase and Failed for another,
+    ~75 status writes a second.
+    """
+    body, sp, observed = quiet_case(name)
+    writes, body = passes(body, sp, observed)
+    assert body["status"]["phase"] == QUIET_PHASES[name], body["status"]["message"]
+    assert sum(writes[1:]) == 0, writes
+    ready_ = {c["type"]: c["status"] for c in body["status"]["conditions"]}["Ready"]
+    assert ready_ == ("True" if QUIET_PHASES[name] == "Healthy" else "False")
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        Problem(INVALID_SPEC, "spec.prompt.configMapRef: ConfigMap p has no key system"),
+        Problem("Forbidden", 'creating Service bot-1: services "bot-1" is forbidden: exceeded quota: q'),
+    ],
+    ids=["invalid-spec", "refused-create"],
+)
+def test_a_problem_is_shown_once_and_then_quiet(problem):
+    body = stack({"stableRevision": STABLE})
+    writes = []
+    for i in range(30):
+        patch = status_patch(body, None, RolloutState.from_status(body["status"]), revision=None,
+                             observed=Observed(), now=NOW + i * timedelta(seconds=5), problem=problem)  # fmt: skip
+        writes.append(patch is not None)
+        body = stack(merge(body["status"], patch or {}))
+    assert writes[0] and not any(writes[1:])
+    st = body["status"]
+    assert (st["phase"], st["message"], st["observedGeneration"]) == ("Failed", problem.message, 1)
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
+    assert conditions == {"Ready": ("False", problem.reason), "Reconciling": ("False", problem.reason), "Stalled": ("True", problem.reason)}
+    assert st["stableRevision"] == STABLE  # the rollout's memory is kept, not reset
+
+
+def test_the_problem_clears_when_the_cause_is_gone():
+    sp = spec()
+    rev = compute_revision(sp)
+    body = stack()
+    problem = Problem("Forbidden", "creating Service x: exceeded quota")
+    patch = status_patch(body, sp, RolloutState(), revision=rev.hash, observed=Observed(), now=NOW, problem=problem)
+    body = stack(merge(body["status"], patch))
+    assert body["status"]["phase"] == "Failed"
+    actions, _ = reconcile(body, sp, rev, ready(rev.hash), CONFIG, NOW)
+    assert actions.status["phase"] == "Healthy"
+    assert {c["type"]: c["status"] for c in actions.status["conditions"]}["Stalled"] == "False"
+
+
+def test_messages_fit_one_line():
+    long = "line one\n" + "x" * 1000
+    patch = status_patch(stack(), None, RolloutState(), revision=None, observed=Observed(), now=NOW, problem=Problem("InternalError", long))
+    assert "\n" not in patch["message"] and len(patch["message"]) <= 240

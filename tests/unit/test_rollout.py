@@ -20,11 +20,12 @@ from inferstack.core.rollout import (
     Observations,
     RolloutState,
     Verb,
-    analysis_due,
+    analysis_window,
     decide,
-    merge_patch,
     parse_command,
+    step_label,
 )
+from inferstack.core.status import Summary, desired_status, merge_patch, summarize
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -82,8 +83,9 @@ def verdict(result: Verdict = Verdict.PASS, slice_: str = AGGREGATE, samples: fl
 PASS = (verdict(slice_="billing"), verdict())
 
 
-def analysis(at: datetime, *verdicts: GateVerdict, candidate: str = C) -> Analysis:
-    return Analysis(candidate, at, tuple(verdicts) or PASS)
+def analysis(at: datetime, *verdicts: GateVerdict, candidate: str = C, window: timedelta = MIN) -> Analysis:
+    """An analysis of the data in [at - window, at]."""
+    return Analysis(candidate, at, tuple(verdicts) or PASS, window_start=at - window)
 
 
 def at_step(index: int, weight: int = 0, shadow: int = 0, started: datetime = T0, **kw: Any) -> RolloutState:
@@ -128,11 +130,19 @@ class Case:
     spec: InferenceStackSpec = field(default_factory=lambda: SPEC)
 
 
-def check(d: Decision, expect: dict[str, Any]) -> None:
+def look(spec: InferenceStackSpec, d: Decision, revision: str, now: datetime) -> Summary:
+    """How the decided state looks (status.summarize: the one owner of phase and message)."""
+    return summarize(spec, d.state, revision=revision, now=now)
+
+
+def check(case: Case) -> None:
     """Compare only the named aspects, so each case says what the transition is about."""
+    d = decide(case.spec, case.state, case.obs, case.now)
+    seen = look(case.spec, d, case.obs.revision, case.now)
+    expect = case.expect
     actual = {
-        "phase": d.phase,
-        "step": d.step,
+        "phase": seen.phase,
+        "step": seen.step,
         "stable": d.state.stable,
         "candidate": d.state.candidate,
         "rolled_back": d.state.rolled_back,
@@ -147,9 +157,9 @@ def check(d: Decision, expect: dict[str, Any]) -> None:
     }
     for key, want in expect.items():
         if key == "message":
-            assert want in d.message, d.message
+            assert want in seen.message, seen.message
         else:
-            assert actual[key] == want, f"{key}: {actual[key]!r} != {want!r} ({d.message})"
+            assert actual[key] == want, f"{key}: {actual[key]!r} != {want!r} ({seen.message})"
 
 
 LATER = T0 + 6 * MIN  # after a 5m step
@@ -558,7 +568,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_transition(case: Case) -> None:
-    check(decide(case.spec, case.state, case.obs, case.now), case.expect)
+    check(case)
 
 
 # ------------------------------------------------------------- details
@@ -600,9 +610,10 @@ def test_degraded_message_survives_later_decisions() -> None:
         LATER,
     )
     again = decide(SPEC, d.state, obs(), LATER + 60 * MIN)
-    assert again.phase == Phase.DEGRADED
-    assert "gate quality, all slices failed 2 consecutive analyses" in again.message
-    assert {c.type: c.status for c in again.conditions} == {
+    seen = look(SPEC, again, C, LATER + 60 * MIN)
+    assert seen.phase == Phase.DEGRADED
+    assert "gate quality, all slices failed 2 consecutive analyses" in seen.message
+    assert {t: c.status for t, c in seen.conditions.items()} == {
         "Ready": False,
         "Reconciling": False,
         "Stalled": True,
@@ -616,22 +627,68 @@ def test_requeue_after_is_next_timer() -> None:
     assert d.requeue_after == timedelta(seconds=15)  # the step ends first
 
 
+SLOW = make_spec(steps=STEPS).model_copy(
+    update={"rollout": make_spec().rollout.model_copy(update={"analysis_interval": "5m"})}
+)  # default window 10m
+
+
 @pytest.mark.parametrize(
-    ("state", "now", "due"),
+    ("spec", "state", "now", "window"),
     [
-        pytest.param(WAITING, T0, False, id="no-traffic-yet"),
-        pytest.param(SHADOW, T0, True, id="never-analysed"),
+        pytest.param(SPEC, WAITING, T0, None, id="no-traffic-yet"),
+        pytest.param(SPEC, HEALTHY, T0, None, id="no-rollout"),
+        pytest.param(SPEC, SHADOW, T0 + timedelta(seconds=59), None, id="step-younger-than-a-useful-window"),
+        pytest.param(SPEC, SHADOW, T0 + MIN, MIN, id="step-old-enough"),
         pytest.param(
-            replace(SHADOW, last_analysis_at=T0), T0 + timedelta(seconds=29), False, id="interval-not-over"
+            SPEC, replace(SHADOW, last_analysis_at=T0 + 2 * MIN), T0 + 2 * MIN + timedelta(seconds=29), None,
+            id="interval-not-over",
         ),
         pytest.param(
-            replace(SHADOW, last_analysis_at=T0), T0 + timedelta(seconds=30), True, id="interval-over"
+            SPEC, replace(SHADOW, last_analysis_at=T0 + 2 * MIN), T0 + 2 * MIN + timedelta(seconds=30), MIN,
+            id="interval-over",
         ),
-        pytest.param(HEALTHY, T0, False, id="no-rollout"),
+        pytest.param(SLOW, SHADOW, T0 + 3 * MIN, 3 * MIN, id="clipped-to-the-step-start"),
+        pytest.param(SLOW, SHADOW, T0 + 30 * MIN, 10 * MIN, id="old-step-full-window"),
     ],
-)
-def test_analysis_due(state: RolloutState, now: datetime, due: bool) -> None:
-    assert analysis_due(SPEC, state, now) is due
+)  # fmt: skip
+def test_analysis_window(spec: InferenceStackSpec, state: RolloutState, now: datetime, window: timedelta | None) -> None:
+    got = analysis_window(spec, state, now)
+    assert got == window
+    if got is not None:
+        assert state.step_started_at is not None and now - got >= state.step_started_at
+
+
+@pytest.mark.parametrize(
+    ("a", "counted"),
+    [
+        pytest.param(analysis(T0 + 2 * MIN, window=MIN), True, id="window-inside-the-step"),
+        pytest.param(analysis(T0 + MIN, window=MIN), True, id="window-starts-at-the-step-start"),
+        pytest.param(analysis(T0 + 2 * MIN, window=3 * MIN), False, id="window-reaches-into-the-step-before"),
+        pytest.param(Analysis(C, T0 + 2 * MIN, PASS), False, id="window-of-unknown-age"),
+        pytest.param(analysis(T0, window=MIN), False, id="taken-when-the-step-began"),
+    ],
+)  # fmt: skip
+def test_only_an_analysis_of_the_step_itself_counts(a: Analysis, counted: bool) -> None:
+    state = at_step(1, weight=5)
+    d = decide(SPEC, state, obs(analysis=a), T0 + 2 * MIN)
+    assert (d.state.last_analysis_at == a.taken_at) is counted
+    assert (d.state.verdicts == a.verdicts) is counted
+
+
+def test_a_step_entered_in_a_pass_does_not_inherit_that_pass_analysis() -> None:
+    """Seen in e2e: canary 25 % advanced to ramp 50 % with no analysis taken during canary 25 %."""
+    state = at_step(1, weight=5, started=T0)  # canary 5 %, its 5 minutes are over at LATER
+    now = T0 + 5 * MIN
+    d = decide(SPEC, state, obs(analysis=analysis(now, window=MIN)), now)
+    assert step_label(STEPS_OF, d.state) == "canary 25%" and d.state.step_started_at == now
+    # the next passes have no new analysis: canary 25 % holds until one of its own arrives
+    for later in (now + timedelta(seconds=1), now + 6 * MIN):
+        again = decide(SPEC, d.state, obs(), later)
+        assert step_label(STEPS_OF, again.state) == "canary 25%", again.events
+        assert "waiting for an analysis of this step" in look(SPEC, again, C, later).message
+    assert analysis_window(SPEC, d.state, now + timedelta(seconds=59)) is None
+    window = analysis_window(SPEC, d.state, now + 6 * MIN)
+    assert window is not None and now + 6 * MIN - window >= now
 
 
 @pytest.mark.parametrize(
@@ -692,7 +749,8 @@ def simulate(spec: InferenceStackSpec, *, persist: bool, crash_every: int = 0) -
     for tick in range(1, 400):
         now += timedelta(seconds=10)
         ready = (S, C) if now >= T0 + 2 * MIN else (S,)
-        a = analysis(now) if analysis_due(spec, state, now) else None
+        window = analysis_window(spec, state, now)
+        a = analysis(now, window=window) if window is not None else None
         d = decide(spec, state, Observations(C, frozenset(ready), frozenset({S, C}), a), now)
         assert decide(spec, state, Observations(C, frozenset(ready), frozenset({S, C}), a), now) == d
         if crash_every and tick % crash_every == 0:
@@ -701,16 +759,17 @@ def simulate(spec: InferenceStackSpec, *, persist: bool, crash_every: int = 0) -
         state = roundtrip(d.state) if persist else d.state
         if persist:
             assert state == replace(d.state)  # nothing is lost in the status
-        if d.phase == Phase.HEALTHY and d.state.stable == C:
+        if d.state.stable == C and d.state.candidate is None:
             break
     return decisions
 
 
+STEPS_OF = SPEC.rollout.steps  # NO_GATES has the same steps
 EXPECTED_STEPS = ["waiting for pods", "shadow 10%", "canary 5%", "canary 25%", "ramp 50%", "ramp 75%", ""]
 
 
 def runs(decisions: list[Decision]) -> list[str]:
-    labels = [d.step for d in decisions]
+    labels = [step_label(STEPS_OF, d.state) for d in decisions]
     return [label for i, label in enumerate(labels) if i == 0 or labels[i - 1] != label]
 
 
@@ -733,7 +792,7 @@ def test_full_rollout_visits_every_step_once_in_order(persist: bool, crash_every
 
 def test_resume_after_kill_ends_in_the_same_state() -> None:
     a, b = simulate(SPEC, persist=False), simulate(SPEC, persist=True)
-    assert [d.status() for d in a] == [d.status() for d in b]
+    assert [d.state.to_status() for d in a] == [d.state.to_status() for d in b]
 
 
 def test_canary_weight_never_decreases() -> None:
@@ -744,7 +803,7 @@ def test_canary_weight_never_decreases() -> None:
 
 def test_each_step_lasts_its_duration() -> None:
     decisions = simulate(NO_GATES, persist=True)
-    started = {d.step: d.state.step_started_at for d in decisions if d.state.step_started_at}
+    started = {step_label(STEPS_OF, d.state): d.state.step_started_at for d in decisions if d.state.step_started_at}
     shadow, canary = started["shadow 10%"], started["canary 5%"]
     assert shadow is not None and canary is not None
     assert canary - shadow == timedelta(minutes=5)
@@ -754,5 +813,7 @@ def test_status_fits_the_crd_schema() -> None:
     """Every field decide() writes exists in the API types, so the API server does not prune it."""
     from inferstack.api.v1alpha1 import InferenceStackStatus
 
+    now = T0
     for d in simulate(SPEC, persist=True):
-        InferenceStackStatus.model_validate(d.status())  # extra="forbid": an unknown key fails here
+        status = desired_status({}, d.state, look(SPEC, d, C, now), generation=1, cache_namespace="c", now=now)
+        InferenceStackStatus.model_validate(status)  # extra="forbid": an unknown key fails here

@@ -509,7 +509,10 @@ class RolloutStatus(Model):
     candidate_since: str | None = None
     # Written by the rollout engine (core/rollout.py) so a restarted operator resumes exactly.
     paused: bool = False
-    last_analysis_at: str | None = None
+    last_analysis_at: str | None = Field(None, description="End of the last counted analysis' data window.")
+    last_analysis_from: str | None = Field(
+        None, description="Start of that window: never before stepStartedAt, so a step is judged on its own data."
+    )
     rollback_reason: str = ""
     scale_down_at: dict[str, str] = Field(default_factory=dict, description="Old revisions kept warm until then.")
     last_command: str | None = Field(None, description="Last handled inferstack.dev/command#command-id.")

@@ -18,30 +18,35 @@ import contextlib
 import copy
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec, TrafficProvider
 from inferstack.controller import metrics
-from inferstack.controller.kube import Kube
+from inferstack.controller.kube import Kube, api_problem
 from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.gateway import build_httproute
 from inferstack.core.plan import parse_current, plan_differs, traffic_plan
-from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile
+from inferstack.core.promql import query_errors
+from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile, status_patch
 from inferstack.core.revision import ResolvedRefs, UnresolvedReference, compute_revision
-from inferstack.core.rollout import Analysis, Decision, RolloutState, analysis_due
-from inferstack.core.status import merge_conditions, stalled
+from inferstack.core.rollout import Analysis, Decision, RolloutState, analysis_window
+from inferstack.core.status import INVALID_SPEC, Problem, one_line
 from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
 
 log = logging.getLogger(__name__)
 
 OWNED = {objects.LABEL_MANAGED_BY: objects.MANAGER}
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0  # seconds between passes that failed
+MAX_EMITTED = 256  # distinct events remembered per stack for de-duplication
 
 
 class Runtime:
@@ -136,56 +141,72 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
     kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
 
 
-async def apply(kube: Kube, body: dict[str, Any], actions: Actions, emitted: set[str]) -> dict[str, Any] | None:
-    """Carry out the actions; returns the stack as patched, when the status was written."""
+class InvalidSpec(ValueError):
+    """A spec the API server accepted but the operator cannot use; only the user can fix it."""
+
+
+async def read_spec(kube: Kube, body: dict[str, Any]) -> tuple[InferenceStackSpec, ResolvedRefs]:
+    """The spec, its references resolved and its queries parsed; raises InvalidSpec or ApiException."""
+    try:
+        spec = InferenceStackSpec.model_validate(body.get("spec") or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InvalidSpec(f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from e
+    try:
+        refs = await resolve_refs(kube, body["metadata"]["namespace"], spec)
+    except UnresolvedReference as e:
+        raise InvalidSpec(str(e)) from e
+    if errors := query_errors(spec.gates):
+        raise InvalidSpec(errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    return spec, refs
+
+
+async def apply_objects(kube: Kube, body: dict[str, Any], actions: Actions) -> Problem | None:
+    """Creates, scales and deletions, in order; the first refusal stops them and is returned.
+
+    A refused call is the stack's problem to show (its status and a Warning
+    event), not the operator's to crash on; the next pass retries with backoff.
+    """
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    for manifest in actions.create:
-        await kube.create(manifest)
-    for rev, replicas in actions.scale.items():
-        await kube.scale(ns, objects.revision_name(name, rev), replicas)
-    for rev in actions.delete_revisions:
-        await kube.delete_revision(ns, name, rev)
-        post_event(body, "Normal", "RevisionCollected", f"revision {rev} removed (beyond revisionHistoryLimit)")
-    # The status (the rollout's memory) first, then the traffic. Killed in
-    # between, the next pass finds the plan behind the status and writes it
-    # forward. The other order would find the status behind the plan, decide
-    # the old step again and move traffic back: a step run twice.
-    patched = None
-    if actions.status is not None:
-        log.debug("status patch %s/%s: %s", ns, name, actions.status)
-        patched = await kube.patch_status(ns, name, actions.status)
-    if actions.plan is not None:
-        await kube.write_plan(objects.build_traffic_plan_configmap(body, actions.plan.model_dump_json(by_alias=True)))
-    for etype, reason, message in actions.events:
+    step = ""
+    try:
+        for manifest in actions.create:
+            step = f"creating {manifest['kind']} {manifest['metadata']['name']}"
+            await kube.create(manifest)
+        for rev, replicas in actions.scale.items():
+            step = f"scaling revision {rev} to {replicas}"
+            await kube.scale(ns, objects.revision_name(name, rev), replicas)
+        for rev in actions.delete_revisions:
+            step = f"removing revision {rev}"
+            await kube.delete_revision(ns, name, rev)
+            post_event(body, "Normal", "RevisionCollected", f"revision {rev} removed (beyond revisionHistoryLimit)")
+    except ApiException as e:
+        return api_problem(e, step)
+    return None
+
+
+def post_events(body: dict[str, Any], events: list[tuple[str, str, str]], emitted: set[str]) -> None:
+    for etype, reason, message in events:
         # The same decision seen twice before the watch catches up posts once.
         if (key := f"{reason}:{message}") not in emitted:
+            if len(emitted) >= MAX_EMITTED:
+                emitted.clear()  # bounded memory per stack; at worst one event is posted twice
             emitted.add(key)
             post_event(body, etype, reason, message)
-    return patched
-
-
-def _invalid_spec_status(body: dict[str, Any], message: str, now: datetime) -> dict[str, Any] | None:
-    """Status for a spec the API server accepted but the operator cannot use (a missing ConfigMap)."""
-    meta, current = body["metadata"], body.get("status") or {}
-    wanted: dict[str, Any] = {"phase": "Failed", "message": message, "observedGeneration": meta.get("generation")}
-    if all(current.get(k) == v for k, v in wanted.items()):
-        return None
-    wanted["conditions"] = merge_conditions(
-        current.get("conditions") or [], stalled("InvalidSpec", message), meta.get("generation"), now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    )
-    return wanted
 
 
 async def run_analysis(spec: InferenceStackSpec, meta: dict[str, Any], status: dict[str, Any], now: datetime) -> Analysis | None:
     state = RolloutState.from_status(status)
-    if not analysis_due(spec, state, now) or not state.stable or not state.candidate:
+    window = analysis_window(spec, state, now)
+    if window is None or not state.stable or not state.candidate:
         return None
     if Runtime.prometheus is None:
         Runtime.prometheus = PrometheusClient(Runtime.config.prometheus_url, timeout=Runtime.config.prometheus_timeout_seconds)
-    verdicts = await analyse(spec, meta["name"], meta["namespace"], state.stable, state.candidate, Runtime.prometheus)
-    # The time the data was read, so a step only ends on evidence gathered after it began.
-    return Analysis(state.candidate, datetime.now(UTC), tuple(verdicts))
+    # Every query is evaluated at ``now`` over ``window``: the analysis covers
+    # exactly [now - window, now], which analysis_window keeps inside the step.
+    verdicts = await analyse(spec, meta["name"], meta["namespace"], state.stable, state.candidate, Runtime.prometheus, window=window, at=now)
+    return Analysis(state.candidate, now, tuple(verdicts), window_start=now - window)
 
 
 def desired_plan(meta, spec, decision: Decision, parts: dict[str, dict], current_json: str | None):
@@ -202,40 +223,72 @@ def desired_plan(meta, spec, decision: Decision, parts: dict[str, dict], current
     return plan if plan_differs(current, plan) else None
 
 
-async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]) -> tuple[timedelta | None, dict | None]:
-    """One level-based pass.
+@dataclass
+class PassResult:
+    requeue: timedelta | None = None  # when the rollout wants to be looked at again
+    patched: dict[str, Any] | None = None  # the stack as the status patch left it
+    problem: Problem | None = None  # what stopped this pass; the loop backs off
 
-    Returns when the rollout wants to be looked at again, and the stack as
-    the status patch left it (None when nothing was patched).
+
+async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]) -> PassResult:
+    """One level-based pass: read, decide (pure core), write what changed.
+
+    Writes, in order: the revision's objects; the status (the rollout's
+    memory, and the one place a problem is shown); the traffic plan. The
+    status goes before the traffic: killed in between, the next pass finds
+    the plan behind the status and writes it forward, while the other order
+    would decide the old step again and move traffic back.
     """
     kube = Runtime.kube
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     now = datetime.now(UTC)
-    try:
-        spec = InferenceStackSpec.model_validate(body.get("spec") or {})
-        refs = await resolve_refs(kube, meta["namespace"], spec)
-    except (ValidationError, UnresolvedReference) as e:
-        # Wrong input is the user's to fix: say so in status, do not crash-loop.
-        message = str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)
-        if (patch := _invalid_spec_status(body, message, now)) is not None:
-            post_event(body, "Warning", "InvalidSpec", message)
-            return None, await kube.patch_status(*key, patch)
-        return None, None
-    revision = compute_revision(spec, refs)
     observed, parts = observe(key, *indexes)
+    try:
+        spec, refs = await read_spec(kube, body)
+    except (InvalidSpec, ApiException) as e:
+        unusable = api_problem(e, "reading the spec's ConfigMaps") if isinstance(e, ApiException) else Problem(INVALID_SPEC, str(e))
+        state = RolloutState.from_status(body.get("status"))
+        patch = status_patch(body, None, state, revision=None, observed=observed, now=now, problem=unusable)
+        return PassResult(patched=await write_status(kube, body, patch, unusable), problem=unusable)
+    revision = compute_revision(spec, refs)
     parts.setdefault(revision.hash, revision.parts)
     analysis = await run_analysis(spec, meta, body.get("status") or {}, now)
     actions, decision = reconcile(body, spec, revision, observed, Runtime.config, now, analysis)
-    actions.plan = desired_plan(meta, spec, decision, parts, observed.plan_json)
-    patched = await apply(kube, body, actions, emitted)
+    problem = await apply_objects(kube, body, actions)
+    if problem is not None:
+        # The same decision, shown with what stopped it.
+        actions.status = status_patch(body, spec, decision.state, revision=revision.hash, observed=observed, now=now, problem=problem)
+    patched = await write_status(kube, body, actions.status, problem)
+    if (plan := desired_plan(meta, spec, decision, parts, observed.plan_json)) is not None:
+        await kube.write_plan(objects.build_traffic_plan_configmap(body, plan.model_dump_json(by_alias=True)))
     if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
-        # After the status, like the plan (see apply); a no-op when the route already says it.
+        # After the status, like the plan; a no-op when the route already says it.
         await kube.apply_httproute(build_httproute(body, spec, decision.traffic, Runtime.config))
+    post_events(body, actions.events, emitted)
     metrics.CANDIDATE_WEIGHT.labels(*key).set(decision.traffic.candidate_weight)
-    if decision.rollback is not None and actions.status is not None:
-        metrics.ROLLBACKS.labels(*key, decision.rollback.cause).inc()
-    return decision.requeue_after, patched
+    if actions.status is not None:  # counted once: the pass that recorded it
+        if decision.rollback is not None:
+            metrics.ROLLBACKS.labels(*key, decision.rollback.cause).inc()
+        if decision.promoted is not None:
+            metrics.PROMOTIONS.labels(*key).inc()
+    return PassResult(decision.requeue_after, patched, problem)
+
+
+async def write_status(kube: Kube, body: dict[str, Any], patch: dict[str, Any] | None, problem: Problem | None) -> dict[str, Any] | None:
+    """Patch the status (when anything changed); a new problem also gets one Warning event.
+
+    The event is posted when the status changes to show the problem, so a
+    failure retried every few seconds posts one event, not one per retry.
+    """
+    if patch is None:
+        return None
+    meta = body["metadata"]
+    log.debug("status patch %s/%s: %s", meta["namespace"], meta["name"], patch)
+    patched = await kube.patch_status(meta["namespace"], meta["name"], patch)
+    if problem is not None and ("message" in patch or "phase" in patch):
+        post_event(body, "Warning", problem.reason, problem.message)
+    return patched
 
 
 class StackLoop:
@@ -257,28 +310,41 @@ class StackLoop:
 
     async def run(self) -> None:
         namespace, name = self.key
-        backoff = 1.0
+        backoff = BACKOFF_MIN
+        logged: set[str] = set()  # failures already logged with a traceback
         while True:
             self.wake.clear()
             try:
                 with metrics.RECONCILE_SECONDS.time():
-                    requeue, patched = await reconcile_once(self.body, self.indexes, self.emitted)
-                if patched is not None:
+                    result = await reconcile_once(self.body, self.indexes, self.emitted)
+                if result.patched is not None:
                     # Decide next from what we wrote, not from a watch event
                     # that may still be on its way: a pass woken by another
                     # object's event must not redo this pass's step.
-                    self.update(patched)
-                backoff = 1.0
+                    self.update(result.patched)
                 timeout = Runtime.config.resync_seconds
-                if requeue is not None:
+                if result.requeue is not None:
                     # Wake up right when a step's timer ends, not up to a resync later.
-                    timeout = max(0.05, min(timeout, requeue.total_seconds()))
+                    timeout = max(0.05, min(timeout, result.requeue.total_seconds()))
+                if result.problem is None:
+                    backoff = BACKOFF_MIN
+                else:
+                    # Shown on the stack already; one line here, then retry with backoff.
+                    metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
+                    log.warning("reconcile %s/%s: %s: %s (retry in %.0fs)", namespace, name, result.problem.reason, result.problem.message, backoff)
+                    timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # one bad pass must not kill the loop
                 metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
-                log.exception("reconcile %s/%s failed: %s", namespace, name, e)
-                timeout = backoff = min(backoff * 2, 60.0)
+                what = f"{type(e).__name__}: {one_line(str(e))}"
+                if what in logged:
+                    log.error("reconcile %s/%s failed again: %s (retry in %.0fs)", namespace, name, what, backoff)
+                else:  # a traceback once per distinct failure, not once per retry
+                    if len(logged) < MAX_EMITTED:
+                        logged.add(what)
+                    log.exception("reconcile %s/%s failed: %s", namespace, name, what)
+                timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
             metrics.RECONCILES.labels(namespace, name).inc()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)

@@ -7,6 +7,7 @@ Every call is idempotent: create tolerates "already exists", delete tolerates
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -16,8 +17,28 @@ from kubernetes.client.exceptions import ApiException
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.controller.metrics import API_WRITES
 from inferstack.core import objects
+from inferstack.core.status import Problem, one_line
 
 log = logging.getLogger(__name__)
+
+
+def api_problem(exc: ApiException, doing: str) -> Problem:
+    """The API server's refusal as a stack's problem: its reason and its message, one line.
+
+    The message is the server's own (``exceeded quota: ...``, ``failed to
+    allocate a serviceIP: range is full``), never the client's exception repr
+    with headers and a body dump.
+    """
+    reason, message = "", ""
+    try:
+        body = json.loads(exc.body or "")
+        if isinstance(body, dict):
+            reason, message = str(body.get("reason") or ""), str(body.get("message") or "")
+    except (TypeError, ValueError):
+        pass
+    reason = reason or (exc.reason or "").replace(" ", "") or f"HTTP{exc.status}"
+    message = message or f"{exc.status} {exc.reason}"
+    return Problem(reason, one_line(f"{doing}: {message}" if doing else message))
 
 
 def load_config(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from prometheus_api_client import PrometheusConnect
@@ -33,8 +33,11 @@ class QueryError(Exception):
 
 
 class InstantQuery(Protocol):
-    async def instant(self, query: str) -> Sequence[dict[str, Any]]:
-        """``data.result`` of an instant query; raises ``QueryError`` on any failure."""
+    async def instant(self, query: str, at: datetime | None = None) -> Sequence[dict[str, Any]]:
+        """``data.result`` of an instant query evaluated at ``at`` (default: the server's now).
+
+        Raises ``QueryError`` on any failure.
+        """
         ...
 
 
@@ -50,9 +53,10 @@ class PrometheusClient:
         # retries would stretch one analysis far beyond ``timeout``.
         self._conn = PrometheusConnect(url=url, headers=headers, retry=Retry(total=0))
 
-    async def instant(self, query: str) -> Sequence[dict[str, Any]]:
+    async def instant(self, query: str, at: datetime | None = None) -> Sequence[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(None, lambda: self._conn.custom_query(query, timeout=self.timeout))
+        params = {"time": f"{at.timestamp():.3f}"} if at is not None else None
+        call = loop.run_in_executor(None, lambda: self._conn.custom_query(query, params=params, timeout=self.timeout))
         try:
             # The HTTP timeout bounds each request; wait_for also bounds DNS and retries.
             return await asyncio.wait_for(call, timeout=self.timeout + 1)
@@ -62,24 +66,29 @@ class PrometheusClient:
             raise QueryError(f"prometheus query failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def _number(client: InstantQuery, query: str | None) -> float | None:
+async def _number(client: InstantQuery, query: str | None, at: datetime | None) -> float | None:
     if query is None:
         return None
     try:
-        return single_value(await client.instant(query))
+        return single_value(await client.instant(query, at))
     except ResultError as exc:
         raise QueryError(f"{exc}: {query}") from exc
 
 
 async def _measure(
-    client: InstantQuery, limit: asyncio.Semaphore, value: str, baseline: str | None, samples: str | None
+    client: InstantQuery,
+    limit: asyncio.Semaphore,
+    at: datetime | None,
+    value: str,
+    baseline: str | None,
+    samples: str | None,
 ) -> Measurement:
     """The three numbers behind one evaluation; any failure makes the whole one an error."""
     try:
         async with limit:
-            v = await _number(client, value)
-            b = await _number(client, baseline)
-            n = await _number(client, samples)
+            v = await _number(client, value, at)
+            b = await _number(client, baseline, at)
+            n = await _number(client, samples, at)
     except QueryError as exc:
         return Measurement(error=str(exc))
     return Measurement(value=v, baseline=b, samples=n)
@@ -93,12 +102,16 @@ async def analyse(
     candidate_rev: str,
     client: InstantQuery,
     window: timedelta | None = None,
+    at: datetime | None = None,
 ) -> list[GateVerdict]:
     """Every gate's verdicts for the candidate, each slice and the aggregate.
 
-    ``window`` defaults to ``default_window(spec.rollout)``: twice the
-    analysis interval, at least one minute. Queries run concurrently; a gate
-    whose template does not render is Inconclusive with the template error.
+    Every query is evaluated at ``at`` (the server's now when None) over
+    ``window``, which defaults to ``default_window(spec.rollout)``: twice the
+    analysis interval, at least one minute. One evaluation time for all of
+    them makes the analysis cover exactly ``[at - window, at]``, however long
+    the queries take. Queries run concurrently; a gate whose template does
+    not render is Inconclusive with the template error.
     """
     window = window or default_window(spec.rollout)
     measurements: dict[tuple[str, str], Measurement] = {}
@@ -120,7 +133,7 @@ async def analyse(
                 measurements[(gate.name, slice_)] = Measurement(error=f"template error: {exc}")
             continue
         for q in queries:
-            jobs.append(((q.gate, q.slice), _measure(client, limit, q.value, q.baseline, q.samples)))
+            jobs.append(((q.gate, q.slice), _measure(client, limit, at, q.value, q.baseline, q.samples)))
     results = await asyncio.gather(*(job for _, job in jobs))
     measurements.update(zip((key for key, _ in jobs), results, strict=True))
     return evaluate_gates(spec.gates, measurements)

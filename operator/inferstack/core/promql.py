@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
+import promql_parser
+
 from inferstack.api.v1alpha1 import Gate, RolloutSpec
 from inferstack.core.durations import format_duration, parse_duration
 from inferstack.core.gates import AGGREGATE, evaluations
@@ -177,3 +179,28 @@ def single_value(result: Sequence[dict[str, Any]]) -> float | None:
     except (TypeError, ValueError) as exc:
         raise ResultError(f"sample value {sample[1]!r} is not a number") from exc
     return value if not math.isnan(value) else None
+
+
+def query_errors(gates: Sequence[Gate]) -> list[str]:
+    """Why a gate's queries cannot run, one line each; empty when they all parse.
+
+    What the CRD's CEL rules cannot see: each template is rendered with
+    sample values and parsed as PromQL here, at the first reconcile, so a
+    typo turns the stack InvalidSpec at once instead of holding its first
+    rollout Inconclusive forever.
+    """
+    errors = []
+    for gate in gates:
+        templates = [("query", gate.prometheus.query)]
+        if gate.prometheus.samples_query:
+            templates.append(("samplesQuery", gate.prometheus.samples_query))
+        for field_, template in templates:
+            where = f"spec.gates[{gate.name}].prometheus.{field_}"
+            try:
+                text = render(
+                    template, stack="s", namespace="ns", revision="r", baseline="b", slice_=AGGREGATE, window=MIN_WINDOW
+                )
+                promql_parser.parse(text)
+            except (TemplateError, ValueError) as exc:
+                errors.append(f"{where}: {' '.join(str(exc).split())}")
+    return errors

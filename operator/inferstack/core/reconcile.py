@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from inferstack.api.v1alpha1 import InferenceStackSpec, Phase
+from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.revision import Revision, cache_namespace
 from inferstack.core.rollout import Analysis, Decision, Observations, RolloutState, decide, parse_command
-from inferstack.core.status import ConditionState, merge_conditions, stalled
+from inferstack.core.status import Problem, desired_status, merge_patch, summarize
 from inferstack.core.traffic import TrafficPlan
 
 
@@ -96,14 +96,32 @@ def live_revisions(decision: Decision, now: datetime) -> set[str]:
     return {r for r in (st.stable, st.candidate) if r} | warm
 
 
-def gate_summary(decision: Decision) -> str:
-    verdicts = decision.state.verdicts
-    if not verdicts:
-        return ""
-    counts: dict[str, int] = {}
-    for v in verdicts:
-        counts[v.verdict.value] = counts.get(v.verdict.value, 0) + 1
-    return " ".join(f"{k}={n}" for k, n in sorted(counts.items()))
+def status_patch(
+    stack: dict[str, Any],
+    spec: InferenceStackSpec | None,
+    state: RolloutState,
+    *,
+    revision: str | None,
+    observed: Observed,
+    now: datetime,
+    problem: Problem | None = None,
+) -> dict[str, Any] | None:
+    """The merge patch from the stack's status to what ``state`` (and ``problem``) say; None if equal.
+
+    The only way the operator writes a stack's status: every field comes
+    from ``state`` through ``status.summarize``, never patched afterwards.
+    """
+    meta, current = stack["metadata"], stack.get("status") or {}
+    first = observed.deployments.get(revision) if revision else None
+    summary = summarize(
+        spec, state, revision=revision, now=now, stuck=first is not None and first.deadline_exceeded, problem=problem
+    )
+    if spec is None:
+        cache_ns = current.get("cacheNamespace")  # unknown without a spec: leave it as it is
+    else:
+        cache_ns = cache_namespace(meta["namespace"], meta["name"], state.stable, spec.cache.namespace) if state.stable else None
+    wanted = desired_status(current, state, summary, generation=meta.get("generation"), cache_namespace=cache_ns, now=now)
+    return merge_patch(current, wanted) or None
 
 
 def reconcile(
@@ -115,7 +133,11 @@ def reconcile(
     now: datetime,
     analysis: Analysis | None = None,
 ) -> tuple[Actions, Decision]:
-    """Objects for the spec's revision, then the rollout engine's decision, as actions."""
+    """Objects for the spec's revision, then the rollout engine's decision, as actions.
+
+    ``actions.status`` assumes the actions succeed; when one is refused the
+    handler asks ``status_patch`` again with the ``Problem``.
+    """
     meta = stack["metadata"]
     status = stack.get("status") or {}
     actions = Actions()
@@ -149,28 +171,5 @@ def reconcile(
 
     keep = live | {r for r in (decision.state.rolled_back,) if r}
     actions.delete_revisions = revisions_to_collect(observed, keep, spec.rollout.revision_history_limit)
-
-    wanted = decision.status_patch(status)
-    generation = meta.get("generation")
-    if status.get("observedGeneration") != generation:
-        wanted["observedGeneration"] = generation
-    stable = decision.state.stable
-    cache_ns = cache_namespace(meta["namespace"], meta["name"], stable, spec.cache.namespace) if stable else None
-    if status.get("cacheNamespace") != cache_ns:
-        wanted["cacheNamespace"] = cache_ns
-    if status.get("gateSummary", "") != (summary := gate_summary(decision)):
-        wanted["gateSummary"] = summary
-
-    hints = {h.type: ConditionState(h.status, h.reason, h.message) for h in decision.conditions}
-    first = observed.deployments.get(rev)
-    if stable is None and first is not None and first.deadline_exceeded:
-        # The first revision's GPU pods never became Ready: only the user can fix that.
-        msg = f"revision {rev}: pods missed the progress deadline (GPUs available? image pullable?)"
-        hints = stalled("ProgressDeadlineExceeded", msg)
-        if status.get("phase") != Phase.FAILED.value:
-            wanted["phase"], wanted["message"] = Phase.FAILED.value, msg
-    merged = merge_conditions(status.get("conditions") or [], hints, generation, now.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    if merged != (status.get("conditions") or []):
-        wanted["conditions"] = merged
-    actions.status = wanted or None
+    actions.status = status_patch(stack, spec, decision.state, revision=rev, observed=observed, now=now)
     return actions, decision

@@ -4,8 +4,9 @@
 stack's status into a ``RolloutState``, gathers ``Observations`` (the revision
 the spec hashes to, which revisions are Ready, the latest gate analysis, a
 manual command), calls ``decide`` and applies the ``Decision``: write the
-traffic plan if ``rewrite_traffic``, emit ``events``, patch the status with
-``status_patch``. Everything ``decide`` needs to continue is in the status,
+traffic plan if ``rewrite_traffic``, emit ``events``, and write the state to
+the status (``core/status.py`` derives phase, message and conditions from it:
+this module decides what happens, that one alone how it looks). Everything ``decide`` needs to continue is in the status,
 so an operator killed at any instant resumes the same step with the same
 timers, and calling ``decide`` twice with the same inputs decides the same.
 
@@ -14,8 +15,8 @@ Life of a candidate (docs/rollout.md draws it)::
     spec hashes to a new revision
       -> waiting: candidate pods not Ready; no traffic; progressDeadline runs
       -> step 0 .. n (shadow / canary / pause / ramp); each step starts when
-         the previous one ends and ends when its duration has passed AND the
-         last analysis taken after its start passed every gate
+         the previous one ends and ends when its duration has passed AND an
+         analysis whose whole data window lies inside the step passed every gate
       -> promotion when the weight reaches 100 or the steps run out:
          the candidate becomes stable, the old stable stays warm scaleDownDelay
     any step -> rollback: a gate failed failureLimit consecutive analyses,
@@ -41,9 +42,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from inferstack.api.v1alpha1 import InferenceStackSpec, Phase, RolloutStep
+from inferstack.api.v1alpha1 import InferenceStackSpec, RolloutStep
 from inferstack.core.durations import format_duration, parse_duration
 from inferstack.core.gates import GateVerdict, Verdict
+from inferstack.core.promql import MIN_WINDOW, default_window
 
 COMMAND_ANNOTATION: Final = "inferstack.dev/command"
 COMMAND_ID_ANNOTATION: Final = "inferstack.dev/command-id"
@@ -129,7 +131,8 @@ class RolloutState:
     candidate_weight: int = 0  # the traffic last decided, to rewrite the plan only on change
     shadow_percent: int = 0
     failures: Mapping[str, int] = field(default_factory=dict)  # consecutive failing analyses per gate/slice
-    last_analysis_at: datetime | None = None
+    last_analysis_at: datetime | None = None  # end of the last counted analysis' data window
+    last_analysis_from: datetime | None = None  # its start: never before the step's start
     verdicts: tuple[GateVerdict, ...] = ()  # of the last analysis
     paused: bool = False
     rolled_back: str | None = None
@@ -153,6 +156,7 @@ class RolloutState:
             shadow_percent=t.get("shadowPercent", 0),
             failures=dict(r.get("failures") or {}),
             last_analysis_at=_time(r.get("lastAnalysisAt")),
+            last_analysis_from=_time(r.get("lastAnalysisFrom")),
             verdicts=tuple(GateVerdict.from_status(g) for g in status.get("gates") or []),
             paused=bool(r.get("paused", False)),
             rolled_back=status.get("rolledBackRevision"),
@@ -180,6 +184,7 @@ class RolloutState:
                 "failures": dict(self.failures),
                 "candidateSince": _iso(self.candidate_since),
                 "lastAnalysisAt": _iso(self.last_analysis_at),
+                "lastAnalysisFrom": _iso(self.last_analysis_from),
                 "paused": self.paused,
                 "rollbackReason": self.rollback_reason,
                 "scaleDownAt": {k: _iso(v) for k, v in sorted(self.scale_down_at.items())},
@@ -193,11 +198,17 @@ class RolloutState:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Gate verdicts for ``candidate`` from data up to ``taken_at``."""
+    """Gate verdicts for ``candidate`` from the data in ``[window_start, taken_at]``.
+
+    ``taken_at`` is the end of the data window (the evaluation time of the
+    queries), not the moment the answers came back: a step ended in the same
+    pass must not be credited with evidence from before it began.
+    """
 
     candidate: str
     taken_at: datetime
     verdicts: tuple[GateVerdict, ...]
+    window_start: datetime | None = None  # None: as old as taken_at - the window (treated as unknown)
 
 
 @dataclass(frozen=True)
@@ -234,14 +245,6 @@ class Event:
 
 
 @dataclass(frozen=True)
-class ConditionHint:
-    type: str  # Ready | Reconciling | Stalled
-    status: bool
-    reason: str
-    message: str = ""
-
-
-@dataclass(frozen=True)
 class Rollback:
     """Why a candidate was rolled back; gate fields are set for a gate failure."""
 
@@ -257,52 +260,22 @@ class Rollback:
 
 @dataclass(frozen=True)
 class Decision:
+    """What the rollout does next. How the stack *looks* (phase, message,
+    conditions) is decided from ``state`` by ``core/status.py`` alone."""
+
     state: RolloutState
     traffic: Traffic
-    phase: Phase
-    step: str  # printer-column label: "shadow 10%", "canary 5%", "ramp 50%", "paused"
-    message: str
     events: tuple[Event, ...] = ()
     rewrite_traffic: bool = False  # write the traffic plan: only when ``traffic`` changed
-    conditions: tuple[ConditionHint, ...] = ()
     rollback: Rollback | None = None
     skipped_steps: bool = False  # an undo to a warm revision switched at once
     requeue_after: timedelta | None = None  # when to call decide again if nothing else happens
+    promoted: str | None = None  # the revision this decision made stable (after a rollout)
 
     @property
     def scale_down_at(self) -> Mapping[str, datetime]:
         """Revisions that are neither stable nor candidate but stay scaled up until then."""
         return self.state.scale_down_at
-
-    def status(self) -> dict[str, Any]:
-        out = self.state.to_status()
-        out["phase"] = self.phase.value
-        out["message"] = self.message
-        out["rollout"]["step"] = self.step
-        return out
-
-    def status_patch(self, current: Mapping[str, Any] | None) -> dict[str, Any]:
-        """A JSON merge patch from ``current`` to ``status()``; empty when nothing changed."""
-        return merge_patch(current or {}, self.status())
-
-
-def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7386 patch turning ``old`` into ``new`` for the keys of ``new``.
-
-    Keys dropped from nested maps (a reset failure counter, an expired
-    scale-down) become null, which a merge patch needs to delete them.
-    """
-    patch: dict[str, Any] = {}
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
-            nested = merge_patch(before, value)
-            nested.update({k: None for k in before if k not in value})
-            if nested:
-                patch[key] = nested
-        elif before != value:
-            patch[key] = value
-    return patch
 
 
 # -------------------------------------------------------------- step helpers
@@ -358,17 +331,53 @@ def step_label(steps: list[RolloutStep], state: RolloutState) -> str:
     return f"{label} (paused)" if state.paused and label != "paused" else label
 
 
-def analysis_due(spec: InferenceStackSpec, state: RolloutState, now: datetime) -> bool:
-    """Whether the handler should run the gates before calling ``decide``.
+def analysis_window(spec: InferenceStackSpec, state: RolloutState, now: datetime) -> timedelta | None:
+    """The data window of the analysis to take now, or None when none is due.
 
-    Only while the candidate receives traffic: with none there is nothing to measure.
+    An analysis is due only while the candidate receives traffic (with none
+    there is nothing to measure), once per ``analysisInterval``. Its window
+    (``default_window``) is clipped to the current step, so a step is never
+    judged on data from the step before it (a candidate at 25 % partly on
+    its 5 % traffic); a step younger than ``MIN_WINDOW`` waits, because
+    ``rate()`` over less than a few scrapes returns nothing useful.
     """
     if not spec.gates or state.candidate is None or state.step_started_at is None:
-        return False
+        return None
     if state.candidate_weight == 0 and state.shadow_percent == 0:
-        return False
+        return None
     interval = parse_duration(spec.rollout.analysis_interval)
-    return state.last_analysis_at is None or now - state.last_analysis_at >= interval
+    if state.last_analysis_at is not None and now - state.last_analysis_at < interval:
+        return None
+    age = now - state.step_started_at
+    if age < MIN_WINDOW:
+        return None
+    return min(default_window(spec.rollout), age)
+
+
+def hold_reason(spec: InferenceStackSpec, state: RolloutState) -> str:
+    """Why the gates keep the current step, or "" when they let it end."""
+    if not spec.gates or (state.candidate_weight == 0 and state.shadow_percent == 0):
+        return ""
+    assert state.step_started_at is not None
+    if (
+        state.last_analysis_at is None
+        or state.last_analysis_at <= state.step_started_at
+        or (state.last_analysis_from is not None and state.last_analysis_from < state.step_started_at)
+        or not state.verdicts
+    ):
+        return "waiting for an analysis of this step"
+    pending = [v for v in state.verdicts if v.verdict != Verdict.PASS]
+    if pending:
+        v = pending[0]
+        return f"{v.where} {v.verdict.value.lower()}: {v.message}" + (
+            f" (+{len(pending) - 1} more)" * (len(pending) > 1)
+        )
+    step = spec.rollout.steps[state.step_index or 0]
+    if step.shadow and step.shadow.min_samples:
+        few = [v for v in state.verdicts if v.samples is not None and v.samples < step.shadow.min_samples]
+        if few:
+            return f"shadow: {few[0].where} has {few[0].samples:.0f} of {step.shadow.min_samples} samples"
+    return ""
 
 
 # -------------------------------------------------------------------- decide
@@ -387,6 +396,7 @@ class _Run:
         self.rollback: Rollback | None = None
         self.skipped = False
         self.manual: Verb | None = None  # promote / promote-full, applied once the gates are read
+        self.promoted: str | None = None
 
     def event(self, reason: str, message: str, type_: str = NORMAL) -> None:
         self.events.append(Event(type_, reason, message))
@@ -410,6 +420,7 @@ class _Run:
             ramp_weight=None,
             failures={},
             last_analysis_at=None,
+            last_analysis_from=None,
             verdicts=(),
             scale_down_at=warm,
         )
@@ -465,6 +476,7 @@ class _Run:
             rolled_back=None if self.s.rolled_back == new else self.s.rolled_back,
             rollback_reason="" if self.s.rolled_back == new else self.s.rollback_reason,
         )
+        self.promoted = new
         self.event("Promoted", f"revision {new} is stable and serves 100% ({why}); {old} stays warm")
 
     def enter(self, index: int) -> None:
@@ -585,8 +597,10 @@ class _Run:
             or a.candidate != s.candidate
             or s.step_started_at is None
             or a.taken_at <= s.step_started_at
+            or a.window_start is None
+            or a.window_start < s.step_started_at
         ):
-            return
+            return  # evidence from before this step began (or of unknown age) never decides it
         if s.last_analysis_at is not None and a.taken_at <= s.last_analysis_at:
             return  # already counted: the same analysis must not count twice
         failures = dict(s.failures)
@@ -596,7 +610,9 @@ class _Run:
             elif v.verdict == Verdict.PASS:
                 failures[v.key] = 0
             # Inconclusive leaves the count alone: it is neither evidence of failure nor of health.
-        self.s = replace(s, failures=failures, last_analysis_at=a.taken_at, verdicts=a.verdicts)
+        self.s = replace(
+            s, failures=failures, last_analysis_at=a.taken_at, last_analysis_from=a.window_start, verdicts=a.verdicts
+        )
         limits = {g.name: g.failure_limit for g in self.spec.gates}
         for v in a.verdicts:
             if v.verdict == Verdict.FAIL and v.gate in limits and failures[v.key] >= limits[v.gate]:
@@ -606,27 +622,6 @@ class _Run:
                 )
                 self.roll_back("GateFailed", why, v)
                 return
-
-    def gates_hold(self) -> str:
-        """Why the gates keep the current step, or "" when they let it end."""
-        s = self.s
-        if not self.spec.gates or (s.candidate_weight == 0 and s.shadow_percent == 0):
-            return ""
-        assert s.step_started_at is not None
-        if s.last_analysis_at is None or s.last_analysis_at <= s.step_started_at or not s.verdicts:
-            return "waiting for an analysis of this step"
-        pending = [v for v in s.verdicts if v.verdict != Verdict.PASS]
-        if pending:
-            v = pending[0]
-            return f"{v.where} {v.verdict.value.lower()}: {v.message}" + (
-                f" (+{len(pending) - 1} more)" * (len(pending) > 1)
-            )
-        step = self.steps[s.step_index or 0]
-        if step.shadow and step.shadow.min_samples:
-            few = [v for v in s.verdicts if v.samples is not None and v.samples < step.shadow.min_samples]
-            if few:
-                return f"shadow: {few[0].where} has {few[0].samples:.0f} of {step.shadow.min_samples} samples"
-        return ""
 
     def progress(self) -> None:
         s = self.s
@@ -645,7 +640,7 @@ class _Run:
         elif self.manual == Verb.PROMOTE:
             self.event("StepPromoted", "current step ended by command")
             self.advance()
-        elif not self.s.paused and self.step_done() and not self.gates_hold():
+        elif not self.s.paused and self.step_done() and not hold_reason(self.spec, self.s):
             self.advance()
 
     def wait_for_pods(self) -> None:
@@ -682,34 +677,6 @@ class _Run:
         self.s = replace(s, candidate_weight=weight, shadow_percent=shadow)
         return Traffic(self.s.stable, self.s.candidate if weight or shadow else None, weight, shadow)
 
-    def phase_and_message(self) -> tuple[Phase, str]:
-        s = self.s
-        if s.stable is None:
-            return Phase.PENDING, f"waiting for revision {self.obs.revision} to become Ready"
-        if s.candidate is None:
-            if self.obs.revision == s.rolled_back:
-                return Phase.DEGRADED, (
-                    f"{s.rollback_reason}; revision {s.stable} serves 100%; "
-                    f"change the spec or annotate {COMMAND_ANNOTATION}=retry"
-                )
-            return Phase.HEALTHY, f"revision {s.stable} serves 100%"
-        if s.step_index is None:
-            waiting = f"waiting for revision {s.candidate}'s pods to become Ready"
-            return (Phase.PAUSED if s.paused else Phase.PROGRESSING), waiting
-        step = self.steps[s.step_index]
-        hold = self.gates_hold()
-        duration = step_duration(step)
-        assert s.step_started_at is not None
-        if s.paused:
-            return Phase.PAUSED, f"paused by command at step {s.step_index + 1}; annotate resume or promote"
-        if duration is None:
-            return Phase.PAUSED, f"pause step: annotate {COMMAND_ANNOTATION}=promote to continue"
-        # An absolute end time, not a countdown: a status that changes every
-        # pass would cost a write every pass.
-        end = s.step_started_at + duration
-        timer = f"step ends {end.strftime('%H:%M:%SZ')}" if end > self.now else "step time done"
-        return (Phase.PAUSED if step.pause else Phase.PROGRESSING), f"{timer}; {hold or 'gates pass'}"
-
     def requeue_after(self) -> timedelta | None:
         """Time until the next timer: step end, next analysis, progress deadline, a scale-down.
 
@@ -722,23 +689,13 @@ class _Run:
             times.append(now + parse_duration(self.spec.rollout.analysis_interval))
             if s.step_index is None and s.candidate_since is not None:
                 times.append(s.candidate_since + parse_duration(self.spec.rollout.progress_deadline))
-            elif s.step_index is not None and s.step_started_at is not None and not s.paused:
+            if s.step_started_at is not None and self.spec.gates:
+                times.append(s.step_started_at + MIN_WINDOW)  # the step's first analysis
+            if s.step_index is not None and s.step_started_at is not None and not s.paused:
                 duration = step_duration(self.steps[s.step_index])
                 if duration is not None:
                     times.append(s.step_started_at + duration)
         return min((t - now for t in times if t > now), default=None)
-
-    def conditions(self, phase: Phase, message: str) -> tuple[ConditionHint, ...]:
-        healthy, stalled = phase == Phase.HEALTHY, phase == Phase.DEGRADED
-        return (
-            ConditionHint("Ready", healthy, phase.value, message),
-            ConditionHint(
-                "Reconciling", not healthy and not stalled, phase.value, "" if healthy else message
-            ),
-            ConditionHint(
-                "Stalled", stalled, "RolledBack" if stalled else "NotStalled", message if stalled else ""
-            ),
-        )
 
 
 def decide(spec: InferenceStackSpec, state: RolloutState, obs: Observations, now: datetime) -> Decision:
@@ -762,20 +719,16 @@ def decide(spec: InferenceStackSpec, state: RolloutState, obs: Observations, now
         state.shadow_percent,
     )
     traffic = run.settle_traffic()
-    phase, message = run.phase_and_message()
     return Decision(
         state=run.s,
         traffic=traffic,
-        phase=phase,
-        step=step_label(run.steps, run.s),
-        message=message,
         events=tuple(run.events),
         # Only a real change costs a write: the same step decided again rewrites nothing.
         rewrite_traffic=traffic != old and run.s.stable is not None,
-        conditions=run.conditions(phase, message),
         rollback=run.rollback,
         skipped_steps=run.skipped,
         requeue_after=run.requeue_after(),
+        promoted=run.promoted,
     )
 
 
