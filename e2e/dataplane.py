@@ -167,6 +167,8 @@ class DataPlane:
                     "backendUrlTemplate": f"http://127.0.0.1:{self.standin_port}",
                     "prometheusUrl": os.environ["INFERSTACK_PROMETHEUS_URL"],
                     "prometheusTimeoutSeconds": 2.0,
+                    # Prometheus scrapes every second here (cluster.py): 4 scrapes.
+                    "minAnalysisWindowSeconds": 4,
                     "resyncSeconds": self.resync_seconds,
                 }
             )

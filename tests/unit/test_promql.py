@@ -11,6 +11,7 @@ from inferstack.core.promql import (
     escape_regex,
     escape_string,
     gate_queries,
+    query_errors,
     render,
     single_value,
 )
@@ -145,3 +146,24 @@ def test_single_value(result: list[dict], value: float | None) -> None:
 def test_single_value_rejects(result: list[dict], message: str) -> None:
     with pytest.raises(ResultError, match=message):
         single_value(result)
+
+
+@pytest.mark.parametrize(
+    ("query", "samples", "error"),
+    [
+        pytest.param('sum(rate(x{stack="{{stack}}",slice=~"{{slice}}"}[{{window}}]))', None, "", id="valid"),
+        pytest.param("sum(rate(x[{{window}}])", None, "spec.gates[g].prometheus.query: unclosed left parenthesis", id="unbalanced"),
+        pytest.param("up{{{bad}}}", None, "spec.gates[g].prometheus.query: unknown placeholder {{bad}}", id="unknown-placeholder"),
+        pytest.param("up", "count(", "spec.gates[g].prometheus.samplesQuery: ", id="bad-samples-query"),
+        pytest.param("rate(x[{{window}}]) +", None, "spec.gates[g].prometheus.query: ", id="dangling-operator"),
+    ],
+)  # fmt: skip
+def test_query_errors_parse_each_rendered_template(query: str, samples: str | None, error: str) -> None:
+    prometheus = {"query": query} | ({"samplesQuery": samples} if samples else {})
+    gate = Gate.model_validate({"name": "g", "prometheus": prometheus, "threshold": {"min": 1}})
+    errors = query_errors([gate])
+    if not error:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and errors[0].startswith(error), errors
+        assert "\n" not in errors[0]

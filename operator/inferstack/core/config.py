@@ -46,3 +46,8 @@ class OperatorConfig(_Model):
     resync_seconds: float = 5.0
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     prometheus_timeout_seconds: float = 5.0
+    # The shortest analysis window worth querying: a few scrape intervals of
+    # the router's metrics (rate() over fewer returns nothing). A step is
+    # analysed only once it is this old, on its own data alone. 60 s suits
+    # 15 s scrapes; the local test rig scrapes every second and uses 4 s.
+    min_analysis_window_seconds: float = Field(60.0, gt=0)

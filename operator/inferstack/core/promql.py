@@ -64,14 +64,16 @@ def slice_pattern(slice_: str) -> str:
     return ".*" if slice_ == AGGREGATE else escape_regex(slice_)
 
 
-def default_window(rollout: RolloutSpec) -> timedelta:
-    """Analysis window: twice the analysis interval, at least one minute.
+def default_window(rollout: RolloutSpec, min_window: timedelta = MIN_WINDOW) -> timedelta:
+    """Analysis window: twice the analysis interval, at least ``min_window``.
 
     Twice the interval so consecutive analyses overlap and a short scrape gap
-    does not empty the window; one minute because ``rate()`` over less than
-    a few scrape intervals (15-30 s) returns nothing.
+    does not empty the window; at least ``min_window`` (one minute unless the
+    operator is configured for faster scrapes) because ``rate()`` over less
+    than a few scrape intervals (15-30 s) returns nothing. The rollout clips
+    it to the current step (``rollout.analysis_window``).
     """
-    return max(parse_duration(rollout.analysis_interval) * 2, MIN_WINDOW)
+    return max(parse_duration(rollout.analysis_interval) * 2, min_window)
 
 
 def render(

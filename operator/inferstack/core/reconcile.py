@@ -17,7 +17,7 @@ Invariants this module maintains:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from inferstack.api.v1alpha1 import InferenceStackSpec
@@ -157,7 +157,8 @@ def reconcile(
         analysis=analysis,
         command=parse_command(meta.get("annotations")),
     )
-    decision = decide(spec, RolloutState.from_status(status), obs, now)
+    min_window = timedelta(seconds=config.min_analysis_window_seconds)
+    decision = decide(spec, RolloutState.from_status(status), obs, now, min_window)
     actions.events.extend((e.type, e.reason, e.message) for e in decision.events)
 
     # Scaling is not a new revision: live revisions follow spec.model.replicas,

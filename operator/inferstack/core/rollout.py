@@ -331,15 +331,18 @@ def step_label(steps: list[RolloutStep], state: RolloutState) -> str:
     return f"{label} (paused)" if state.paused and label != "paused" else label
 
 
-def analysis_window(spec: InferenceStackSpec, state: RolloutState, now: datetime) -> timedelta | None:
+def analysis_window(
+    spec: InferenceStackSpec, state: RolloutState, now: datetime, min_window: timedelta = MIN_WINDOW
+) -> timedelta | None:
     """The data window of the analysis to take now, or None when none is due.
 
     An analysis is due only while the candidate receives traffic (with none
     there is nothing to measure), once per ``analysisInterval``. Its window
     (``default_window``) is clipped to the current step, so a step is never
     judged on data from the step before it (a candidate at 25 % partly on
-    its 5 % traffic); a step younger than ``MIN_WINDOW`` waits, because
-    ``rate()`` over less than a few scrapes returns nothing useful.
+    its 5 % traffic); a step younger than ``min_window`` (a few scrape
+    intervals, the operator's ``minAnalysisWindowSeconds``) waits, because
+    ``rate()`` over fewer scrapes returns nothing useful.
     """
     if not spec.gates or state.candidate is None or state.step_started_at is None:
         return None
@@ -349,9 +352,9 @@ def analysis_window(spec: InferenceStackSpec, state: RolloutState, now: datetime
     if state.last_analysis_at is not None and now - state.last_analysis_at < interval:
         return None
     age = now - state.step_started_at
-    if age < MIN_WINDOW:
+    if age < min_window:
         return None
-    return min(default_window(spec.rollout), age)
+    return min(default_window(spec.rollout, min_window), age)
 
 
 def hold_reason(spec: InferenceStackSpec, state: RolloutState) -> str:
@@ -387,9 +390,9 @@ class _Run:
     """One decision in the making: the state as it evolves, plus what to tell the world."""
 
     def __init__(
-        self, spec: InferenceStackSpec, state: RolloutState, obs: Observations, now: datetime
+        self, spec: InferenceStackSpec, state: RolloutState, obs: Observations, now: datetime, min_window: timedelta
     ) -> None:
-        self.spec, self.obs, self.now = spec, obs, now
+        self.spec, self.obs, self.now, self.min_window = spec, obs, now, min_window
         self.steps = spec.rollout.steps
         self.s = state
         self.events: list[Event] = []
@@ -690,7 +693,7 @@ class _Run:
             if s.step_index is None and s.candidate_since is not None:
                 times.append(s.candidate_since + parse_duration(self.spec.rollout.progress_deadline))
             if s.step_started_at is not None and self.spec.gates:
-                times.append(s.step_started_at + MIN_WINDOW)  # the step's first analysis
+                times.append(s.step_started_at + self.min_window)  # the step's first analysis
             if s.step_index is not None and s.step_started_at is not None and not s.paused:
                 duration = step_duration(self.steps[s.step_index])
                 if duration is not None:
@@ -698,9 +701,19 @@ class _Run:
         return min((t - now for t in times if t > now), default=None)
 
 
-def decide(spec: InferenceStackSpec, state: RolloutState, obs: Observations, now: datetime) -> Decision:
-    """The next rollout state and what to do about it. Pure and idempotent."""
-    run = _Run(spec, _normalise(spec, state, now), obs, now)
+def decide(
+    spec: InferenceStackSpec,
+    state: RolloutState,
+    obs: Observations,
+    now: datetime,
+    min_window: timedelta = MIN_WINDOW,
+) -> Decision:
+    """The next rollout state and what to do about it. Pure and idempotent.
+
+    ``min_window``: the operator's shortest useful analysis window (see
+    ``analysis_window``), which is also when a step's first analysis is due.
+    """
+    run = _Run(spec, _normalise(spec, state, now), obs, now, min_window)
     if run.s.stable is None:
         # First deploy: nothing to roll out from; the revision is stable once Ready.
         if obs.revision in obs.ready:
