@@ -4,9 +4,14 @@
 # first run on a machine pays for the build (see README: "Local control plane").
 #
 #   e2e/k8sbin/build.sh            # prints the cache directory on success
+#
+# Prometheus has its own script and pin (e2e/prombin/build.sh), outside this
+# module: it requires k8s.io/client-go v0.37.1, the replace block here pins the
+# v0.34.4 staging modules. It is built first, into its own cache directory.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+"$here/../prombin/build.sh" >/dev/null
 K8S_VERSION=$(awk '$1=="k8s.io/kubernetes"{print $2; exit}' "$here/go.mod")
 ETCD_VERSION=$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$here/go.mod")
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
