@@ -8,8 +8,10 @@ The control plane is upstream etcd, kube-apiserver, kube-controller-manager
 and kube-scheduler, built from the Go module proxy by e2e/k8sbin/build.sh,
 run by kwokctl's binary runtime (which writes certificates and a kubeconfig
 and manages the processes). kwok turns fake GPU nodes into Ready nodes and
-makes scheduled pods Running/Ready. Prometheus is Debian's binary with a
-config the tests control: static targets from files in .run/prometheus/targets.
+makes scheduled pods Running/Ready. Prometheus is upstream's server, built
+from the Go module proxy by e2e/prombin/build.sh (INFERSTACK_PROMETHEUS_BIN
+runs another binary), with a config the tests control: static targets from
+files in .run/prometheus/targets.
 
 Only the standard library: it runs before the project is installed.
 """
@@ -36,7 +38,6 @@ CONTEXT = f"kwok-{CLUSTER}"  # kwokctl names the context after the cluster
 APISERVER_PORT = int(os.environ.get("INFERSTACK_APISERVER_PORT", "36443"))
 PROM_PORT = int(os.environ.get("INFERSTACK_PROMETHEUS_PORT", "39090"))
 PROM_DIR = RUN / "prometheus"
-PROMETHEUS = os.environ.get("INFERSTACK_PROMETHEUS_BIN", "/usr/bin/prometheus")
 # kwokctl keeps its state (certs, pids, logs) here, per checkout.
 KWOK_WORKDIR = RUN / "kwok"
 
@@ -76,6 +77,18 @@ def binaries() -> Path:
     proc = subprocess.run([str(REPO / "e2e/k8sbin/build.sh")], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         fail("building the control plane binaries failed (see the build log named above)")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def prometheus_binary() -> Path:
+    """INFERSTACK_PROMETHEUS_BIN, else the pinned upstream build (built and cached when missing)."""
+    if override := os.environ.get("INFERSTACK_PROMETHEUS_BIN"):
+        if not Path(override).is_file():
+            fail(f"INFERSTACK_PROMETHEUS_BIN={override} is not a file")
+        return Path(override)
+    proc = subprocess.run([str(REPO / "e2e/prombin/build.sh")], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        fail("building Prometheus failed (see the build log named above)")
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -210,12 +223,24 @@ def prometheus_ready() -> bool:
         return False
 
 
-def prometheus_up() -> None:
+def prometheus_version() -> str:
+    try:
+        url = f"http://127.0.0.1:{PROM_PORT}/api/v1/status/buildinfo"
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return str(json.load(r)["data"]["version"])
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+def prometheus_up(binary: Path) -> None:
     if prometheus_ready():
-        log(f"prometheus already up on 127.0.0.1:{PROM_PORT}")
+        running = prometheus_version()
+        log(f"prometheus {running} already up on 127.0.0.1:{PROM_PORT}")
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.split()
+        want = out[2] if len(out) > 2 else "unknown"  # "prometheus, version 3.16.0 (branch: ..."
+        if running != want:
+            log(f"warning: not {binary}'s {want}; stop it (pid in {PROM_DIR / 'pid'}) and run `up` again to use that one")
         return
-    if not Path(PROMETHEUS).exists():
-        fail(f"{PROMETHEUS} not found: apt-get install prometheus (Debian package)")
     if port_in_use(PROM_PORT):
         fail(f"port {PROM_PORT} is taken by another process; free it or set INFERSTACK_PROMETHEUS_PORT")
     (PROM_DIR / "targets").mkdir(parents=True, exist_ok=True)
@@ -224,7 +249,7 @@ def prometheus_up() -> None:
     logf = open(PROM_DIR / "prometheus.log", "ab")  # noqa: SIM115 - handed to the child process, which outlives this scope
     proc = subprocess.Popen(
         [
-            PROMETHEUS,
+            str(binary),
             f"--config.file={PROM_DIR / 'prometheus.yml'}",
             f"--storage.tsdb.path={PROM_DIR / 'data'}",
             f"--web.listen-address=127.0.0.1:{PROM_PORT}",
@@ -237,7 +262,7 @@ def prometheus_up() -> None:
     )
     (PROM_DIR / "pid").write_text(str(proc.pid))
     wait_for("prometheus /-/ready", prometheus_ready, timeout=60)
-    log(f"prometheus up on 127.0.0.1:{PROM_PORT} (targets: {PROM_DIR / 'targets'})")
+    log(f"prometheus {prometheus_version()} up on 127.0.0.1:{PROM_PORT} (targets: {PROM_DIR / 'targets'})")
 
 
 def prometheus_down() -> None:
@@ -258,13 +283,14 @@ def prometheus_down() -> None:
     log("prometheus stopped")
 
 
-def write_env() -> None:
+def write_env(prometheus: Path) -> None:
     """A file tests and shells can source: where everything is."""
     (RUN / "env").write_text(
         f"export KUBECONFIG={KUBECONFIG}\n"
         f"export INFERSTACK_E2E_CONTEXT={CONTEXT}\n"
         f"export INFERSTACK_PROMETHEUS_URL=http://127.0.0.1:{PROM_PORT}\n"
         f"export INFERSTACK_PROMETHEUS_TARGETS={PROM_DIR / 'targets'}\n"
+        f"export INFERSTACK_PROMETHEUS_BIN={prometheus}\n"
         f"export INFERSTACK_BIN={binaries()}\n"
         f"export INFERSTACK_HELM={binaries() / 'helm'}\n"
     )
@@ -280,8 +306,9 @@ def main() -> None:
     elif args.command == "up":
         cluster_up(bin_dir)
         gateway_api_crds(bin_dir)
-        prometheus_up()
-        write_env()
+        prometheus = prometheus_binary()
+        prometheus_up(prometheus)
+        write_env(prometheus)
         print(f"ready: source {RUN / 'env'}")
     elif args.command == "down":
         prometheus_down()
@@ -290,7 +317,8 @@ def main() -> None:
     else:
         up = apiserver_answers(bin_dir)
         print(f"apiserver: {'up' if up else 'down'} ({CONTEXT}, {KUBECONFIG})")
-        print(f"prometheus: {'up' if prometheus_ready() else 'down'} (127.0.0.1:{PROM_PORT})")
+        prom = f"up, {prometheus_version()}" if prometheus_ready() else "down"
+        print(f"prometheus: {prom} (127.0.0.1:{PROM_PORT})")
         sys.exit(0 if up and prometheus_ready() else 1)
 
 

@@ -1,7 +1,7 @@
 """A real Prometheus scrapes the router, and a gate-style PromQL query sees per-slice checks."""
 
 import json
-import shutil
+import os
 import subprocess
 import urllib.parse
 import urllib.request
@@ -12,11 +12,22 @@ import pytest
 
 from .harness import free_port, http_ok, plan, wait_until, write_plan
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def prometheus_binary() -> str:
+    """INFERSTACK_PROMETHEUS_BIN (.run/env sets it), else the pinned upstream build if it is cached."""
+    if env := os.environ.get("INFERSTACK_PROMETHEUS_BIN"):
+        return env
+    cached = subprocess.run([REPO / "e2e/prombin/build.sh", "--cached"], capture_output=True, text=True)
+    return cached.stdout.strip() if cached.returncode == 0 else "prometheus (not built: run e2e/prombin/build.sh)"
+
+
+PROMETHEUS = prometheus_binary()
 
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Prometheus not installed (apt-get install -y prometheus)"),
+    pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason=f"Prometheus not found: {PROMETHEUS}"),
 ]
 
 
