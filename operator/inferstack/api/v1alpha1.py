@@ -3,7 +3,9 @@
 The CRD in ``crds/`` is generated from these models (``make manifests``), so
 every default, enum, range and CEL rule written here is enforced by the API
 server before the operator ever sees an object. Python code reads specs by
-validating them with the same models, which fills in the same defaults.
+validating them with the same models, which fills in the same defaults and
+runs the same rules: each CEL rule is a ``Rule`` (``inferstack.api.rules``)
+holding the CEL, its message and the check in Python.
 
 Field names are camelCase on the wire (``alias``) and snake_case in Python.
 """
@@ -11,33 +13,85 @@ Field names are camelCase on the wire (``alias``) and snake_case in Python.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from itertools import pairwise
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from inferstack.api.rules import (
+    KNOWN_LIST,
+    PY,
+    RE2,
+    Checked,
+    Rule,
+    cel_string,
+    matches,
+    schema_entries,
+    unknown_placeholders,
+)
+from inferstack.core.durations import parse_seconds
 
 # A Go-style duration as Kubernetes users write them: 30s, 5m, 1h30m, 500ms.
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# The longest duration anywhere in the spec; also keeps every duration inside
+# Go's time.Duration, which CEL's duration() parses into.
+MAX_DURATION = "8760h"
 # DNS-1123 label: what a Kubernetes object name part may contain.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+# DNS-1123 subdomain: names of ConfigMaps, Secrets, PVCs.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A key of a ConfigMap or Secret.
+DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# An extended resource: <domain>/<name>, e.g. nvidia.com/gpu, amd.com/gpu.
+EXTENDED_RESOURCE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# Gateway API's Hostname: a DNS name, optionally with a leading wildcard label.
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+URL_PATTERN = r"^https?://[^/?# ]+([/?#].*)?$"
+COMMIT_PATTERN = r"^[0-9a-f]{40}$"
+MAX_WEIGHT = 100  # percent of users: the candidate serves everyone, which is the promotion
+MIN_ANALYSIS_INTERVAL = "1s"
+MIN_PROGRESS_DEADLINE = "1s"
+
+
+def _at_least(field: str, minimum: str) -> str:
+    """CEL: the duration ``self.<field>`` is at least ``minimum`` (a malformed one is the pattern's to report)."""
+    return f"!self.{field}.matches({cel_string(DURATION_PATTERN)}) || duration(self.{field}) >= duration({cel_string(minimum)})"
+
+
+_MAX_DURATION = Rule(
+    f"!self.matches({cel_string(DURATION_PATTERN)}) || duration(self) <= duration({cel_string(MAX_DURATION)})",
+    f"must be a duration of at most {MAX_DURATION} (365 days), e.g. 30s, 5m, 1h30m",
+    lambda v: parse_seconds(v) <= parse_seconds(MAX_DURATION),
+)
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32), Checked(_MAX_DURATION)]
 # Bounds on list sizes and string lengths keep the CEL cost estimate finite,
 # which the API server insists on before it accepts a rule.
 ShortStr = Annotated[str, Field(max_length=253)]
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
-    """One ``x-kubernetes-validations`` entry. Messages name the field and the fix."""
-    entry: dict[str, Any] = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    if reason:
-        entry["reason"] = reason
-    return entry
-
-
 class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    # The object's CEL rules: x-kubernetes-validations in the CRD, and checked here.
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        if entries := schema_entries(cls.cel_rules):
+            handler.resolve_ref_schema(schema)["x-kubernetes-validations"] = entries
+        return schema
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Self:
+        for rule in self.cel_rules:
+            if rule.enforced and (message := rule.violation(self)) is not None:
+                raise ValueError(message)
+        return self
 
 
 class FreeForm(BaseModel):
@@ -60,6 +114,17 @@ class Pool(StrEnum):
     BATCH = "batch"
 
 
+# vLLM flags the operator writes from typed fields (core/objects.py, vllm_args);
+# vLLM reads "_" as "-", and -tp/-pp are its short forms.
+OPERATOR_VLLM_FLAGS = (
+    "model", "served-model-name", "port", "revision", "tensor-parallel-size", "pipeline-parallel-size",
+    "gpu-memory-utilization", "dtype", "max-model-len", "enable-prefix-caching", "no-enable-prefix-caching",
+)  # fmt: skip
+OPERATOR_VLLM_FLAG_PATTERN = (
+    "^(--(" + "|".join(f.replace("-", "[-_]") for f in OPERATOR_VLLM_FLAGS) + ")|-tp|-pp)([= \t]|$)"
+)
+
+
 class EngineArgs(Model):
     """vLLM engine arguments that change what the model answers or how fast."""
 
@@ -68,72 +133,99 @@ class EngineArgs(Model):
     max_model_len: int | None = Field(None, ge=128, le=10_000_000, description="vLLM --max-model-len.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
     enable_prefix_caching: bool = Field(True, description="vLLM --enable-prefix-caching.")
-    dtype: str = Field("auto", pattern=r"^(auto|half|float16|bfloat16|float|float32)$")
+    dtype: str = Field("auto", max_length=8, pattern=r"^(auto|half|float16|bfloat16|float|float32)$")
     extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
         default_factory=list, max_length=64, description="Further vLLM flags, passed verbatim."
     )
 
+    cel_rules = (
+        Rule(
+            f"self.extraArgs.all(a, !a.matches({cel_string(OPERATOR_VLLM_FLAG_PATTERN)}))",
+            "spec.model.engine.extraArgs must not set a flag the operator sets from the spec (--model, "
+            "--served-model-name, --port, --revision, --tensor-parallel-size/-tp, --pipeline-parallel-size/-pp, "
+            "--gpu-memory-utilization, --dtype, --max-model-len, --[no-]enable-prefix-caching): "
+            "set the spec.model or spec.model.engine field instead",
+            lambda e: not any(matches(a, OPERATOR_VLLM_FLAG_PATTERN) for a in e.extra_args),
+            field_path=".extraArgs",
+        ),
+    )
+
 
 class SecretKeyRef(Model):
-    name: str = Field(..., max_length=253)
-    key: str = Field("api-key", max_length=253)
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    key: str = Field("api-key", max_length=253, pattern=DATA_KEY_PATTERN)
 
 
 class ExternalEndpoint(Model):
     """A hosted OpenAI-compatible model used instead of a GPU Deployment."""
 
-    url: str = Field(..., pattern=r"^https?://", max_length=2048)
+    url: str = Field(..., pattern=URL_PATTERN, max_length=2048)
     api_key_secret_ref: SecretKeyRef | None = None
 
 
 class ModelCache(Model):
     """Where model weights live, so a new replica does not download them again."""
 
-    persistent_volume_claim: str = Field(..., max_length=253, description="Name of a PVC holding the weights.")
+    persistent_volume_claim: str = Field(
+        ..., max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Name of a PVC holding the weights."
+    )
     mount_path: str = Field("/models", pattern=r"^/", max_length=1024)
     read_only: bool = True
 
 
 class ModelSpec(Model):
     name: str = Field(..., min_length=1, max_length=256, description="Model id as vLLM serves it, e.g. meta-llama/Llama-3.1-8B-Instruct.")
-    revision: str | None = Field(None, max_length=128, description="Model revision: a commit hash unless revisionPolicy says otherwise.")
+    revision: str | None = Field(None, min_length=1, max_length=128, description="Model revision: a commit hash unless revisionPolicy says otherwise.")
     revision_policy: RevisionPolicy = RevisionPolicy.COMMIT
-    image: str = Field("vllm/vllm-openai:v0.11.0", max_length=512, description="vLLM OpenAI server image.")
+    image: str = Field("vllm/vllm-openai:v0.11.0", min_length=1, max_length=512, description="vLLM OpenAI server image.")
     engine: EngineArgs = Field(default_factory=EngineArgs)
     gpus: int = Field(1, ge=0, le=64, description="GPUs per replica; must equal tensor x pipeline parallel size (0 for CPU or external).")
-    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253)
+    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, pattern=EXTENDED_RESOURCE_PATTERN)
     replicas: int = Field(1, ge=0, le=1000, description="Replicas of every live revision. Scaling makes no new revision.")
     pool: Pool = Field(Pool.INTERACTIVE, description="Operator-configured node pool: node selector, tolerations, priority class.")
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict)
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict, max_length=64
+    )
     tolerations: list[FreeForm] = Field(default_factory=list, max_length=32)
     cache_volume: ModelCache | None = None
     endpoint: ExternalEndpoint | None = Field(None, description="Use a hosted model instead of a GPU Deployment.")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.endpoint) || self.revisionPolicy == 'Unpinned' || "
-                    "(has(self.revision) && (self.revisionPolicy == 'ImmutableTag' || self.revision.matches('^[0-9a-f]{40}$')))",
-                    "spec.model.revision must pin the weights: set it to a 40-character commit hash, or set "
-                    "revisionPolicy: ImmutableTag for a tag that never moves, or revisionPolicy: Unpinned to opt out",
-                    field_path=".revision",
-                    reason="FieldValueInvalid",
-                ),
-                cel(
-                    "has(self.endpoint) || self.gpus == 0 || self.gpus == self.engine.tensorParallelSize * self.engine.pipelineParallelSize",
-                    "spec.model.gpus must equal engine.tensorParallelSize x engine.pipelineParallelSize "
-                    "(vLLM uses exactly that many GPUs per replica); change gpus or the parallel sizes",
-                    field_path=".gpus",
-                    reason="FieldValueInvalid",
-                ),
-                cel(
-                    "!has(self.endpoint) || self.gpus == 0",
-                    "spec.model.gpus must be 0 when spec.model.endpoint is set: a hosted model runs no GPU pods",
-                    field_path=".gpus",
-                ),
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "has(self.endpoint) || self.revisionPolicy == 'Unpinned' || "
+            f"(has(self.revision) && (self.revisionPolicy == 'ImmutableTag' || self.revision.matches({cel_string(COMMIT_PATTERN)})))",
+            "spec.model.revision must pin the weights: set it to a 40-character commit hash, or set "
+            "revisionPolicy: ImmutableTag for a tag that never moves, or revisionPolicy: Unpinned to opt out",
+            lambda m: m.endpoint is not None
+            or m.revision_policy == RevisionPolicy.UNPINNED
+            or (
+                m.revision is not None
+                and (m.revision_policy == RevisionPolicy.IMMUTABLE_TAG or matches(m.revision, COMMIT_PATTERN))
+            ),
+            field_path=".revision",
+        ),
+        Rule(
+            "has(self.endpoint) || self.gpus == 0 || self.gpus == self.engine.tensorParallelSize * self.engine.pipelineParallelSize",
+            "spec.model.gpus must equal engine.tensorParallelSize x engine.pipelineParallelSize "
+            "(vLLM uses exactly that many GPUs per replica); change gpus or the parallel sizes",
+            lambda m: m.endpoint is not None
+            or m.gpus == 0
+            or m.gpus == m.engine.tensor_parallel_size * m.engine.pipeline_parallel_size,
+            field_path=".gpus",
+        ),
+        Rule(
+            "!has(self.endpoint) || self.gpus == 0",
+            "spec.model.gpus must be 0 when spec.model.endpoint is set: a hosted model runs no GPU pods",
+            lambda m: m.endpoint is None or m.gpus == 0,
+            field_path=".gpus",
+        ),
+        Rule(
+            "!has(self.endpoint) || !has(self.cacheVolume)",
+            "spec.model.cacheVolume cannot be used with spec.model.endpoint: a hosted model runs no pods "
+            "to mount it; remove cacheVolume",
+            lambda m: m.endpoint is None or m.cache_volume is None,
+            field_path=".cacheVolume",
+        ),
     )
 
 
@@ -141,25 +233,22 @@ class ModelSpec(Model):
 
 
 class ConfigMapKeyRef(Model):
-    name: str = Field(..., max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    key: str = Field(..., max_length=253)
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    key: str = Field(..., max_length=253, pattern=DATA_KEY_PATTERN)
 
 
 class PromptSpec(Model):
     version: str = Field(..., min_length=1, max_length=63, description="Human version label, e.g. v7. Content is hashed regardless.")
     system: str | None = Field(None, max_length=262_144, description="System prompt text.")
     config_map_ref: ConfigMapKeyRef | None = Field(None, description="Read the system prompt from a ConfigMap key instead.")
-    templates: dict[str, Annotated[str, Field(max_length=65_536)]] = Field(default_factory=dict)
+    templates: dict[str, Annotated[str, Field(max_length=65_536)]] = Field(default_factory=dict, max_length=64)
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.system) != has(self.configMapRef)",
-                    "spec.prompt needs exactly one of system (inline text) or configMapRef (name and key)",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "has(self.system) != has(self.configMapRef)",
+            "spec.prompt needs exactly one of system (inline text) or configMapRef (name and key)",
+            lambda p: (p.system is None) != (p.config_map_ref is None),
+        ),
     )
 
 
@@ -168,7 +257,7 @@ class PromptSpec(Model):
 
 class EmbeddingSpec(Model):
     model: str = Field(..., min_length=1, max_length=256)
-    revision: str | None = Field(None, max_length=128)
+    revision: str | None = Field(None, min_length=1, max_length=128)
 
 
 class IndexSpec(Model):
@@ -179,24 +268,21 @@ class IndexSpec(Model):
 class RetrieverSpec(Model):
     embedding: EmbeddingSpec
     index: IndexSpec
-    endpoint: str | None = Field(None, pattern=r"^https?://", max_length=2048)
+    endpoint: str | None = Field(None, pattern=URL_PATTERN, max_length=2048)
     top_k: int = Field(5, ge=1, le=100)
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "(self.embedding.model == oldSelf.embedding.model && "
-                    "(has(self.embedding.revision) ? self.embedding.revision : '') == "
-                    "(has(oldSelf.embedding.revision) ? oldSelf.embedding.revision : '')) "
-                    "|| self.index.version != oldSelf.index.version",
-                    "spec.retriever.index.version must change when spec.retriever.embedding changes: "
-                    "embeddings of two models never share one index; build a new index and set its version",
-                    field_path=".index.version",
-                    reason="FieldValueInvalid",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "(self.embedding.model == oldSelf.embedding.model && "
+            "(has(self.embedding.revision) ? self.embedding.revision : '') == "
+            "(has(oldSelf.embedding.revision) ? oldSelf.embedding.revision : '')) "
+            "|| self.index.version != oldSelf.index.version",
+            "spec.retriever.index.version must change when spec.retriever.embedding changes: "
+            "embeddings of two models never share one index; build a new index and set its version",
+            # A transition rule: it needs the previous object, which only the API server has.
+            lambda r: True,
+            field_path=".index.version",
+        ),
     )
 
 
@@ -204,7 +290,7 @@ class RetrieverSpec(Model):
 
 
 class ToolDefinition(Model):
-    name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    name: str = Field(..., max_length=64, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str = Field("", max_length=4096)
     parameters: FreeForm = Field(default_factory=FreeForm, description="JSON Schema of the arguments.")
 
@@ -218,15 +304,17 @@ class ToolsSpec(Model):
     )
     config_map_ref: ConfigMapKeyRef | None = Field(None, description="A JSON list of tool definitions in a ConfigMap key.")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!(has(self.configMapRef) && size(self.definitions) > 0)",
-                    "spec.tools takes inline definitions or configMapRef, not both",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "!(has(self.configMapRef) && size(self.definitions) > 0)",
+            "spec.tools takes inline definitions or configMapRef, not both",
+            lambda t: not (t.config_map_ref is not None and t.definitions),
+        ),
+        Rule(
+            None,  # the list-type map makes the API server refuse a repeated name
+            "spec.tools.definitions names must be unique",
+            lambda t: len({d.name for d in t.definitions}) == len(t.definitions),
+        ),
     )
 
 
@@ -242,10 +330,11 @@ class ResponseCache(Model):
 class CacheSpec(Model):
     namespace: str | None = Field(
         None,
+        max_length=63,
         pattern=r"^[a-zA-Z0-9._-]{1,63}$",
         description="Prefix of every revision's cache namespace; defaults to <namespace>.<name>.",
     )
-    tenant_header: str = Field("x-tenant-id", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    tenant_header: str = Field("x-tenant-id", max_length=64, pattern=r"^[A-Za-z0-9-]{1,64}$")
     response_cache: ResponseCache = Field(default_factory=ResponseCache)
 
 
@@ -259,7 +348,7 @@ class ShadowStep(Model):
 
 
 class CanaryStep(Model):
-    weight: int = Field(..., ge=1, le=100, description="Percent of users served by the candidate.")
+    weight: int = Field(..., ge=1, le=MAX_WEIGHT, description="Percent of users served by the candidate.")
     duration: Duration = "5m"
 
 
@@ -269,7 +358,7 @@ class PauseStep(Model):
 
 class RampStep(Model):
     duration: Duration = Field("5m", description="Time spent at each ramp increment.")
-    increment: int = Field(25, ge=1, le=100, description="Weight added per ramp increment until 100.")
+    increment: int = Field(25, ge=1, le=MAX_WEIGHT, description="Weight added per ramp increment until 100.")
 
 
 class RolloutStep(Model):
@@ -278,15 +367,12 @@ class RolloutStep(Model):
     pause: PauseStep | None = None
     ramp: RampStep | None = None
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "[has(self.shadow), has(self.canary), has(self.pause), has(self.ramp)].filter(x, x).size() == 1",
-                    "each spec.rollout.steps entry must have exactly one of shadow, canary, pause, ramp",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "[has(self.shadow), has(self.canary), has(self.pause), has(self.ramp)].filter(x, x).size() == 1",
+            "each spec.rollout.steps entry must have exactly one of shadow, canary, pause, ramp",
+            lambda s: sum(k is not None for k in (s.shadow, s.canary, s.pause, s.ramp)) == 1,
+        ),
     )
 
     @property
@@ -298,7 +384,7 @@ class RolloutStep(Model):
 
 
 class Stickiness(Model):
-    header: str = Field("x-user-id", pattern=r"^[A-Za-z0-9-]{1,64}$", description="Request header holding the user id.")
+    header: str = Field("x-user-id", max_length=64, pattern=r"^[A-Za-z0-9-]{1,64}$", description="Request header holding the user id.")
     fallback_to_api_key: bool = Field(True, description="Hash the API key when the header is missing.")
 
 
@@ -312,6 +398,14 @@ def default_steps() -> list[RolloutStep]:
     ]
 
 
+def _canary_weights(steps: list[RolloutStep]) -> list[int]:
+    return [s.canary.weight for s in steps if s.canary is not None]
+
+
+_WEIGHTS = "self.steps.filter(s, has(s.canary)).map(s, s.canary.weight)"
+_LAST = "self.steps[size(self.steps) - 1]"
+
+
 class RolloutSpec(Model):
     steps: list[RolloutStep] = Field(default_factory=default_steps, max_length=32)
     stickiness: Stickiness = Field(default_factory=Stickiness)
@@ -320,20 +414,45 @@ class RolloutSpec(Model):
     scale_down_delay: Duration = Field("10m", description="Keep the previous revision warm this long after a switch.")
     revision_history_limit: int = Field(5, ge=0, le=50)
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.steps.filter(s, has(s.canary)).map(s, s.canary.weight).isSorted() && "
-                    "self.steps.filter(s, has(s.canary)).map(s, s.canary.weight).all(w, "
-                    "self.steps.filter(s, has(s.canary)).map(s, s.canary.weight).indexOf(w) == "
-                    "self.steps.filter(s, has(s.canary)).map(s, s.canary.weight).lastIndexOf(w))",
-                    "spec.rollout.steps canary weights must be strictly increasing (e.g. 1, 5, 25) and at most 100",
-                    field_path=".steps",
-                    reason="FieldValueInvalid",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            f"{_WEIGHTS}.isSorted() && {_WEIGHTS}.all(w, {_WEIGHTS}.indexOf(w) == {_WEIGHTS}.lastIndexOf(w))",
+            "spec.rollout.steps canary weights must be strictly increasing (e.g. 1, 5, 25): the weight never "
+            "decreases, so a lower or repeated weight would not apply",
+            lambda r: all(a < b for a, b in pairwise(_canary_weights(r.steps))),
+            field_path=".steps",
+        ),
+        Rule(
+            f"self.steps.all(s, !has(s.ramp)) || (has({_LAST}.ramp) && self.steps.exists_one(s, has(s.ramp)))",
+            "spec.rollout.steps may have one ramp, as the last step: a ramp raises the weight to 100 % and "
+            "promotes, so steps after it never run",
+            lambda r: all(s.ramp is None for s in r.steps[:-1]),
+            field_path=".steps",
+        ),
+        Rule(
+            # ">=": a weight over 100 is the schema's to report, not this rule's.
+            f"self.steps.all(s, !has(s.canary) || s.canary.weight < {MAX_WEIGHT}) || "
+            f"(has({_LAST}.canary) && {_LAST}.canary.weight >= {MAX_WEIGHT} && "
+            f"self.steps.exists_one(s, has(s.canary) && s.canary.weight >= {MAX_WEIGHT}))",
+            f"spec.rollout.steps: a canary with weight {MAX_WEIGHT} must be the last step: {MAX_WEIGHT} % "
+            "promotes the candidate, so steps after it never run",
+            lambda r: all(s.canary is None or s.canary.weight < MAX_WEIGHT for s in r.steps[:-1]),
+            field_path=".steps",
+        ),
+        Rule(
+            _at_least("analysisInterval", MIN_ANALYSIS_INTERVAL),
+            f"spec.rollout.analysisInterval must be at least {MIN_ANALYSIS_INTERVAL}: every analysis queries "
+            "Prometheus for each gate and slice",
+            lambda r: parse_seconds(r.analysis_interval) >= parse_seconds(MIN_ANALYSIS_INTERVAL),
+            field_path=".analysisInterval",
+        ),
+        Rule(
+            _at_least("progressDeadline", MIN_PROGRESS_DEADLINE),
+            f"spec.rollout.progressDeadline must be at least {MIN_PROGRESS_DEADLINE}: it is how long a "
+            "candidate's pods may take to become Ready before it is rolled back",
+            lambda r: parse_seconds(r.progress_deadline) >= parse_seconds(MIN_PROGRESS_DEADLINE),
+            field_path=".progressDeadline",
+        ),
     )
 
 
@@ -344,33 +463,73 @@ class Threshold(Model):
     min: float | None = None
     max: float | None = None
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [cel("has(self.min) || has(self.max)", "a threshold needs min, max or both")]
-        }
+    cel_rules = (
+        Rule(
+            "has(self.min) || has(self.max)",
+            "a threshold needs min, max or both",
+            lambda t: t.min is not None or t.max is not None,
+        ),
+        Rule(
+            "!has(self.min) || !has(self.max) || self.min <= self.max",
+            "spec.gates[].threshold.min must not be greater than threshold.max: no value could pass, so every "
+            "candidate would be rolled back",
+            lambda t: t.min is None or t.max is None or t.min <= t.max,
+        ),
     )
 
 
 class Compare(Model):
-    baseline: str = Field("stable", pattern=r"^stable$", description="Revision to compare with; only the stable one today.")
+    baseline: str = Field("stable", max_length=6, pattern=r"^stable$", description="Revision to compare with; only the stable one today.")
     max_relative_drop: float | None = Field(None, ge=0, le=1, description="Fail when candidate < baseline x (1 - this).")
     max_relative_increase: float | None = Field(None, ge=0, le=100, description="Fail when candidate > baseline x (1 + this).")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.maxRelativeDrop) || has(self.maxRelativeIncrease)",
-                    "a compare gate needs maxRelativeDrop (higher is better) or maxRelativeIncrease (lower is better)",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "has(self.maxRelativeDrop) || has(self.maxRelativeIncrease)",
+            "a compare gate needs maxRelativeDrop (higher is better) or maxRelativeIncrease (lower is better)",
+            lambda c: c.max_relative_drop is not None or c.max_relative_increase is not None,
+        ),
+    )
+
+
+def _placeholder_rule(field: str, attr: str) -> Rule:
+    """Every ``{{name}}`` in the template is one promql.py substitutes (it refuses the others)."""
+    where = f"spec.gates[].prometheus.{field}"
+    present = "" if field == "query" else f"!has(self.{field}) || "
+    return Rule(
+        f"{present}size(self.{field}.findAll({cel_string(RE2.any)})) == size(self.{field}.findAll({cel_string(RE2.known)}))",
+        f"{where} has an unknown placeholder; known: {KNOWN_LIST}",
+        lambda q: not unknown_placeholders(getattr(q, attr) or ""),
+        field_path=f".{field}",
+        message_expression=f"{cel_string(f'{where} has an unknown placeholder ')} + self.{field}.find({cel_string(RE2.unknown)}) + "
+        + cel_string(f"; known: {KNOWN_LIST}"),
+        explain=lambda q: f"{where} has an unknown placeholder {unknown_placeholders(getattr(q, attr))[0]}; known: {KNOWN_LIST}",
+        # promql.py refuses the template at every analysis (an Inconclusive verdict naming it).
+        enforced=False,
+    )
+
+
+def _slice_regex_rule(field: str, attr: str) -> Rule:
+    present = "" if field == "query" else f"!has(self.{field}) || "
+    return Rule(
+        f"{present}!self.{field}.matches({cel_string(RE2.slice_not_regex)})",
+        f'spec.gates[].prometheus.{field} compares {{{{slice}}}} with = or !=, but it is a regular expression '
+        f'(.* for all slices): match it with =~, e.g. slice=~"{{{{slice}}}}"',
+        lambda q: not matches(getattr(q, attr) or "", PY.slice_not_regex),
+        field_path=f".{field}",
     )
 
 
 class PrometheusQuery(Model):
     query: str = Field(..., min_length=1, max_length=8192, description="PromQL template: {{stack}} {{namespace}} {{revision}} {{baseline}} {{slice}} {{window}}.")
-    samples_query: str | None = Field(None, max_length=8192, description="PromQL template giving the sample count behind the value.")
+    samples_query: str | None = Field(None, min_length=1, max_length=8192, description="PromQL template giving the sample count behind the value.")
+
+    cel_rules = (
+        _placeholder_rule("query", "query"),
+        _placeholder_rule("samplesQuery", "samples_query"),
+        _slice_regex_rule("query", "query"),
+        _slice_regex_rule("samplesQuery", "samples_query"),
+    )
 
 
 class OnInconclusive(StrEnum):
@@ -387,22 +546,50 @@ class Gate(Model):
     name: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=63)
     kind: GateKind = GateKind.QUALITY
     prometheus: PrometheusQuery
-    slices: list[Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,63}$")]] = Field(default_factory=list, max_length=64)
+    slices: list[Annotated[str, Field(max_length=63, pattern=r"^[a-zA-Z0-9_.-]{1,63}$")]] = Field(default_factory=list, max_length=64)
     threshold: Threshold | None = None
     compare: Compare | None = None
     min_samples: int = Field(0, ge=0, le=100_000_000)
     failure_limit: int = Field(1, ge=1, le=100, description="Consecutive failing analyses before rollback.")
     on_inconclusive: OnInconclusive = OnInconclusive.HOLD
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.threshold) != has(self.compare)",
-                    "each gate needs exactly one of threshold (absolute) or compare (relative to the stable revision)",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "has(self.threshold) != has(self.compare)",
+            "each gate needs exactly one of threshold (absolute) or compare (relative to the stable revision)",
+            lambda g: (g.threshold is None) != (g.compare is None),
+        ),
+        Rule(
+            "self.slices.all(s, self.slices.exists_one(t, t == s))",
+            "spec.gates[].slices must not repeat a slice; remove the duplicate",
+            lambda g: len(set(g.slices)) == len(g.slices),
+            field_path=".slices",
+        ),
+        Rule(
+            "self.minSamples == 0 || has(self.prometheus.samplesQuery)",
+            "spec.gates[].minSamples needs prometheus.samplesQuery to count the samples: without it the gate "
+            "is Inconclusive forever; add samplesQuery or remove minSamples",
+            lambda g: g.min_samples == 0 or g.prometheus.samples_query is not None,
+            field_path=".minSamples",
+            enforced=False,  # core/gates.py judges such a gate Inconclusive, saying why
+        ),
+        Rule(
+            f"!has(self.compare) || self.prometheus.query.matches({cel_string(RE2.revision)})",
+            "spec.gates[].prometheus.query of a compare gate must select the measured revision with "
+            '{{revision}} (e.g. revision="{{revision}}"): without it the candidate and the baseline are the '
+            "same query and always equal",
+            lambda g: g.compare is None or matches(g.prometheus.query, PY.revision),
+            field_path=".prometheus.query",
+            enforced=False,
+        ),
+        Rule(
+            f"size(self.slices) == 0 || self.prometheus.query.matches({cel_string(RE2.slice)})",
+            'spec.gates[].slices needs {{slice}} in prometheus.query (e.g. slice=~"{{slice}}"): without it '
+            "every slice is judged on all traffic; add it or remove slices",
+            lambda g: not g.slices or matches(g.prometheus.query, PY.slice),
+            field_path=".slices",
+            enforced=False,
+        ),
     )
 
 
@@ -415,30 +602,38 @@ class TrafficProvider(StrEnum):
 
 
 class ParentRef(Model):
-    name: str = Field(..., max_length=253)
-    namespace: str | None = Field(None, max_length=63)
-    section_name: str | None = Field(None, max_length=253)
+    """A Gateway (Gateway API's ParentReference, kind Gateway); patterns as Gateway API's own."""
+
+    name: str = Field(..., min_length=1, max_length=253)
+    namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL_PATTERN)
+    section_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
 
 
 class GatewayAPITraffic(Model):
     parent_refs: list[ParentRef] = Field(..., min_length=1, max_length=16)
-    hostnames: list[Annotated[str, Field(max_length=253)]] = Field(default_factory=list, max_length=16)
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME_PATTERN)]] = Field(
+        default_factory=list, max_length=16
+    )
 
 
 class TrafficSpec(Model):
     provider: TrafficProvider = TrafficProvider.ROUTER
     gateway_api: GatewayAPITraffic | None = None
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.provider != 'GatewayAPI' || has(self.gatewayApi)",
-                    "spec.traffic.gatewayApi.parentRefs is required when provider is GatewayAPI",
-                    field_path=".gatewayApi",
-                )
-            ]
-        }
+    cel_rules = (
+        Rule(
+            "self.provider != 'GatewayAPI' || has(self.gatewayApi)",
+            "spec.traffic.gatewayApi.parentRefs is required when provider is GatewayAPI",
+            lambda t: t.provider != TrafficProvider.GATEWAY_API or t.gateway_api is not None,
+            field_path=".gatewayApi",
+        ),
+        Rule(
+            "self.provider == 'GatewayAPI' || !has(self.gatewayApi)",
+            "spec.traffic.gatewayApi is only read when provider is GatewayAPI; set provider: GatewayAPI or "
+            "remove gatewayApi",
+            lambda t: t.provider == TrafficProvider.GATEWAY_API or t.gateway_api is None,
+            field_path=".gatewayApi",
+        ),
     )
 
 
@@ -458,6 +653,28 @@ class InferenceStackSpec(Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
+
+    cel_rules = (
+        Rule(
+            "!has(self.model.endpoint) || self.traffic.provider != 'GatewayAPI'",
+            "spec.traffic.provider GatewayAPI cannot serve spec.model.endpoint: the HTTPRoute would point at "
+            "revision Services a hosted model does not have; use provider: Router",
+            lambda s: s.model.endpoint is None or s.traffic.provider != TrafficProvider.GATEWAY_API,
+            field_path=".traffic.provider",
+        ),
+        Rule(
+            "size(self.gates) == 0 || self.rollout.steps.exists(s, has(s.shadow) || has(s.canary) || has(s.ramp))",
+            "spec.gates are never evaluated: no step of spec.rollout.steps sends the candidate traffic; add a "
+            "shadow, canary or ramp step, or remove the gates",
+            lambda s: not s.gates or any(st.shadow or st.canary or st.ramp for st in s.rollout.steps),
+            field_path=".gates",
+        ),
+        Rule(
+            None,  # the list-type map makes the API server refuse a repeated name
+            "spec.gates names must be unique",
+            lambda s: len({g.name for g in s.gates}) == len(s.gates),
+        ),
+    )
 
 
 # -------------------------------------------------------------------- status

@@ -1,0 +1,408 @@
+"""InferenceStack manifests the API server must refuse (and ones it must accept), shared by
+tests/unit/test_cel_rules.py (the Python twin of each rule) and tests/e2e/test_validation_e2e.py
+(the real API server).
+
+Each refused case names the one error the API server returns: the field path and the
+message. ``python`` says what pydantic must do with the same spec:
+
+* ``SAME``: refuse it with the same message (a CEL rule with its Python twin);
+* ``SCHEMA``: refuse it (a schema keyword: pattern, maxLength...; pydantic words it its way);
+* ``REPORTED``: accept it, with the message in ``violations()`` (rules the operator meets at
+  run time instead, e.g. an unknown placeholder is an Inconclusive verdict);
+* any other string: refuse it with that message (the schema's own check on the server).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+SAME, SCHEMA, REPORTED = "same", "schema", "reported"
+KNOWN = "{{stack}}, {{namespace}}, {{revision}}, {{baseline}}, {{slice}}, {{window}}"
+
+QUERY = 'sum(rate(answers_total{stack="{{stack}}",revision="{{revision}}",slice=~"{{slice}}",ok="true"}[{{window}}]))'
+SAMPLES = 'sum(increase(answers_total{stack="{{stack}}",revision="{{revision}}",slice=~"{{slice}}"}[{{window}}]))'
+GATE: dict[str, Any] = {
+    "name": "quality",
+    "slices": ["billing", "general"],
+    "prometheus": {"query": QUERY, "samplesQuery": SAMPLES},
+    "compare": {"maxRelativeDrop": 0.05},
+    "minSamples": 50,
+}
+LATENCY: dict[str, Any] = {
+    "name": "latency",
+    "prometheus": {"query": 'max(latency_seconds{revision="{{revision}}"})'},
+    "threshold": {"max": 2.0},
+}
+BASE: dict[str, Any] = {
+    "apiVersion": "inferstack.dev/v1alpha1",
+    "kind": "InferenceStack",
+    "metadata": {"name": "cel"},
+    "spec": {
+        "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "revision": "a09a35458c702b33eeacc393d103063234e8bc28", "gpus": 1},
+        "prompt": {"version": "v1", "system": "You are brief."},
+        "gates": [GATE],
+    },
+}
+HOSTED = {"endpoint": {"url": "https://llm.example.com/v1"}, "gpus": 0}
+
+
+def stack(**spec: Any) -> dict[str, Any]:
+    """BASE with top-level spec fields replaced (a value of None removes the field)."""
+    doc = copy.deepcopy(BASE)
+    for key, value in spec.items():
+        if value is None:
+            doc["spec"].pop(key, None)
+        else:
+            doc["spec"][key] = copy.deepcopy(value)
+    return doc
+
+
+def model(**fields: Any) -> dict[str, Any]:
+    return {**BASE["spec"]["model"], **fields}
+
+
+def gate(base: dict[str, Any] = GATE, *, prometheus: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    if prometheus is not None:
+        out["prometheus"] = {**out["prometheus"], **prometheus}
+    for key, value in fields.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def steps(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"steps": list(items)}
+
+
+@dataclass(frozen=True)
+class Refused:
+    id: str
+    manifest: dict[str, Any]
+    path: str  # where the API server puts the error
+    message: str  # what it says, after "Invalid value: ...: " (or the whole detail for other error types)
+    python: str = SAME
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+def _unknown(where: str, placeholder: str) -> str:
+    return f"spec.gates[].prometheus.{where} has an unknown placeholder {placeholder}; known: {KNOWN}"
+
+
+SLICE_EQ = (
+    "compares {{slice}} with = or !=, but it is a regular expression (.* for all slices): "
+    'match it with =~, e.g. slice=~"{{slice}}"'
+)
+DURATION_MAX = "must be a duration of at most 8760h (365 days), e.g. 30s, 5m, 1h30m"
+WEIGHTS = (
+    "spec.rollout.steps canary weights must be strictly increasing (e.g. 1, 5, 25): the weight never decreases, "
+    "so a lower or repeated weight would not apply"
+)
+RAMP_LAST = (
+    "spec.rollout.steps may have one ramp, as the last step: a ramp raises the weight to 100 % and promotes, "
+    "so steps after it never run"
+)
+FULL_LAST = (
+    "spec.rollout.steps: a canary with weight 100 must be the last step: 100 % promotes the candidate, "
+    "so steps after it never run"
+)
+
+REFUSED: list[Refused] = [
+    # ------------------------------------------------------------------ gate queries
+    Refused(
+        "unknown-placeholder",
+        stack(gates=[gate(prometheus={"query": QUERY.replace("{{window}}", "{{windw}}")})]),
+        "spec.gates[0].prometheus.query",
+        _unknown("query", "{{windw}}"),
+        REPORTED,
+    ),
+    Refused(
+        "unknown-placeholder-with-spaces",
+        stack(gates=[gate(prometheus={"samplesQuery": SAMPLES.replace("{{stack}}", "{{ stak }}")})]),
+        "spec.gates[0].prometheus.samplesQuery",
+        _unknown("samplesQuery", "{{ stak }}"),
+        REPORTED,
+    ),
+    Refused(
+        "placeholder-wrong-case",
+        stack(gates=[gate(LATENCY, prometheus={"query": 'max(latency_seconds{revision="{{Revision}}"})'})]),
+        "spec.gates[0].prometheus.query",
+        _unknown("query", "{{Revision}}"),
+        REPORTED,
+    ),
+    Refused(
+        "slice-matched-with-equals",
+        stack(gates=[gate(prometheus={"query": QUERY.replace('slice=~"', 'slice="')})]),
+        "spec.gates[0].prometheus.query",
+        "spec.gates[].prometheus.query " + SLICE_EQ,
+    ),
+    Refused(
+        "slice-matched-with-not-equals",
+        stack(gates=[gate(prometheus={"samplesQuery": SAMPLES.replace('slice=~"{{slice}}"', "slice != '{{slice}}'")})]),
+        "spec.gates[0].prometheus.samplesQuery",
+        "spec.gates[].prometheus.samplesQuery " + SLICE_EQ,
+    ),
+    Refused(
+        "empty-samples-query",
+        stack(gates=[gate(prometheus={"samplesQuery": ""})]),
+        "spec.gates[0].prometheus.samplesQuery",
+        "spec.gates[0].prometheus.samplesQuery in body should be at least 1 chars long",
+        SCHEMA,
+    ),
+    Refused(
+        "compare-without-revision",
+        stack(gates=[gate(prometheus={"query": QUERY.replace(',revision="{{revision}}"', "")})]),
+        "spec.gates[0].prometheus.query",
+        "spec.gates[].prometheus.query of a compare gate must select the measured revision with {{revision}} "
+        '(e.g. revision="{{revision}}"): without it the candidate and the baseline are the same query and always equal',
+        REPORTED,
+    ),
+    Refused(
+        "slices-without-slice-placeholder",
+        stack(gates=[gate(LATENCY, slices=["billing"])]),
+        "spec.gates[0].slices",
+        'spec.gates[].slices needs {{slice}} in prometheus.query (e.g. slice=~"{{slice}}"): without it every slice '
+        "is judged on all traffic; add it or remove slices",
+        REPORTED,
+    ),
+    Refused(
+        "min-samples-without-samples-query",
+        stack(gates=[gate(LATENCY, minSamples=10)]),
+        "spec.gates[0].minSamples",
+        "spec.gates[].minSamples needs prometheus.samplesQuery to count the samples: without it the gate is "
+        "Inconclusive forever; add samplesQuery or remove minSamples",
+        REPORTED,
+    ),
+    # ------------------------------------------------------------------ gate verdicts
+    Refused(
+        "threshold-min-over-max",
+        stack(gates=[gate(LATENCY, threshold={"min": 3, "max": 2})]),
+        "spec.gates[0].threshold",
+        "spec.gates[].threshold.min must not be greater than threshold.max: no value could pass, so every "
+        "candidate would be rolled back",
+    ),
+    Refused(
+        "threshold-without-bounds",
+        stack(gates=[gate(LATENCY, threshold={})]),
+        "spec.gates[0].threshold",
+        "a threshold needs min, max or both",
+    ),
+    Refused(
+        "compare-without-limit",
+        stack(gates=[gate(compare={})]),
+        "spec.gates[0].compare",
+        "a compare gate needs maxRelativeDrop (higher is better) or maxRelativeIncrease (lower is better)",
+    ),
+    Refused(
+        "gate-without-verdict",
+        stack(gates=[gate(LATENCY, threshold=None)]),
+        "spec.gates[0]",
+        "each gate needs exactly one of threshold (absolute) or compare (relative to the stable revision)",
+    ),
+    Refused(
+        "duplicate-slice",
+        stack(gates=[gate(slices=["billing", "general", "billing"])]),
+        "spec.gates[0].slices",
+        "spec.gates[].slices must not repeat a slice; remove the duplicate",
+    ),
+    Refused(
+        "duplicate-gate-name",
+        stack(gates=[GATE, gate(LATENCY, name="quality")]),
+        "spec.gates[1]",
+        'Duplicate value: {"name":"quality"}',
+        "spec.gates names must be unique",
+    ),
+    Refused(
+        "gates-without-traffic",
+        stack(rollout=steps({"pause": {"duration": "1h"}})),
+        "spec.gates",
+        "spec.gates are never evaluated: no step of spec.rollout.steps sends the candidate traffic; add a shadow, "
+        "canary or ramp step, or remove the gates",
+    ),
+    # ------------------------------------------------------------------ rollout steps
+    Refused(
+        "step-after-ramp",
+        stack(rollout=steps({"canary": {"weight": 5}}, {"ramp": {"increment": 25}}, {"canary": {"weight": 50}})),
+        "spec.rollout.steps",
+        RAMP_LAST,
+    ),
+    Refused(
+        "two-ramps",
+        stack(rollout=steps({"ramp": {"increment": 10}}, {"ramp": {"increment": 25}})),
+        "spec.rollout.steps",
+        RAMP_LAST,
+    ),
+    Refused(
+        "step-after-full-canary",
+        stack(rollout=steps({"canary": {"weight": 5}}, {"canary": {"weight": 100}}, {"pause": {}})),
+        "spec.rollout.steps",
+        FULL_LAST,
+    ),
+    Refused(
+        "canary-weight-decreasing",
+        stack(rollout=steps({"canary": {"weight": 25}}, {"canary": {"weight": 5}})),
+        "spec.rollout.steps",
+        WEIGHTS,
+    ),
+    Refused(
+        "canary-weight-repeated",
+        stack(rollout=steps({"canary": {"weight": 5}}, {"pause": {}}, {"canary": {"weight": 5}})),
+        "spec.rollout.steps",
+        WEIGHTS,
+    ),
+    Refused(
+        "ramp-increment-zero",
+        stack(rollout=steps({"canary": {"weight": 5}}, {"ramp": {"increment": 0}})),
+        "spec.rollout.steps[1].ramp.increment",
+        "spec.rollout.steps[1].ramp.increment in body should be greater than or equal to 1",
+        SCHEMA,
+    ),
+    Refused(
+        "analysis-interval-zero",
+        stack(rollout={"analysisInterval": "0s"}),
+        "spec.rollout.analysisInterval",
+        "spec.rollout.analysisInterval must be at least 1s: every analysis queries Prometheus for each gate and slice",
+    ),
+    Refused(
+        "analysis-interval-sub-second",
+        stack(rollout={"analysisInterval": "500ms"}),
+        "spec.rollout.analysisInterval",
+        "spec.rollout.analysisInterval must be at least 1s: every analysis queries Prometheus for each gate and slice",
+    ),
+    Refused(
+        "progress-deadline-zero",
+        stack(rollout={"progressDeadline": "0m"}),
+        "spec.rollout.progressDeadline",
+        "spec.rollout.progressDeadline must be at least 1s: it is how long a candidate's pods may take to become "
+        "Ready before it is rolled back",
+    ),
+    Refused(
+        "duration-over-a-year",
+        stack(rollout={"scaleDownDelay": "9000h"}),
+        "spec.rollout.scaleDownDelay",
+        DURATION_MAX,
+    ),
+    Refused(
+        "step-duration-over-a-year",
+        stack(rollout=steps({"canary": {"weight": 5, "duration": "600000m"}})),
+        "spec.rollout.steps[0].canary.duration",
+        DURATION_MAX,
+    ),
+    Refused(
+        "duration-in-days",
+        stack(rollout=steps({"canary": {"weight": 5, "duration": "1d"}})),
+        "spec.rollout.steps[0].canary.duration",
+        'spec.rollout.steps[0].canary.duration in body should match \'^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$\'',
+        SCHEMA,
+    ),
+    Refused(
+        "revision-history-over-50",
+        stack(rollout={"revisionHistoryLimit": 51}),
+        "spec.rollout.revisionHistoryLimit",
+        "spec.rollout.revisionHistoryLimit in body should be less than or equal to 50",
+        SCHEMA,
+    ),
+    # ------------------------------------------------------------------ model
+    Refused(
+        "extra-args-set-tensor-parallel",
+        stack(model=model(engine={"extraArgs": ["--enforce-eager", "--tensor-parallel-size=8"]})),
+        "spec.model.engine.extraArgs",
+        "spec.model.engine.extraArgs must not set a flag the operator sets from the spec (--model, --served-model-name, "
+        "--port, --revision, --tensor-parallel-size/-tp, --pipeline-parallel-size/-pp, --gpu-memory-utilization, "
+        "--dtype, --max-model-len, --[no-]enable-prefix-caching): set the spec.model or spec.model.engine field instead",
+    ),
+    Refused(
+        "extra-args-set-port",
+        stack(model=model(engine={"extraArgs": ["--port", "9000"]})),
+        "spec.model.engine.extraArgs",
+        "spec.model.engine.extraArgs must not set a flag the operator sets from the spec (--model, --served-model-name, "
+        "--port, --revision, --tensor-parallel-size/-tp, --pipeline-parallel-size/-pp, --gpu-memory-utilization, "
+        "--dtype, --max-model-len, --[no-]enable-prefix-caching): set the spec.model or spec.model.engine field instead",
+    ),
+    Refused(
+        "endpoint-with-cache-volume",
+        stack(model=model(**HOSTED, cacheVolume={"persistentVolumeClaim": "weights"})),
+        "spec.model.cacheVolume",
+        "spec.model.cacheVolume cannot be used with spec.model.endpoint: a hosted model runs no pods to mount it; "
+        "remove cacheVolume",
+    ),
+    Refused(
+        "empty-revision-tag",
+        stack(model=model(revision="", revisionPolicy="ImmutableTag")),
+        "spec.model.revision",
+        "spec.model.revision in body should be at least 1 chars long",
+        SCHEMA,
+    ),
+    Refused(
+        "gpu-resource-without-domain",
+        stack(model=model(gpuResourceName="gpu")),
+        "spec.model.gpuResourceName",
+        "spec.model.gpuResourceName in body should match",
+        SCHEMA,
+    ),
+    Refused(
+        "node-selector-value",
+        stack(model=model(nodeSelector={"nvidia.com/gpu.product": "H100 80GB"})),
+        "spec.model.nodeSelector.nvidia.com/gpu.product",
+        "spec.model.nodeSelector.nvidia.com/gpu.product in body should match",
+        SCHEMA,
+    ),
+    Refused(
+        "endpoint-without-host",
+        stack(model=model(gpus=0, endpoint={"url": "https:///v1"})),
+        "spec.model.endpoint.url",
+        "spec.model.endpoint.url in body should match",
+        SCHEMA,
+    ),
+    Refused(
+        "configmap-key-with-slash",
+        stack(prompt={"version": "v1", "configMapRef": {"name": "prompts", "key": "support/system.txt"}}),
+        "spec.prompt.configMapRef.key",
+        "spec.prompt.configMapRef.key in body should match",
+        SCHEMA,
+    ),
+    # ------------------------------------------------------------------ traffic
+    Refused(
+        "endpoint-with-gateway-api",
+        stack(
+            model=model(**HOSTED),
+            traffic={"provider": "GatewayAPI", "gatewayApi": {"parentRefs": [{"name": "inference-gw"}]}},
+        ),
+        "spec.traffic.provider",
+        "spec.traffic.provider GatewayAPI cannot serve spec.model.endpoint: the HTTPRoute would point at revision "
+        "Services a hosted model does not have; use provider: Router",
+    ),
+    Refused(
+        "gateway-api-settings-with-router",
+        stack(traffic={"gatewayApi": {"parentRefs": [{"name": "inference-gw"}]}}),
+        "spec.traffic.gatewayApi",
+        "spec.traffic.gatewayApi is only read when provider is GatewayAPI; set provider: GatewayAPI or remove gatewayApi",
+    ),
+    Refused(
+        "gateway-hostname",
+        stack(traffic={"provider": "GatewayAPI", "gatewayApi": {"parentRefs": [{"name": "gw"}], "hostnames": ["Bot.Example.com"]}}),
+        "spec.traffic.gatewayApi.hostnames[0]",
+        "spec.traffic.gatewayApi.hostnames[0] in body should match",
+        SCHEMA,
+    ),
+]
+
+# Accepted: near misses of the rules above (each must pass both the API server and pydantic).
+ACCEPTED: list[tuple[str, dict[str, Any]]] = [
+    ("base", stack()),
+    ("placeholders-with-spaces", stack(gates=[gate(prometheus={"query": QUERY.replace("{{revision}}", "{{ revision }}")})])),
+    ("slice-not-matched-with-regex", stack(gates=[gate(prometheus={"query": QUERY.replace('slice=~"', 'slice!~"')})])),
+    ("braces-that-are-no-placeholder", stack(gates=[gate(LATENCY, prometheus={"query": 'label_replace(max(latency_seconds{revision="{{revision}}"}), "x", "{{ a b }}", "", "")'})])),
+    ("threshold-min-equals-max", stack(gates=[gate(LATENCY, threshold={"min": 1, "max": 1})])),
+    ("threshold-without-revision", stack(gates=[gate(LATENCY, prometheus={"query": "max(up)"})])),
+    ("full-canary-last", stack(rollout=steps({"shadow": {}}, {"canary": {"weight": 5}}, {"canary": {"weight": 100}}))),
+    ("ramp-last-after-pause", stack(rollout=steps({"canary": {"weight": 5}}, {"pause": {}}, {"ramp": {"increment": 50}}))),
+    ("no-steps-no-gates", stack(gates=None, rollout=steps())),
+    ("longest-duration", stack(rollout={"scaleDownDelay": "8760h", "analysisInterval": "1s", "progressDeadline": "1s"})),
+    ("extra-args-near-owned-flags", stack(model=model(engine={"extraArgs": ["--model-loader-extra-config={}", "--max-num-seqs=64", "--tokenizer-revision=main"]}))),
+    ("hosted-model", stack(model=model(**HOSTED))),
+]
