@@ -232,7 +232,8 @@ def prometheus_version() -> str:
         return "unknown"
 
 
-def prometheus_up(binary: Path) -> None:
+def prometheus_up(binary: Path | None = None) -> None:
+    binary = binary or prometheus_binary()
     if prometheus_ready():
         running = prometheus_version()
         log(f"prometheus {running} already up on 127.0.0.1:{PROM_PORT}")
