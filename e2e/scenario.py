@@ -16,7 +16,10 @@ BETTER_PROMPT = "You are the support assistant of Example Shop. Be precise and k
 BAD_PROMPT = "You are the support assistant of Example Shop. Never discuss refunds."
 
 # The steps of support_stack() as (candidate weight, shadow percent) traffic plans.
-EXPECTED_STEPS = [(0, 50), (1, 0), (5, 0), (25, 0), (50, 0), (75, 0)]
+# No 1 % canary here: each step is judged on its own data only, and at 40
+# requests/s a 1 % canary sees a 4 % slice about once a minute; the minimum
+# samples per slice would hold such a step for minutes (as it should).
+EXPECTED_STEPS = [(0, 50), (25, 0), (50, 0), (75, 0)]
 
 _CHECK = (
     'inferstack_router_check_total{namespace="{{namespace}}",stack="{{stack}}",'
@@ -47,7 +50,7 @@ LATENCY_GATE: dict[str, Any] = {
 
 
 def support_stack(name: str, system: str, gates: list[dict[str, Any]] | None = None, **rollout: Any) -> dict[str, Any]:
-    """An InferenceStack with short steps (a whole rollout in ~25 s) and the quality gate."""
+    """An InferenceStack with short steps (a whole rollout in ~30 s) and the quality gate."""
     return {
         "apiVersion": "inferstack.dev/v1alpha1",
         "kind": "InferenceStack",
@@ -61,10 +64,8 @@ def support_stack(name: str, system: str, gates: list[dict[str, Any]] | None = N
                 "scaleDownDelay": "5s",
                 "steps": [
                     {"shadow": {"percent": 50, "duration": "5s", "minSamples": 3}},
-                    {"canary": {"weight": 1, "duration": "3s"}},
-                    {"canary": {"weight": 5, "duration": "3s"}},
-                    {"canary": {"weight": 25, "duration": "3s"}},
-                    {"ramp": {"increment": 25, "duration": "2s"}},
+                    {"canary": {"weight": 25, "duration": "4s"}},
+                    {"ramp": {"increment": 25, "duration": "4s"}},
                 ],
                 **rollout,
             },

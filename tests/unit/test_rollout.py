@@ -644,11 +644,11 @@ SLOW = make_spec(steps=STEPS).model_copy(
             id="interval-not-over",
         ),
         pytest.param(
-            SPEC, replace(SHADOW, last_analysis_at=T0 + 2 * MIN), T0 + 2 * MIN + timedelta(seconds=30), MIN,
-            id="interval-over",
+            SPEC, replace(SHADOW, last_analysis_at=T0 + 2 * MIN), T0 + 2 * MIN + timedelta(seconds=30),
+            2 * MIN + timedelta(seconds=30), id="interval-over-the-whole-step-so-far",
         ),
-        pytest.param(SLOW, SHADOW, T0 + 3 * MIN, 3 * MIN, id="clipped-to-the-step-start"),
-        pytest.param(SLOW, SHADOW, T0 + 30 * MIN, 10 * MIN, id="old-step-full-window"),
+        pytest.param(SLOW, SHADOW, T0 + 3 * MIN, 3 * MIN, id="from-the-step-start"),
+        pytest.param(SLOW, SHADOW, T0 + 30 * MIN, 30 * MIN, id="a-long-step-keeps-all-its-evidence"),
     ],
 )  # fmt: skip
 def test_analysis_window(spec: InferenceStackSpec, state: RolloutState, now: datetime, window: timedelta | None) -> None:

@@ -159,7 +159,7 @@ def judge(gate: Gate, slice_: str, m: Measurement) -> GateVerdict:
             return _inconclusive(gate, slice_, m, threshold, "no sample count")
         assert m.samples is not None
         if m.samples < gate.min_samples:
-            return _inconclusive(gate, slice_, m, threshold, f"{m.samples:.0f} of {gate.min_samples} samples")
+            return _inconclusive(gate, slice_, m, threshold, f"{_count(m.samples)} of {gate.min_samples} samples")
     if gate.compare is not None and not _usable(m.baseline):
         return _inconclusive(gate, slice_, m, threshold, f"no usable baseline value ({_fmt(m.baseline)})")
 
@@ -184,3 +184,8 @@ def evaluate_gates(
     """
     missing = Measurement(error="not measured")
     return [judge(g, s, measurements.get((g.name, s), missing)) for g in gates for s in evaluations(g)]
+
+
+def _count(samples: float) -> str:
+    """A sample count as Prometheus gives it: increase() extrapolates, so 2.67 is not "3"."""
+    return f"{samples:.0f}" if samples == int(samples) else f"{samples:.1f}"

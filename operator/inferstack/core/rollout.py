@@ -45,7 +45,7 @@ from typing import Any, Final
 from inferstack.api.v1alpha1 import InferenceStackSpec, RolloutStep
 from inferstack.core.durations import format_duration, parse_duration
 from inferstack.core.gates import GateVerdict, Verdict
-from inferstack.core.promql import MIN_WINDOW, default_window
+from inferstack.core.promql import MIN_WINDOW
 
 COMMAND_ANNOTATION: Final = "inferstack.dev/command"
 COMMAND_ID_ANNOTATION: Final = "inferstack.dev/command-id"
@@ -338,11 +338,13 @@ def analysis_window(
 
     An analysis is due only while the candidate receives traffic (with none
     there is nothing to measure), once per ``analysisInterval``. Its window
-    (``default_window``) is clipped to the current step, so a step is never
-    judged on data from the step before it (a candidate at 25 % partly on
-    its 5 % traffic); a step younger than ``min_window`` (a few scrape
-    intervals, the operator's ``minAnalysisWindowSeconds``) waits, because
-    ``rate()`` over fewer scrapes returns nothing useful.
+    is the whole step so far, from the step's start to ``now``: never data
+    from the step before (a candidate at 25 % judged partly on its 5 %
+    traffic), and every sample of this step, so a low-weight canary gathers
+    evidence for as long as it runs instead of over a sliding few seconds.
+    A step younger than ``min_window`` (a few scrape intervals, the
+    operator's ``minAnalysisWindowSeconds``) waits, because ``rate()`` over
+    fewer scrapes returns nothing useful.
     """
     if not spec.gates or state.candidate is None or state.step_started_at is None:
         return None
@@ -352,9 +354,7 @@ def analysis_window(
     if state.last_analysis_at is not None and now - state.last_analysis_at < interval:
         return None
     age = now - state.step_started_at
-    if age < min_window:
-        return None
-    return min(default_window(spec.rollout, min_window), age)
+    return age if age >= min_window else None
 
 
 def hold_reason(spec: InferenceStackSpec, state: RolloutState) -> str:
