@@ -7,8 +7,6 @@ message. ``python`` says what pydantic must do with the same spec:
 
 * ``SAME``: refuse it with the same message (a CEL rule with its Python twin);
 * ``SCHEMA``: refuse it (a schema keyword: pattern, maxLength...; pydantic words it its way);
-* ``REPORTED``: accept it, with the message in ``violations()`` (rules the operator meets at
-  run time instead, e.g. an unknown placeholder is an Inconclusive verdict);
 * any other string: refuse it with that message (the schema's own check on the server).
 """
 
@@ -18,7 +16,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-SAME, SCHEMA, REPORTED = "same", "schema", "reported"
+SAME, SCHEMA = "same", "schema"
 KNOWN = "{{stack}}, {{namespace}}, {{revision}}, {{baseline}}, {{slice}}, {{window}}"
 
 QUERY = 'sum(rate(answers_total{stack="{{stack}}",revision="{{revision}}",slice=~"{{slice}}",ok="true"}[{{window}}]))'
@@ -118,21 +116,21 @@ REFUSED: list[Refused] = [
         stack(gates=[gate(prometheus={"query": QUERY.replace("{{window}}", "{{windw}}")})]),
         "spec.gates[0].prometheus.query",
         _unknown("query", "{{windw}}"),
-        REPORTED,
+        SAME,
     ),
     Refused(
         "unknown-placeholder-with-spaces",
         stack(gates=[gate(prometheus={"samplesQuery": SAMPLES.replace("{{stack}}", "{{ stak }}")})]),
         "spec.gates[0].prometheus.samplesQuery",
         _unknown("samplesQuery", "{{ stak }}"),
-        REPORTED,
+        SAME,
     ),
     Refused(
         "placeholder-wrong-case",
         stack(gates=[gate(LATENCY, prometheus={"query": 'max(latency_seconds{revision="{{Revision}}"})'})]),
         "spec.gates[0].prometheus.query",
         _unknown("query", "{{Revision}}"),
-        REPORTED,
+        SAME,
     ),
     Refused(
         "slice-matched-with-equals",
@@ -159,7 +157,7 @@ REFUSED: list[Refused] = [
         "spec.gates[0].prometheus.query",
         "spec.gates[].prometheus.query of a compare gate must select the measured revision with {{revision}} "
         '(e.g. revision="{{revision}}"): without it the candidate and the baseline are the same query and always equal',
-        REPORTED,
+        SAME,
     ),
     Refused(
         "slices-without-slice-placeholder",
@@ -167,7 +165,7 @@ REFUSED: list[Refused] = [
         "spec.gates[0].slices",
         'spec.gates[].slices needs {{slice}} in prometheus.query (e.g. slice=~"{{slice}}"): without it every slice '
         "is judged on all traffic; add it or remove slices",
-        REPORTED,
+        SAME,
     ),
     Refused(
         "min-samples-without-samples-query",
@@ -175,7 +173,7 @@ REFUSED: list[Refused] = [
         "spec.gates[0].minSamples",
         "spec.gates[].minSamples needs prometheus.samplesQuery to count the samples: without it the gate is "
         "Inconclusive forever; add samplesQuery or remove minSamples",
-        REPORTED,
+        SAME,
     ),
     # ------------------------------------------------------------------ gate verdicts
     Refused(

@@ -15,7 +15,7 @@ from inferstack.core.gates import (
     threshold_text,
 )
 
-QUERY = {"query": 'x{revision="{{revision}}"}', "samplesQuery": 'n{revision="{{revision}}"}'}
+QUERY = {"query": 'x{revision="{{revision}}",slice=~"{{slice}}"}', "samplesQuery": 'n{revision="{{revision}}"}'}
 
 
 def gate(**kw: Any) -> Gate:
@@ -132,13 +132,10 @@ def test_judge(spec: dict[str, Any], m: Measurement, verdict: Verdict, message: 
     assert (v.gate, v.slice, v.value, v.samples) == ("quality", "billing", m.value, m.samples)
 
 
-def test_min_samples_without_samples_query_never_passes() -> None:
-    g = Gate.model_validate(
-        {"name": "q", "prometheus": {"query": "x"}, "minSamples": 10, "threshold": {"min": 0}}
-    )
-    v = judge(g, AGGREGATE, Measurement(1.0))
-    assert v.verdict == Verdict.INCONCLUSIVE
-    assert "samplesQuery is missing" in v.message
+def test_min_samples_without_samples_query_is_refused() -> None:
+    """A gate that could never count its samples is refused with the spec, never judged."""
+    with pytest.raises(ValueError, match=r"minSamples needs prometheus\.samplesQuery"):
+        Gate.model_validate({"name": "q", "prometheus": {"query": "x"}, "minSamples": 10, "threshold": {"min": 0}})
 
 
 @pytest.mark.parametrize(

@@ -104,9 +104,13 @@ async def test_analyse_problems_are_inconclusive(answers: dict[str, Any], messag
 
 
 async def test_analyse_template_error_is_inconclusive_without_querying() -> None:
-    bad = {"name": "bad", "prometheus": {"query": "x{a='{{stak}}'}"}, "threshold": {"max": 1}}
+    # The API and the operator's spec check refuse unknown placeholders; analyse
+    # does not rely on its caller for that, so build such a gate past validation.
+    good = spec({"name": "bad", "prometheus": {"query": "x"}, "threshold": {"max": 1}})
+    gate = good.gates[0]
+    bad_gate = gate.model_copy(update={"prometheus": gate.prometheus.model_copy(update={"query": "x{a='{{stak}}'}"})})
     fake = FakePrometheus({})
-    (v,) = await analyse(spec(bad), "chat", "ns", "stab", "cand", fake)
+    (v,) = await analyse(good.model_copy(update={"gates": [bad_gate]}), "chat", "ns", "stab", "cand", fake)
     assert v.verdict == Verdict.INCONCLUSIVE
     assert "unknown placeholder" in v.message
     assert fake.queries == []

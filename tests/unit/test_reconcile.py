@@ -102,7 +102,7 @@ def test_gc_never_collects_stable_or_candidate():
 # ------------------------------------------------ quiet in every phase
 
 STABLE = "stable0001"
-GATE = {"name": "quality", "prometheus": {"query": "q"}, "compare": {"maxRelativeDrop": 0.1}}
+GATE = {"name": "quality", "prometheus": {"query": 'q{revision="{{revision}}"}'}, "compare": {"maxRelativeDrop": 0.1}}
 LONG_STEPS = [{"canary": {"weight": 10, "duration": "1h"}}]
 
 

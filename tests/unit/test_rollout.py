@@ -40,7 +40,7 @@ STEPS = [
 GATE = {
     "name": "quality",
     "slices": ["billing"],
-    "prometheus": {"query": "q", "samplesQuery": "n"},
+    "prometheus": {"query": 'q{revision="{{revision}}",slice=~"{{slice}}"}', "samplesQuery": 'n{slice=~"{{slice}}"}'},
     "compare": {"maxRelativeDrop": 0.1},
     "failureLimit": 2,
 }

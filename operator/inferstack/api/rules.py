@@ -20,11 +20,11 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
@@ -40,9 +40,6 @@ class Rule:
     ``message_expression`` (a message naming the offending value).
     ``cel=None`` marks a rule the schema already enforces on the API server
     (a list-type map's unique keys) that Python must check itself.
-    ``enforced=False`` keeps pydantic from refusing a spec that breaks the
-    rule, for rules whose violation the operator already handles at run time
-    (see ``violations``).
     """
 
     cel: str | None
@@ -51,7 +48,6 @@ class Rule:
     field_path: str | None = None
     message_expression: str | None = None
     explain: Callable[[Any], str] | None = None
-    enforced: bool = True
 
     def entry(self) -> dict[str, Any]:
         """The ``x-kubernetes-validations`` entry."""
@@ -87,7 +83,6 @@ class Checked:
     rules: tuple[Rule, ...]
 
     def __init__(self, *rules: Rule) -> None:
-        assert all(r.enforced for r in rules), "field rules are always enforced"
         object.__setattr__(self, "rules", rules)
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -104,39 +99,6 @@ class Checked:
         target = handler.resolve_ref_schema(out)
         target.setdefault("x-kubernetes-validations", []).extend(schema_entries(self.rules))
         return out
-
-
-def model_rules(model: BaseModel) -> tuple[Rule, ...]:
-    return tuple(getattr(type(model), "cel_rules", ()))
-
-
-def _models(value: Any) -> Iterator[BaseModel]:
-    if isinstance(value, BaseModel):
-        yield value
-        for name in type(value).model_fields:
-            yield from _models(getattr(value, name))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _models(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _models(item)
-
-
-def violations(model: BaseModel) -> list[str]:
-    """Messages of every model rule ``model`` (validated) and its parts break, outermost last.
-
-    Enforced rules cannot fail on a validated model (pydantic refused it);
-    this reports the others: rules the API server checks at apply time but
-    pydantic does not enforce, because the operator copes with such a spec
-    at run time (an unknown placeholder is an Inconclusive verdict).
-    """
-    out = []
-    for m in _models(model):
-        for rule in model_rules(m):
-            if (message := rule.violation(m)) is not None:
-                out.append(message)
-    return out
 
 
 @functools.lru_cache(maxsize=64)

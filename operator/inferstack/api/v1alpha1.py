@@ -89,7 +89,7 @@ class Model(BaseModel):
     @model_validator(mode="after")
     def _check_cel_rules(self) -> Self:
         for rule in self.cel_rules:
-            if rule.enforced and (message := rule.violation(self)) is not None:
+            if (message := rule.violation(self)) is not None:
                 raise ValueError(message)
         return self
 
@@ -504,8 +504,6 @@ def _placeholder_rule(field: str, attr: str) -> Rule:
         message_expression=f"{cel_string(f'{where} has an unknown placeholder ')} + self.{field}.find({cel_string(RE2.unknown)}) + "
         + cel_string(f"; known: {KNOWN_LIST}"),
         explain=lambda q: f"{where} has an unknown placeholder {unknown_placeholders(getattr(q, attr))[0]}; known: {KNOWN_LIST}",
-        # promql.py refuses the template at every analysis (an Inconclusive verdict naming it).
-        enforced=False,
     )
 
 
@@ -571,7 +569,6 @@ class Gate(Model):
             "is Inconclusive forever; add samplesQuery or remove minSamples",
             lambda g: g.min_samples == 0 or g.prometheus.samples_query is not None,
             field_path=".minSamples",
-            enforced=False,  # core/gates.py judges such a gate Inconclusive, saying why
         ),
         Rule(
             f"!has(self.compare) || self.prometheus.query.matches({cel_string(RE2.revision)})",
@@ -580,7 +577,6 @@ class Gate(Model):
             "same query and always equal",
             lambda g: g.compare is None or matches(g.prometheus.query, PY.revision),
             field_path=".prometheus.query",
-            enforced=False,
         ),
         Rule(
             f"size(self.slices) == 0 || self.prometheus.query.matches({cel_string(RE2.slice)})",
@@ -588,7 +584,6 @@ class Gate(Model):
             "every slice is judged on all traffic; add it or remove slices",
             lambda g: not g.slices or matches(g.prometheus.query, PY.slice),
             field_path=".slices",
-            enforced=False,
         ),
     )
 

@@ -151,10 +151,7 @@ def judge(gate: Gate, slice_: str, m: Measurement) -> GateVerdict:
         return _inconclusive(gate, slice_, m, threshold, m.error)
     if not _usable(m.value):
         return _inconclusive(gate, slice_, m, threshold, f"no usable candidate value ({_fmt(m.value)})")
-    if gate.min_samples > 0:
-        if gate.prometheus.samples_query is None:
-            why = "minSamples is set but prometheus.samplesQuery is missing, so samples cannot be counted"
-            return _inconclusive(gate, slice_, m, threshold, why)
+    if gate.min_samples > 0:  # the API refuses minSamples without a samplesQuery
         if not _usable(m.samples):
             return _inconclusive(gate, slice_, m, threshold, "no sample count")
         assert m.samples is not None

@@ -33,12 +33,14 @@ from typing import Any, Final
 
 import promql_parser
 
+from inferstack.api import rules
 from inferstack.api.v1alpha1 import Gate, RolloutSpec
 from inferstack.core.durations import format_duration, parse_duration
 from inferstack.core.gates import AGGREGATE, evaluations
 
-PLACEHOLDERS: Final = frozenset({"stack", "namespace", "revision", "baseline", "slice", "window"})
-_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
+# One definition, in the API: the CRD's CEL rules refuse what render() cannot fill.
+PLACEHOLDERS: Final = frozenset(rules.PLACEHOLDERS)
+_PLACEHOLDER: Final = rules.PLACEHOLDER_RE
 _REGEX_SPECIAL: Final = re.compile(r"([\\.+*?()|\[\]{}^$])")
 MIN_WINDOW: Final = timedelta(minutes=1)
 
