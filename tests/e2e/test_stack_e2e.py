@@ -98,11 +98,11 @@ def test_example_becomes_ready_and_a_change_makes_exactly_one_revision(namespace
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
     name = manifest["metadata"]["name"]
 
-    # the four objects of the first revision
-    objs = wait_until("the first revision's objects", lambda: (o := owned(namespace, name)) and all(o[k] for k in o) and o, timeout=60)
+    # the three objects of the first revision; the only ConfigMap is the traffic plan
+    revision_kinds = ("deployments", "services", "controllerrevisions")
+    objs = wait_until("the first revision's objects", lambda: (o := owned(namespace, name)) and all(o[k] for k in revision_kinds) and o, timeout=60)
     assert len(objs["deployments"]) == len(objs["services"]) == len(objs["controllerrevisions"]) == 1
-    bundles = [c for c in objs["configmaps"] if c["metadata"]["labels"]["inferstack.dev/component"] == "bundle"]
-    assert len(bundles) == 1 and bundles[0]["immutable"] is True
+    assert [c["metadata"]["name"] for c in objs["configmaps"]] in ([], [f"{name}-traffic"])
     dep = objs["deployments"][0]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -121,13 +121,13 @@ def test_example_becomes_ready_and_a_change_makes_exactly_one_revision(namespace
     assert header.split()[:6] == ["NAME", "PHASE", "STABLE", "CANDIDATE", "STEP", "WEIGHT"]
     assert "Healthy" in row and first in row
 
-    # a prompt change -> exactly one new revision with its four objects
+    # a prompt change -> exactly one new revision with its three objects
     manifest["spec"]["prompt"]["system"] = "You are terse."
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
     revs = wait_until("a second revision", lambda: len(r := revisions_of(namespace, name)) == 2 and r, timeout=60)
     second = (revs - {first}).pop()
     objs = owned(namespace, name)
-    for kind in ("deployments", "services", "controllerrevisions"):
+    for kind in revision_kinds:
         assert sorted(o["metadata"]["labels"]["inferstack.dev/revision"] for o in objs[kind]) == sorted(revs), kind
     numbers = sorted(o["revision"] for o in objs["controllerrevisions"])
     assert numbers == [1, 2]

@@ -66,16 +66,7 @@ def test_cpu_model_gets_no_gpu_limits_or_toleration():
     assert "tolerations" not in pod
 
 
-def test_bundle_is_immutable_and_holds_the_whole_revision():
-    sp = spec()
-    rev = compute_revision(sp)
-    cm = objects.build_bundle(STACK, rev, "team-a.bot:" + rev.hash)
-    assert cm["immutable"] is True
-    doc = objects.parse_bundle(cm)
-    assert doc["revision"] == rev.hash and doc["prompt"]["system"] == "s" and doc["cacheNamespace"].endswith(rev.hash)
-
-
-@pytest.mark.parametrize("builder", ["deployment", "service", "controller_revision", "bundle"])
+@pytest.mark.parametrize("builder", ["deployment", "service", "controller_revision"])
 def test_every_object_is_labelled_with_stack_and_revision(builder):
     sp = spec()
     rev = compute_revision(sp)
@@ -83,7 +74,6 @@ def test_every_object_is_labelled_with_stack_and_revision(builder):
         "deployment": lambda: deployment(sp),
         "service": lambda: objects.build_service(STACK, rev.hash, OperatorConfig()),
         "controller_revision": lambda: objects.build_controller_revision(STACK, rev, 3),
-        "bundle": lambda: objects.build_bundle(STACK, rev, "ns"),
     }[builder]()
     labels = obj["metadata"]["labels"]
     assert labels[objects.LABEL_STACK] == "bot" and labels[objects.LABEL_REVISION] == rev.hash

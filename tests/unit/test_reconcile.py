@@ -50,11 +50,19 @@ def apply_status(body, actions):
     return stack(merge(body["status"], actions.status or {}), body["metadata"]["generation"])
 
 
-def test_new_revision_creates_its_four_objects_controller_revision_last():
+def test_new_revision_creates_its_three_objects_controller_revision_last():
     sp = spec()
     actions, _ = reconcile(stack(), sp, compute_revision(sp), Observed(), CONFIG, NOW)
-    assert [o["kind"] for o in actions.create] == ["ConfigMap", "Service", "Deployment", "ControllerRevision"]
+    assert [o["kind"] for o in actions.create] == ["Service", "Deployment", "ControllerRevision"]
     assert actions.create[-1]["revision"] == 1
+
+
+def test_hosted_model_revision_is_only_its_controller_revision():
+    sp = InferenceStackSpec.model_validate(
+        {"model": {"name": "gpt-x", "gpus": 0, "endpoint": {"url": "https://llm.example.com/v1"}}, "prompt": {"version": "v1", "system": "s"}}
+    )
+    actions, _ = reconcile(stack(), sp, compute_revision(sp), Observed(), CONFIG, NOW)
+    assert [o["kind"] for o in actions.create] == ["ControllerRevision"]
 
 
 def test_first_revision_becomes_stable_when_ready_then_nothing_is_written():

@@ -73,7 +73,6 @@ class Kube:
         ns = manifest["metadata"]["namespace"]
         kind = manifest["kind"]
         fn = {
-            "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
             "Deployment": self.apps.create_namespaced_deployment,
             "ControllerRevision": self.apps.create_namespaced_controller_revision,
@@ -97,12 +96,11 @@ class Kube:
                 raise
 
     async def delete_revision(self, namespace: str, stack: str, revision: str) -> None:
-        """All four objects of one revision; background propagation deletes its pods."""
+        """The objects of one revision (they share its name); background propagation deletes its pods."""
         name = objects.revision_name(stack, revision)
         calls = [
             (self.apps.delete_namespaced_deployment, name),
             (self.core.delete_namespaced_service, name),
-            (self.core.delete_namespaced_config_map, objects.bundle_name(stack, revision)),
             # last: while it exists, the revision counts as present and is retried
             (self.apps.delete_namespaced_controller_revision, name),
         ]

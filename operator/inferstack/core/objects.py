@@ -1,20 +1,20 @@
 """Desired Kubernetes objects for one revision of a stack: pure builders.
 
 Each builder returns a plain dict (the manifest) and never talks to the API.
-Per revision: an immutable ConfigMap bundle, a vLLM Deployment, a Service
-and a ControllerRevision that holds the whole revision for exact restores.
+Per revision: a vLLM Deployment, a Service and a ControllerRevision that
+holds the whole revision (its parts) for exact restores; a hosted model
+(``spec.model.endpoint``) has only the ControllerRevision.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 from inferstack import GROUP, KIND, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core.config import GPU_TOLERATION, OperatorConfig
 from inferstack.core.durations import parse_duration
-from inferstack.core.revision import Revision, canonical_json
+from inferstack.core.revision import Revision
 from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
 
 LABEL_STACK: Final = f"{GROUP}/stack"
@@ -22,7 +22,6 @@ LABEL_REVISION: Final = f"{GROUP}/revision"
 LABEL_COMPONENT: Final = f"{GROUP}/component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGER: Final = "inferstack"
-BUNDLE_KEY: Final = "bundle.json"
 REVISION_DATA_KEY: Final = "revision"
 MODEL_CONTAINER: Final = "vllm"
 
@@ -30,10 +29,6 @@ MODEL_CONTAINER: Final = "vllm"
 def revision_name(stack: str, revision: str) -> str:
     """Deployment, Service and ControllerRevision share it; the CRD caps stack names so it fits 63 chars."""
     return f"{stack}-{revision}"
-
-
-def bundle_name(stack: str, revision: str) -> str:
-    return f"{stack}-{revision}-bundle"
 
 
 def plan_name(stack: str) -> str:
@@ -70,33 +65,6 @@ def _metadata(stack: dict[str, Any], name: str, revision: str | None, component:
 
 def served_model_name(spec: InferenceStackSpec) -> str:
     return spec.model.name
-
-
-def bundle_document(stack_name: str, revision: Revision, cache_ns: str) -> dict[str, Any]:
-    """What the router applies to requests served by this revision."""
-    parts = revision.parts
-    return {
-        "stack": stack_name,
-        "revision": revision.hash,
-        "cacheNamespace": cache_ns,
-        "prompt": {**parts["prompt"], "hash": revision.prompt_hash},
-        "tools": parts["tools"],
-        "retriever": parts["retriever"],
-        "model": {"name": parts["model"]["name"], "revision": parts["model"].get("revision")},
-    }
-
-
-def build_bundle(stack: dict[str, Any], revision: Revision, cache_ns: str) -> dict[str, Any]:
-    name = stack["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(stack, bundle_name(name, revision.hash), revision.hash, "bundle"),
-        # Immutable: the revision's content never changes, and the kubelet
-        # stops watching immutable ConfigMaps, which is cheaper at scale.
-        "immutable": True,
-        "data": {BUNDLE_KEY: canonical_json(bundle_document(name, revision, cache_ns))},
-    }
 
 
 def build_controller_revision(stack: dict[str, Any], revision: Revision, number: int) -> dict[str, Any]:
@@ -204,7 +172,7 @@ def build_deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "progressDeadlineSeconds": int(deadline),
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": {f"{GROUP}/bundle": bundle_name(name, rev)}},
+                "metadata": {"labels": pod_labels},
                 "spec": pod_spec,
             },
         },
@@ -229,7 +197,3 @@ def build_traffic_plan_configmap(stack: dict[str, Any], plan_json: str) -> dict[
     meta = _metadata(stack, plan_name(name), None, "traffic-plan")
     meta["labels"][PLAN_LABEL] = "true"
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {PLAN_KEY: plan_json}}
-
-
-def parse_bundle(configmap: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(configmap["data"][BUNDLE_KEY])

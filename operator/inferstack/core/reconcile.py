@@ -7,9 +7,10 @@ unit-tested without a cluster, and the handlers that call it stay thin.
 
 Invariants this module maintains:
 
-* one revision = bundle, Service, Deployment, ControllerRevision; the
-  ControllerRevision is created last and marks the revision complete, so an
-  operator killed half-way re-creates the missing pieces and nothing twice;
+* one revision = Service, Deployment (none for a hosted model) and
+  ControllerRevision; the ControllerRevision is created last and marks the
+  revision complete, so an operator killed half-way re-creates the missing
+  pieces and nothing twice;
 * the stable and the candidate revision are never garbage-collected;
 * when nothing changed, the returned actions are empty: no API writes.
 """
@@ -63,9 +64,7 @@ def desired_objects(
     stack: dict[str, Any], spec: InferenceStackSpec, revision: Revision, config: OperatorConfig, number: int
 ) -> list[dict[str, Any]]:
     """The revision's objects in creation order; the ControllerRevision last."""
-    meta = stack["metadata"]
-    cache_ns = cache_namespace(meta["namespace"], meta["name"], revision.hash, spec.cache.namespace)
-    out = [objects.build_bundle(stack, revision, cache_ns)]
+    out: list[dict[str, Any]] = []
     if spec.model.endpoint is None:
         out.append(objects.build_service(stack, revision.hash, config))
         out.append(objects.build_deployment(stack, spec, revision, config, spec.model.replicas))

@@ -39,10 +39,6 @@ class Revision:
     hash: str
     parts: dict[str, Any] = field(repr=False)
 
-    @property
-    def prompt_hash(self) -> str:
-        return digest(self.parts["prompt"])[:12]
-
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
