@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "e2e"))
 
 from dataplane import DataPlane, free_port, kubectl, load_env, prometheus_query, scrape_targets, wait_for  # noqa: E402
 from inferstack.core.durations import parse_duration  # noqa: E402
-from inferstack.core.traffic import BUCKETS, bucket  # noqa: E402
+from inferstack.router.assignment import BUCKETS, bucket  # noqa: E402
 
 
 class GateMetric:

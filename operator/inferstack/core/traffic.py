@@ -5,23 +5,17 @@ The operator writes one plan per stack (a ConfigMap labelled
 A switch of traffic, bundle and cache namespace is therefore one write of one
 object, which is what makes a rollback atomic.
 
-This module is pure: the plan's schema and the deterministic user assignment
-that every router replica computes identically.
+This module is pure: the plan's schema. Which users a candidate weight
+selects is the router's to compute (:mod:`inferstack.router.assignment`).
 """
 
 from __future__ import annotations
-
-import hashlib
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 PLAN_LABEL = "inferstack.dev/traffic-plan"
 PLAN_KEY = "plan.json"
-BUCKETS = 10_000  # weight resolution: 0.01 %
-
-Role = Literal["stable", "candidate", "shadow"]
 
 
 class _Model(BaseModel):
@@ -86,33 +80,3 @@ class TrafficPlan(_Model):
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.stack}"
-
-
-def bucket(salt: str, identity: str) -> int:
-    """A stable bucket in [0, BUCKETS) for an identity.
-
-    sha256 rather than Python's hash(): it must agree across processes and
-    replicas, and Python salts str hashes per process.
-    """
-    digest = hashlib.sha256(f"{salt}\x00{identity}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
-
-
-def in_candidate(plan: TrafficPlan, identity: str) -> bool:
-    """Whether a user is served by the candidate.
-
-    The salt is the candidate revision, so within one rollout the set of
-    canary users only grows as the weight goes 1 -> 5 -> 25 -> 100 (bucket <
-    threshold is monotonic in the threshold), while the next rollout picks
-    different users.
-    """
-    if plan.candidate is None or plan.candidate_weight <= 0:
-        return False
-    return bucket(plan.candidate.revision, identity) < plan.candidate_weight * (BUCKETS // 100)
-
-
-def shadowed(plan: TrafficPlan, request_id: str) -> bool:
-    """Whether a request is mirrored; per request, so every user contributes samples."""
-    if plan.candidate is None or plan.shadow_percent <= 0:
-        return False
-    return bucket("shadow:" + plan.candidate.revision, request_id) < plan.shadow_percent * (BUCKETS // 100)

@@ -13,9 +13,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inferstack.core.traffic import RevisionBundle, Role, TrafficPlan
+from inferstack.core.traffic import RevisionBundle, TrafficPlan
 from inferstack.router import proxy
-from inferstack.router.assignment import choose
+from inferstack.router.assignment import Role, choose
 from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
 from inferstack.router.cache import ResponseCache, cache_key, cacheable
 from inferstack.router.errors import UpstreamError, classify, error_response

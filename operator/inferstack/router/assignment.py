@@ -1,16 +1,23 @@
 """Which revision serves a request, and whether it is mirrored.
 
-Thin glue over :mod:`inferstack.core.traffic`, which holds the hashing that
-every replica must compute identically.
+Every router replica computes the same answer from the plan alone: users are
+assigned by a sha256 bucket of their identity, so any number of replicas
+agree on who is a canary user without sharing state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
-from inferstack.core.traffic import RevisionBundle, Role, TrafficPlan, in_candidate, shadowed
+from inferstack.core.traffic import RevisionBundle, TrafficPlan
+
+BUCKETS = 10_000  # weight resolution: 0.01 %
+
+Role = Literal["stable", "candidate", "shadow"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,36 @@ class Route:
     bundle: RevisionBundle
     shadow: RevisionBundle | None  # a mirror target whose answer is measured and discarded
     sticky: bool  # whether the choice came from a user identity (else per request)
+
+
+def bucket(salt: str, identity: str) -> int:
+    """A stable bucket in [0, BUCKETS) for an identity.
+
+    sha256 rather than Python's hash(): it must agree across processes and
+    replicas, and Python salts str hashes per process.
+    """
+    digest = hashlib.sha256(f"{salt}\x00{identity}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def in_candidate(plan: TrafficPlan, identity: str) -> bool:
+    """Whether a user is served by the candidate.
+
+    The salt is the candidate revision, so within one rollout the set of
+    canary users only grows as the weight goes 1 -> 5 -> 25 -> 100 (bucket <
+    threshold is monotonic in the threshold), while the next rollout picks
+    different users.
+    """
+    if plan.candidate is None or plan.candidate_weight <= 0:
+        return False
+    return bucket(plan.candidate.revision, identity) < plan.candidate_weight * (BUCKETS // 100)
+
+
+def shadowed(plan: TrafficPlan, request_id: str) -> bool:
+    """Whether a request is mirrored; per request, so every user contributes samples."""
+    if plan.candidate is None or plan.shadow_percent <= 0:
+        return False
+    return bucket("shadow:" + plan.candidate.revision, request_id) < plan.shadow_percent * (BUCKETS // 100)
 
 
 def bearer_token(authorization: str | None) -> str | None:
