@@ -6,7 +6,7 @@ The operator judges a step every ``analysisInterval`` over the step so far
 (``rollout.analysis_window``) and acts on the first look that fails (after
 ``failureLimit`` in a row) or passes (once the step's duration is over). A
 fixed-level test re-run at every look is wrong far more often than its level
-says (Armitage, McPherson & Rowe 1969; Johari et al. 2017, Fig. 1). A
+says (Armitage, McPherson & Rowe 1969; Johari et al. 2017). A
 *confidence sequence* is a sequence of intervals that holds at every look at
 once: ``P(there is a look where Δ is outside the interval) <= alpha``, so the
 operator may look as often as it likes and stop on whichever look it likes.
