@@ -34,13 +34,19 @@ from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.gateway import build_httproute
-from inferstack.core.plan import parse_current, plan_differs, traffic_plan
 from inferstack.core.promql import query_errors
 from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile, status_patch
 from inferstack.core.revision import ResolvedRefs, UnresolvedReference, compute_revision
 from inferstack.core.rollout import Analysis, Decision, RolloutState, analysis_window
 from inferstack.core.status import INVALID_SPEC, Problem, one_line
-from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
+from inferstack.core.trafficplan import (
+    PLAN_KEY,
+    PLAN_LABEL,
+    build_traffic_plan_configmap,
+    parse_current,
+    plan_differs,
+    traffic_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +267,7 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
         actions.status = status_patch(body, spec, decision.state, revision=revision.hash, observed=observed, now=now, problem=problem)
     patched = await write_status(kube, body, actions.status, problem)
     if (plan := desired_plan(meta, spec, decision, parts, observed.plan_json)) is not None:
-        await kube.write_plan(objects.build_traffic_plan_configmap(body, plan.model_dump_json(by_alias=True)))
+        await kube.write_plan(build_traffic_plan_configmap(body, plan.model_dump_json(by_alias=True)))
     if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
         # After the status, like the plan; a no-op when the route already says it.
         await kube.apply_httproute(build_httproute(body, spec, decision.traffic, Runtime.config))

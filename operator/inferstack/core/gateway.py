@@ -34,8 +34,7 @@ def _backend(stack: str, revision: str, port: int, weight: int | None = None) ->
 
 def build_httproute(stack: dict[str, Any], spec: InferenceStackSpec, traffic: Traffic, config: OperatorConfig) -> dict[str, Any]:
     assert spec.traffic.gateway_api is not None and traffic.stable is not None
-    meta = stack["metadata"]
-    name = meta["name"]
+    name = stack["metadata"]["name"]
     port = config.model_port
     backends = [_backend(name, traffic.stable, port, traffic.stable_weight)]
     rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}]}
@@ -59,11 +58,6 @@ def build_httproute(stack: dict[str, Any], spec: InferenceStackSpec, traffic: Tr
     return {
         "apiVersion": f"{GATEWAY_GROUP}/{GATEWAY_VERSION}",
         "kind": "HTTPRoute",
-        "metadata": {
-            "name": name,
-            "namespace": meta["namespace"],
-            "labels": objects.labels(name, None, "traffic"),
-            "ownerReferences": [objects.owner_reference(stack)],
-        },
+        "metadata": objects.metadata(stack, name, None, "traffic"),
         "spec": route_spec,
     }

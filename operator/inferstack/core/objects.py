@@ -15,7 +15,6 @@ from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core.config import GPU_TOLERATION, OperatorConfig
 from inferstack.core.durations import parse_duration
 from inferstack.core.revision import Revision
-from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
 
 LABEL_STACK: Final = f"{GROUP}/stack"
 LABEL_REVISION: Final = f"{GROUP}/revision"
@@ -29,10 +28,6 @@ MODEL_CONTAINER: Final = "vllm"
 def revision_name(stack: str, revision: str) -> str:
     """Deployment, Service and ControllerRevision share it; the CRD caps stack names so it fits 63 chars."""
     return f"{stack}-{revision}"
-
-
-def plan_name(stack: str) -> str:
-    return f"{stack}-traffic"
 
 
 def owner_reference(stack: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +49,7 @@ def labels(stack_name: str, revision: str | None, component: str) -> dict[str, s
     return out
 
 
-def _metadata(stack: dict[str, Any], name: str, revision: str | None, component: str) -> dict[str, Any]:
+def metadata(stack: dict[str, Any], name: str, revision: str | None, component: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": stack["metadata"]["namespace"],
@@ -72,7 +67,7 @@ def build_controller_revision(stack: dict[str, Any], revision: Revision, number:
     return {
         "apiVersion": "apps/v1",
         "kind": "ControllerRevision",
-        "metadata": _metadata(stack, revision_name(name, revision.hash), revision.hash, "revision"),
+        "metadata": metadata(stack, revision_name(name, revision.hash), revision.hash, "revision"),
         "revision": number,
         "data": {REVISION_DATA_KEY: revision.parts, "hash": revision.hash},
     }
@@ -164,7 +159,7 @@ def build_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(stack, revision_name(name, rev), rev, "model-server"),
+        "metadata": metadata(stack, revision_name(name, rev), rev, "model-server"),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {LABEL_STACK: name, LABEL_REVISION: rev}},
@@ -184,16 +179,9 @@ def build_service(stack: dict[str, Any], revision: str, config: OperatorConfig) 
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(stack, revision_name(name, revision), revision, "model-server"),
+        "metadata": metadata(stack, revision_name(name, revision), revision, "model-server"),
         "spec": {
             "selector": {LABEL_STACK: name, LABEL_REVISION: revision},
             "ports": [{"name": "http", "port": config.model_port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-
-
-def build_traffic_plan_configmap(stack: dict[str, Any], plan_json: str) -> dict[str, Any]:
-    name = stack["metadata"]["name"]
-    meta = _metadata(stack, plan_name(name), None, "traffic-plan")
-    meta["labels"][PLAN_LABEL] = "true"
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {PLAN_KEY: plan_json}}

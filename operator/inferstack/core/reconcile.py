@@ -27,7 +27,7 @@ from inferstack.core.config import OperatorConfig
 from inferstack.core.revision import Revision, cache_namespace
 from inferstack.core.rollout import Analysis, Decision, Observations, RolloutState, decide, parse_command
 from inferstack.core.status import Problem, desired_status, merge_patch, summarize
-from inferstack.core.traffic import TrafficPlan
+from inferstack.core.trafficplan import TrafficPlan
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inferstack.core.traffic import RevisionBundle, TrafficPlan
+from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
 from inferstack.router import proxy
 from inferstack.router.assignment import Role, choose
 from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle

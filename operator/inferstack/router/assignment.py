@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from inferstack.core.traffic import RevisionBundle, TrafficPlan
+from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
 
 BUCKETS = 10_000  # weight resolution: 0.01 %
 

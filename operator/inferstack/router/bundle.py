@@ -6,7 +6,7 @@ import copy
 import hashlib
 from typing import Any
 
-from inferstack.core.traffic import RevisionBundle
+from inferstack.core.trafficplan import RevisionBundle
 
 DEFAULT_TENANT = "default"
 

@@ -23,7 +23,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
+from inferstack.core.trafficplan import PLAN_KEY, PLAN_LABEL
 from inferstack.router.metrics import RouterMetrics
 from inferstack.router.plans import PlanError, PlanStore, parse_plan
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from inferstack.core.traffic import TrafficPlan
+from inferstack.core.trafficplan import TrafficPlan
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from inferstack.core.traffic import RevisionBundle
+from inferstack.core.trafficplan import RevisionBundle
 from inferstack.router.checks import MAX_CHECKED_CHARS
 from inferstack.router.errors import UpstreamError, classify
 

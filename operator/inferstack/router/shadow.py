@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from inferstack.core.traffic import RevisionBundle
+from inferstack.core.trafficplan import RevisionBundle
 from inferstack.router import checks, proxy
 from inferstack.router.errors import UpstreamError, classify
 from inferstack.router.metrics import Labels, RouterMetrics

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from inferstack.core.traffic import TrafficPlan
+from inferstack.core.trafficplan import TrafficPlan
 from inferstack.router.app import build_app
 from inferstack.router.plans import PlanStore
 from inferstack.router.settings import RouterSettings

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from inferstack.core.traffic import TrafficPlan
+from inferstack.core.trafficplan import TrafficPlan
 from inferstack.router.assignment import bearer_token, choose, identity
 
 USERS = [f"user-{i}" for i in range(2000)]

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from kubernetes import client
 
-from inferstack.core.traffic import PLAN_KEY, PLAN_LABEL
+from inferstack.core.trafficplan import PLAN_KEY, PLAN_LABEL
 from inferstack.router.kubesource import ConfigMapPlans, KubePlanSource
 from inferstack.router.metrics import RouterMetrics
 from inferstack.router.plans import PlanStore

@@ -1,0 +1,181 @@
+"""The traffic plan: the one object that says where a stack's requests go.
+
+The operator writes one plan per stack (a ConfigMap labelled
+``inferstack.dev/traffic-plan``, key ``plan.json``) and the router watches it.
+A switch of traffic, bundle and cache namespace is therefore one write of one
+object, which is what makes a rollback atomic.
+
+Everything about the plan is here, and all of it is pure: its schema (the
+JSON the router reads, field names in camelCase), the ConfigMap it is stored
+in, and how the operator builds it from the revisions' parts and decides
+whether the plan in force must be rewritten. Where the router gets plans from
+is :mod:`inferstack.router.plansource`; which users a candidate weight selects
+is :mod:`inferstack.router.assignment`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.core import objects
+from inferstack.core.config import OperatorConfig
+from inferstack.core.durations import parse_duration
+from inferstack.core.revision import cache_namespace, digest
+
+PLAN_LABEL = "inferstack.dev/traffic-plan"
+PLAN_KEY = "plan.json"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ResponseCachePlan(_Model):
+    enabled: bool = False
+    ttl_seconds: float = 300.0
+    max_entries: int = 10_000
+
+
+class SecretRef(_Model):
+    name: str = Field(..., min_length=1)
+    key: str = Field(..., min_length=1)
+
+
+class RevisionBundle(_Model):
+    """Everything the router applies to a request served by one revision."""
+
+    revision: str = Field(..., min_length=1)
+    url: str = Field(..., pattern=r"^https?://", description="Base URL of the revision's OpenAI server, without /v1.")
+    served_model: str = Field(..., min_length=1, description="The model name the backend expects.")
+    cache_namespace: str = Field(..., min_length=1)
+    prompt_version: str = ""
+    prompt_hash: str = ""
+    system_prompt: str | None = None
+    tools: list[dict] = Field(default_factory=list)
+    api_key_secret_ref: SecretRef | None = Field(
+        None, description="Secret (in the plan's namespace) with the bearer token of an external endpoint."
+    )
+    api_key: str | None = Field(
+        None, description="The token itself: filled in memory by the router from api_key_secret_ref, never written to a plan."
+    )
+
+
+class Stickiness(_Model):
+    header: str = "x-user-id"
+    fallback_to_api_key: bool = True
+
+
+class TrafficPlan(_Model):
+    """Weights are percents of users; shadow is a percent of requests."""
+
+    stack: str
+    namespace: str
+    serial: int = Field(0, ge=0, description="Increases with every write; routers ignore older plans.")
+    stable: RevisionBundle
+    candidate: RevisionBundle | None = None
+    candidate_weight: int = Field(0, ge=0, le=100)
+    shadow_percent: int = Field(0, ge=0, le=100)
+    stickiness: Stickiness = Field(default_factory=Stickiness)
+    tenant_header: str = "x-tenant-id"
+    response_cache: ResponseCachePlan = Field(default_factory=ResponseCachePlan)
+
+    @model_validator(mode="after")
+    def _candidate_needed(self) -> TrafficPlan:
+        if (self.candidate_weight or self.shadow_percent) and self.candidate is None:
+            raise ValueError("candidateWeight or shadowPercent > 0 needs a candidate revision")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.stack}"
+
+
+# ------------------------------------------------------------ the ConfigMap
+
+
+def plan_name(stack: str) -> str:
+    return f"{stack}-traffic"
+
+
+def build_traffic_plan_configmap(stack: dict[str, Any], plan_json: str) -> dict[str, Any]:
+    meta = objects.metadata(stack, plan_name(stack["metadata"]["name"]), None, "traffic-plan")
+    meta["labels"][PLAN_LABEL] = "true"
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {PLAN_KEY: plan_json}}
+
+
+# --------------------------------------------------------------- building
+
+
+def revision_bundle(
+    meta: dict[str, Any], spec: InferenceStackSpec, rev: str, parts: dict[str, Any], config: OperatorConfig
+) -> RevisionBundle:
+    """The router's view of one revision, from the parts its ControllerRevision holds."""
+    ns, name = meta["namespace"], meta["name"]
+    model = parts["model"]
+    endpoint = model.get("endpoint")
+    url = (
+        endpoint["url"].rstrip("/").removesuffix("/v1")
+        if endpoint
+        else config.backend_url_template.format(service=objects.revision_name(name, rev), namespace=ns, stack=name, revision=rev)
+    )
+    tools = parts.get("tools") or {}
+    return RevisionBundle(
+        revision=rev,
+        url=url,
+        served_model=model["name"],
+        cache_namespace=cache_namespace(ns, name, rev, spec.cache.namespace),
+        prompt_version=parts["prompt"].get("version", ""),
+        prompt_hash=digest(parts["prompt"])[:12],
+        system_prompt=parts["prompt"].get("system"),
+        tools=[{"type": "function", "function": d} for d in tools.get("definitions") or []],
+        # Only a reference: plans are ConfigMaps, and a token never goes into one.
+        api_key_secret_ref=SecretRef(**endpoint["apiKeySecretRef"]) if endpoint and endpoint.get("apiKeySecretRef") else None,
+    )
+
+
+def traffic_plan(
+    meta: dict[str, Any],
+    spec: InferenceStackSpec,
+    config: OperatorConfig,
+    stable: tuple[str, dict[str, Any]],
+    candidate: tuple[str, dict[str, Any]] | None = None,
+    candidate_weight: int = 0,
+    shadow_percent: int = 0,
+    serial: int = 0,
+) -> TrafficPlan:
+    rc = spec.cache.response_cache
+    return TrafficPlan(
+        stack=meta["name"],
+        namespace=meta["namespace"],
+        serial=serial,
+        stable=revision_bundle(meta, spec, stable[0], stable[1], config),
+        candidate=revision_bundle(meta, spec, candidate[0], candidate[1], config) if candidate else None,
+        candidate_weight=candidate_weight if candidate else 0,
+        shadow_percent=shadow_percent if candidate else 0,
+        stickiness=Stickiness(header=spec.rollout.stickiness.header, fallback_to_api_key=spec.rollout.stickiness.fallback_to_api_key),
+        tenant_header=spec.cache.tenant_header,
+        response_cache=ResponseCachePlan(
+            enabled=rc.enabled, ttl_seconds=parse_duration(rc.ttl).total_seconds(), max_entries=rc.max_entries
+        ),
+    )
+
+
+def parse_current(current_json: str | None) -> TrafficPlan | None:
+    """The plan in force, or None when there is none or it does not parse (then it is rewritten)."""
+    if current_json is None:
+        return None
+    try:
+        return TrafficPlan.model_validate_json(current_json)
+    except ValueError:
+        return None
+
+
+def plan_differs(current: TrafficPlan | None, wanted: TrafficPlan) -> bool:
+    """Compare everything but the serial: an unchanged plan is never rewritten."""
+    if current is None:
+        return True
+    return current.model_copy(update={"serial": 0}) != wanted.model_copy(update={"serial": 0})
