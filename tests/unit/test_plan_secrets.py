@@ -6,7 +6,7 @@ from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core.config import OperatorConfig
 from inferstack.core.revision import compute_revision
 from inferstack.core.trafficplan import traffic_plan
-from inferstack.router.plans import PlanError, parse_plan
+from inferstack.router.plansource import PlanError, parse_plan
 
 META = {"name": "hosted", "namespace": "team-a"}
 SPEC = InferenceStackSpec.model_validate(

@@ -20,8 +20,7 @@ from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
 from inferstack.router.cache import ResponseCache, cache_key, cacheable
 from inferstack.router.errors import UpstreamError, classify, error_response
 from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
-from inferstack.router.plans import AmbiguousModel, PlanStore, UnknownModel
-from inferstack.router.plansource import PlanSource
+from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, UnknownModel
 from inferstack.router.settings import RouterSettings
 from inferstack.router.shadow import ShadowMirror, mirror, record_checked_answer
 

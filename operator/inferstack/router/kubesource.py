@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from inferstack.core.trafficplan import PLAN_KEY, PLAN_LABEL
 from inferstack.router.metrics import RouterMetrics
-from inferstack.router.plans import PlanError, PlanStore, parse_plan
+from inferstack.router.plansource import PlanError, PlanStore, parse_plan
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from inferstack.core.trafficplan import TrafficPlan
 from inferstack.router.app import build_app
-from inferstack.router.plans import PlanStore
+from inferstack.router.plansource import PlanStore
 from inferstack.router.settings import RouterSettings
 from inferstack.standin.app import StandinSettings
 from inferstack.standin.app import build_app as build_standin

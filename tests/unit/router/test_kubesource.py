@@ -21,7 +21,7 @@ from kubernetes import client
 from inferstack.core.trafficplan import PLAN_KEY, PLAN_LABEL
 from inferstack.router.kubesource import ConfigMapPlans, KubePlanSource
 from inferstack.router.metrics import RouterMetrics
-from inferstack.router.plans import PlanStore
+from inferstack.router.plansource import PlanStore
 
 
 def plan_data(serial: int, namespace: str = "team-a", stack: str = "support", **extra: Any) -> dict[str, str]:

@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 
 from inferstack.router.metrics import RouterMetrics
-from inferstack.router.plans import AmbiguousModel, PlanError, PlanStore, UnknownModel, parse_plan
-from inferstack.router.plansource import FilePlanSource
+from inferstack.router.plansource import (
+    AmbiguousModel,
+    FilePlanSource,
+    PlanError,
+    PlanStore,
+    UnknownModel,
+    parse_plan,
+)
 
 
 def plan_json(stack: str = "support", namespace: str = "team-a", serial: int = 1, **extra) -> dict:
