@@ -46,7 +46,14 @@ class SecretRef(_Model):
 
 
 class RevisionBundle(_Model):
-    """Everything the router applies to a request served by one revision."""
+    """A revision's bundle: everything the router applies to a request that revision serves.
+
+    The plan's ``stable`` and ``candidate``. Where the request goes (url,
+    served model, token), what is added to it (system prompt, tools, cache
+    salt from the cache namespace) and what the answer is labelled with
+    (revision, prompt hash). "Bundle" means this and nothing else; the whole
+    revision (its parts) is what its ControllerRevision holds.
+    """
 
     revision: str = Field(..., min_length=1)
     url: str = Field(..., pattern=r"^https?://", description="Base URL of the revision's OpenAI server, without /v1.")
@@ -113,7 +120,7 @@ def build_traffic_plan_configmap(stack: dict[str, Any], plan_json: str) -> dict[
 def revision_bundle(
     meta: dict[str, Any], spec: InferenceStackSpec, rev: str, parts: dict[str, Any], config: OperatorConfig
 ) -> RevisionBundle:
-    """The router's view of one revision, from the parts its ControllerRevision holds."""
+    """A revision's bundle, from the parts its ControllerRevision holds."""
     ns, name = meta["namespace"], meta["name"]
     model = parts["model"]
     endpoint = model.get("endpoint")
