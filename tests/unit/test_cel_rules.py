@@ -77,6 +77,9 @@ PLACES = {
     "PrometheusQuery": ".spec.gates[].prometheus",
     "Gate": ".spec.gates[]",
     "TrafficSpec": ".spec.traffic",
+    "SliceSpec": ".spec.evaluation.slices",
+    "RuleCheck": ".spec.evaluation.evaluators[].rule",
+    "EvaluationSpec": ".spec.evaluation",
     "InferenceStackSpec": ".spec",
 }
 

@@ -212,6 +212,7 @@ def test_status_gate_table_has_value_baseline_threshold_samples_and_failures_per
         "VERDICT",
         "VALUE",
         "BASELINE",
+        "DIFFERENCE",
         "THRESHOLD",
         "SAMPLES",
         "FAILURES",
@@ -506,3 +507,16 @@ def test_api_errors_read_as_one_line():
     assert "not found in namespace 'x'" in istack.api_error(E(), args)
     E.status, E.reason = 403, "Forbidden"
     assert "forbidden" in istack.api_error(E(), args)
+
+
+def test_an_evaluator_gate_shows_both_arms_and_the_interval_on_the_difference():
+    status = {
+        "gates": [
+            {"gate": "quality", "slice": "billing", "verdict": "Fail", "value": 0.82, "baseline": 0.9, "threshold": "\u0394 > -0.05",
+             "samples": 120.4, "baselineSamples": 340.0, "delta": -0.08, "deltaLower": -0.13, "deltaUpper": -0.03,
+             "message": "billing  \u0394 \u22120.08 [\u22120.13, \u22120.03]  FAIL"},
+        ],
+        "rollout": {"failures": {"quality/billing": 1}},
+    }  # fmt: skip
+    row = fmt.gates_table(status).splitlines()[1]
+    assert "-0.080 [-0.130, -0.030]" in row and " 120/340 " in row and "Fail" in row

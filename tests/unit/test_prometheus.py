@@ -142,3 +142,24 @@ async def test_client_unreachable_becomes_query_error() -> None:
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(QueryError, match="prometheus query failed"):
         await PrometheusClient(url, timeout=0.5).instant("up")
+
+
+EVALUATION = {"slices": {"values": ["billing", "general"]}, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}}}]}
+EVAL_GATE = {"name": "quality", "evaluator": "no-refusal", "margin": 0.05, "minSamples": 30}
+
+
+async def test_analyse_runs_prometheus_and_evaluator_gates_in_spec_order() -> None:
+    latency = {"name": "latency", "prometheus": {"query": 'max(lat{revision="{{revision}}"})'}, "threshold": {"max": 2}}
+    sp = InferenceStackSpec.model_validate({**spec(latency).model_dump(by_alias=True, exclude_none=True), "evaluation": EVALUATION, "gates": [latency, EVAL_GATE]})
+    fake = FakePrometheus(
+        {
+            'revision="cand",evaluator="no-refusal",slice=~"billing"': vector("40"),  # n, S and Q all answer 40...
+            "lat{": vector("0.5"),
+            'revision="stab"': vector("1200"),
+            'revision="cand"': vector("400"),
+        }
+    )
+    verdicts = await analyse(sp, "bot", "ns", "stab", "cand", fake)
+    assert [(v.gate, v.slice) for v in verdicts] == [("latency", ""), ("quality", "billing"), ("quality", "general"), ("quality", "")]
+    assert verdicts[0].verdict == Verdict.PASS
+    assert all(v.delta is not None for v in verdicts[1:])

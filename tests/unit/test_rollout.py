@@ -817,3 +817,17 @@ def test_status_fits_the_crd_schema() -> None:
     for d in simulate(SPEC, persist=True):
         status = desired_status({}, d.state, look(SPEC, d, C, now), generation=1, cache_namespace="c", now=now)
         InferenceStackStatus.model_validate(status)  # extra="forbid": an unknown key fails here
+
+
+def test_editing_gates_restarts_the_step_analysis_and_makes_no_new_revision() -> None:
+    first = decide(SPEC, CANARY5, obs(), T0 + MIN)
+    judged = first.state
+    assert judged.judged_by and judged.step_started_at == CANARY5.step_started_at  # recorded, nothing restarted
+    stricter = make_spec(gates=[{**GATE, "compare": {"maxRelativeDrop": 0.01}}])
+    later = T0 + 2 * MIN
+    d = decide(stricter, replace(judged, failures={"quality": 1}), obs(), later)
+    assert [e.reason for e in d.events] == ["AnalysisRestarted"]
+    assert d.state.step_started_at == later and d.state.failures == {} and d.state.verdicts == ()
+    assert d.state.candidate == C and step_label(STEPS_OF, d.state) == "canary 5%"
+    again = decide(stricter, d.state, obs(), later + MIN)
+    assert not [e for e in again.events if e.reason == "AnalysisRestarted"]

@@ -456,6 +456,159 @@ class RolloutSpec(Model):
     )
 
 
+# ---------------------------------------------------------------- evaluation
+
+SLICE_PATTERN = r"^[a-zA-Z0-9_.-]{1,63}$"
+OTHER_SLICE = "other"  # every request whose slice header is missing or not declared
+# The router's markers before evaluation was declared; the default of `refusal`.
+DEFAULT_REFUSAL_MARKERS = (
+    "i can't help",
+    "i cannot help",
+    "i cannot",
+    "i can't assist",
+    "i'm sorry, but",
+    "i am sorry, but",
+    "i'm unable to",
+    "i am unable to",
+    "as an ai language model",
+)
+
+
+def _re2_error(pattern: str) -> str | None:
+    """Why RE2 refuses ``pattern``, or None. RE2 (linear time) because the router runs it on every answer."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        re2.compile(pattern, options=options)
+    except re2.error as e:
+        return str(e.args[0].decode() if isinstance(e.args[0], bytes) else e)
+    return None
+
+
+def _schema_error(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a JSON Schema the router can compile, or None."""
+    import jsonschema_rs
+
+    try:
+        jsonschema_rs.validator_for(schema)
+    except (jsonschema_rs.ValidationError, ValueError) as e:
+        return " ".join(str(e).split())[:200]
+    return None
+
+
+class SliceSpec(Model):
+    """How the router assigns each request a slice: one declared value, or ``other``.
+
+    The label values of every per-slice metric come from this list alone, so a
+    client can neither create series nor push a real slice into ``other``.
+    """
+
+    header: str = Field("x-inferstack-slice", max_length=64, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    values: list[Annotated[str, Field(max_length=63, pattern=SLICE_PATTERN)]] = Field(
+        ..., min_length=1, max_length=32, description="Declared slices; anything else is 'other'."
+    )
+
+    cel_rules = (
+        Rule(
+            "self.values.all(v, self.values.exists_one(w, w == v))",
+            "spec.evaluation.slices.values must not repeat a slice; remove the duplicate",
+            lambda s: len(set(s.values)) == len(s.values),
+            field_path=".values",
+        ),
+        Rule(
+            f"!self.values.exists(v, v == '{OTHER_SLICE}')",
+            f"spec.evaluation.slices.values must not declare '{OTHER_SLICE}': it is every request that matches no declared slice",
+            lambda s: OTHER_SLICE not in s.values,
+            field_path=".values",
+        ),
+    )
+
+
+class RefusalCheck(Model):
+    markers: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_MARKERS),
+        max_length=64,
+        description="Lower-case substrings that make an answer a refusal (typographic apostrophes are folded).",
+    )
+
+
+class JsonCheck(Model):
+    """Passes when the answer is JSON (a Markdown fence around it is allowed). Scores only
+    answers to requests that asked for JSON (``response_format``)."""
+
+
+class RuleCheck(Model):
+    """One deterministic check the router runs on every answer it sees (client-facing and shadow).
+
+    Each answer scores 1 (pass) or 0 (fail); a check that does not apply to an
+    answer (``json`` when no JSON was asked for, ``toolArguments`` without a
+    tool call) gives no sample.
+    """
+
+    refusal: RefusalCheck | None = Field(None, description="Passes when the answer is not a refusal.")
+    json_: JsonCheck | None = Field(None, alias="json")
+    json_schema: FreeForm | None = Field(None, description="Passes when the answer is JSON valid against this JSON Schema.")
+    tool_arguments: JsonCheck | None = Field(
+        None, description="Passes when every tool call's arguments are valid against the stack's own tool schema."
+    )
+    must_match: str | None = Field(None, min_length=1, max_length=1024, description="RE2 pattern the answer must contain.")
+    must_not_match: str | None = Field(None, min_length=1, max_length=1024, description="RE2 pattern the answer must not contain.")
+    max_length: int | None = Field(None, ge=1, le=1_000_000, description="Most characters an answer may have.")
+
+    cel_rules = (
+        Rule(
+            "[has(self.refusal), has(self.json), has(self.jsonSchema), has(self.toolArguments), has(self.mustMatch), "
+            "has(self.mustNotMatch), has(self.maxLength)].filter(x, x).size() == 1",
+            "spec.evaluation.evaluators[].rule needs exactly one of refusal, json, jsonSchema, toolArguments, "
+            "mustMatch, mustNotMatch, maxLength",
+            lambda r: sum(v is not None for v in (r.refusal, r.json_, r.json_schema, r.tool_arguments, r.must_match, r.must_not_match, r.max_length)) == 1,
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _compiles(self) -> Self:
+        # What CEL cannot check: the router compiles these, so a pattern RE2
+        # refuses or a schema that is not one makes the stack InvalidSpec.
+        for name, pattern in (("mustMatch", self.must_match), ("mustNotMatch", self.must_not_match)):
+            if pattern is not None and (err := _re2_error(pattern)):
+                raise ValueError(f"spec.evaluation.evaluators[].rule.{name} is not an RE2 pattern: {err}")
+        if self.json_schema is not None and (err := _schema_error(self.json_schema.model_dump())):
+            raise ValueError(f"spec.evaluation.evaluators[].rule.jsonSchema is not a JSON Schema: {err}")
+        return self
+
+
+class Evaluator(Model):
+    name: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=63)
+    rule: RuleCheck
+
+
+class EvaluationSpec(Model):
+    """What the stack is judged on; outside the revision: editing it makes no new revision."""
+
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        le=0.5,
+        description="Chance, per rollout, that an identical candidate fails an evaluator gate, however often it is looked at.",
+    )
+    slices: SliceSpec | None = None
+    evaluators: list[Evaluator] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    cel_rules = (
+        Rule(
+            None,  # the list-type map makes the API server refuse a repeated name
+            "spec.evaluation.evaluators names must be unique",
+            lambda e: len({v.name for v in e.evaluators}) == len(e.evaluators),
+        ),
+    )
+
+
 # --------------------------------------------------------------------- gates
 
 
@@ -541,10 +694,21 @@ class GateKind(StrEnum):
 
 
 class Gate(Model):
+    """One rollout gate: a raw PromQL query (``prometheus``) or a declared ``evaluator``.
+
+    An evaluator gate compares the candidate's mean score with the stable
+    revision's on the same slices, with an anytime-valid confidence sequence
+    and a non-inferiority ``margin``; the operator writes its queries.
+    """
+
     name: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=63)
     kind: GateKind = GateKind.QUALITY
-    prometheus: PrometheusQuery
-    slices: list[Annotated[str, Field(max_length=63, pattern=r"^[a-zA-Z0-9_.-]{1,63}$")]] = Field(default_factory=list, max_length=64)
+    prometheus: PrometheusQuery | None = None
+    evaluator: str | None = Field(None, pattern=DNS_LABEL_PATTERN, max_length=63, description="A spec.evaluation.evaluators name.")
+    margin: float | None = Field(
+        None, ge=0, le=1, description="Evaluator gates: the largest drop of the candidate's mean score (0..1) still acceptable."
+    )
+    slices: list[Annotated[str, Field(max_length=63, pattern=SLICE_PATTERN)]] = Field(default_factory=list, max_length=64)
     threshold: Threshold | None = None
     compare: Compare | None = None
     min_samples: int = Field(0, ge=0, le=100_000_000)
@@ -553,9 +717,26 @@ class Gate(Model):
 
     cel_rules = (
         Rule(
-            "has(self.threshold) != has(self.compare)",
+            "has(self.prometheus) != has(self.evaluator)",
+            "each gate needs exactly one of prometheus (a PromQL query) or evaluator (a spec.evaluation.evaluators name)",
+            lambda g: (g.prometheus is None) != (g.evaluator is None),
+        ),
+        Rule(
+            "!has(self.prometheus) || has(self.threshold) != has(self.compare)",
             "each gate needs exactly one of threshold (absolute) or compare (relative to the stable revision)",
-            lambda g: (g.threshold is None) != (g.compare is None),
+            lambda g: g.prometheus is None or (g.threshold is None) != (g.compare is None),
+        ),
+        Rule(
+            "!has(self.evaluator) || (has(self.margin) && !has(self.threshold) && !has(self.compare))",
+            "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable), "
+            "not threshold or compare",
+            lambda g: g.evaluator is None or (g.margin is not None and g.threshold is None and g.compare is None),
+        ),
+        Rule(
+            "!has(self.margin) || has(self.evaluator)",
+            "spec.gates[].margin is for evaluator gates; a prometheus gate uses threshold or compare",
+            lambda g: g.margin is None or g.evaluator is not None,
+            field_path=".margin",
         ),
         Rule(
             "self.slices.all(s, self.slices.exists_one(t, t == s))",
@@ -564,25 +745,25 @@ class Gate(Model):
             field_path=".slices",
         ),
         Rule(
-            "self.minSamples == 0 || has(self.prometheus.samplesQuery)",
+            "self.minSamples == 0 || !has(self.prometheus) || has(self.prometheus.samplesQuery)",
             "spec.gates[].minSamples needs prometheus.samplesQuery to count the samples: without it the gate "
             "is Inconclusive forever; add samplesQuery or remove minSamples",
-            lambda g: g.min_samples == 0 or g.prometheus.samples_query is not None,
+            lambda g: g.min_samples == 0 or g.prometheus is None or g.prometheus.samples_query is not None,
             field_path=".minSamples",
         ),
         Rule(
-            f"!has(self.compare) || self.prometheus.query.matches({cel_string(RE2.revision)})",
+            f"!has(self.compare) || !has(self.prometheus) || self.prometheus.query.matches({cel_string(RE2.revision)})",
             "spec.gates[].prometheus.query of a compare gate must select the measured revision with "
             '{{revision}} (e.g. revision="{{revision}}"): without it the candidate and the baseline are the '
             "same query and always equal",
-            lambda g: g.compare is None or matches(g.prometheus.query, PY.revision),
+            lambda g: g.compare is None or g.prometheus is None or matches(g.prometheus.query, PY.revision),
             field_path=".prometheus.query",
         ),
         Rule(
-            f"size(self.slices) == 0 || self.prometheus.query.matches({cel_string(RE2.slice)})",
+            f"size(self.slices) == 0 || !has(self.prometheus) || self.prometheus.query.matches({cel_string(RE2.slice)})",
             'spec.gates[].slices needs {{slice}} in prometheus.query (e.g. slice=~"{{slice}}"): without it '
             "every slice is judged on all traffic; add it or remove slices",
-            lambda g: not g.slices or matches(g.prometheus.query, PY.slice),
+            lambda g: not g.slices or g.prometheus is None or matches(g.prometheus.query, PY.slice),
             field_path=".slices",
         ),
     )
@@ -648,8 +829,26 @@ class InferenceStackSpec(Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
     cel_rules = (
+        Rule(
+            "self.gates.all(g, !has(g.evaluator) || self.evaluation.evaluators.exists(e, e.name == g.evaluator))",
+            "spec.gates[].evaluator must name one of spec.evaluation.evaluators",
+            lambda s: all(g.evaluator is None or g.evaluator in {e.name for e in s.evaluation.evaluators} for g in s.gates),
+            field_path=".gates",
+        ),
+        Rule(
+            "self.gates.all(g, !has(g.evaluator) || size(g.slices) == 0 || "
+            "(has(self.evaluation.slices) && g.slices.all(x, x in self.evaluation.slices.values)))",
+            "spec.gates[].slices of an evaluator gate must be declared in spec.evaluation.slices.values "
+            "(or left empty: every declared slice)",
+            lambda s: all(
+                g.evaluator is None or not g.slices or (s.evaluation.slices is not None and set(g.slices) <= set(s.evaluation.slices.values))
+                for g in s.gates
+            ),
+            field_path=".gates",
+        ),
         Rule(
             "!has(self.model.endpoint) || self.traffic.provider != 'GatewayAPI'",
             "spec.traffic.provider GatewayAPI cannot serve spec.model.endpoint: the HTTPRoute would point at "
@@ -699,10 +898,14 @@ class GateResult(Model):
     gate: str
     slice: str = ""
     verdict: str  # Pass | Fail | Inconclusive
-    value: float | None = None
-    baseline: float | None = None
+    value: float | None = Field(None, description="The candidate's value (an evaluator gate: its mean score).")
+    baseline: float | None = Field(None, description="The stable revision's value (an evaluator gate: its mean score).")
     threshold: str = ""
-    samples: float | None = None
+    samples: float | None = Field(None, description="The candidate's sample count.")
+    baseline_samples: float | None = Field(None, description="Evaluator gates: the stable revision's sample count.")
+    delta: float | None = Field(None, description="Evaluator gates: candidate minus stable mean score.")
+    delta_lower: float | None = Field(None, description="Evaluator gates: the anytime-valid interval on delta, lower bound.")
+    delta_upper: float | None = Field(None, description="Evaluator gates: the anytime-valid interval on delta, upper bound.")
     message: str = ""
 
 
@@ -728,6 +931,7 @@ class RolloutStatus(Model):
     rollback_reason: str = ""
     scale_down_at: dict[str, str] = Field(default_factory=dict, description="Old revisions kept warm until then.")
     last_command: str | None = Field(None, description="Last handled inferstack.dev/command#command-id.")
+    judged_by: str = Field("", description="Hash of the gates and evaluation the current step is judged by.")
 
 
 class InferenceStackStatus(Model):

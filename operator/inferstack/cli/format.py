@@ -111,6 +111,20 @@ def gate_summary(status: Mapping[str, Any]) -> str:
     return text
 
 
+def difference(g: Mapping[str, Any]) -> str:
+    """An evaluator gate's candidate minus stable and its anytime-valid interval: ``-0.08 [-0.13, -0.03]``."""
+    if g.get("delta") is None:
+        return NONE
+    return f"{g['delta']:+.3f} [{g.get('deltaLower', float('-inf')):+.3f}, {g.get('deltaUpper', float('inf')):+.3f}]"
+
+
+def samples(g: Mapping[str, Any]) -> str:
+    """Candidate samples, and the stable revision's after a slash for an evaluator gate."""
+    if g.get("baselineSamples") is None:
+        return number(g.get("samples"))
+    return f"{number(round(g.get('samples') or 0))}/{number(round(g['baselineSamples']))}"
+
+
 def gates_table(status: Mapping[str, Any]) -> str:
     failures = (status.get("rollout") or {}).get("failures") or {}
     rows = []
@@ -123,15 +137,16 @@ def gates_table(status: Mapping[str, Any]) -> str:
                 g.get("verdict"),
                 number(g.get("value")),
                 number(g.get("baseline")),
+                difference(g),
                 g.get("threshold"),
-                number(g.get("samples")),
+                samples(g),
                 failures.get(key, 0),
                 g.get("message"),
             ]
         )
     if not rows:
         return "  (no analysis yet)"
-    headers = ["GATE", "SLICE", "VERDICT", "VALUE", "BASELINE", "THRESHOLD", "SAMPLES", "FAILURES", "MESSAGE"]
+    headers = ["GATE", "SLICE", "VERDICT", "VALUE", "BASELINE", "DIFFERENCE", "THRESHOLD", "SAMPLES", "FAILURES", "MESSAGE"]
     return _indent(table(headers, rows))
 
 

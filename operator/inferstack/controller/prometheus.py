@@ -20,6 +20,7 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.core import evaluation
 from inferstack.core.gates import GateVerdict, Measurement, evaluate_gates, evaluations
 from inferstack.core.promql import ResultError, TemplateError, default_window, gate_queries, single_value
 
@@ -117,7 +118,8 @@ async def analyse(
     measurements: dict[tuple[str, str], Measurement] = {}
     limit = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
     jobs = []
-    for gate in spec.gates:
+    prometheus_gates = [g for g in spec.gates if g.prometheus is not None]
+    for gate in prometheus_gates:
         try:
             queries = gate_queries(
                 gate,
@@ -134,6 +136,26 @@ async def analyse(
             continue
         for q in queries:
             jobs.append(((q.gate, q.slice), _measure(client, limit, at, q.value, q.baseline, q.samples)))
-    results = await asyncio.gather(*(job for _, job in jobs))
+    # Evaluator gates: the operator writes the queries (core/evaluation.py).
+    eval_queries = evaluation.evaluator_queries(
+        spec, stack=stack, namespace=namespace, candidate=candidate_rev, stable=stable_rev, window=window
+    )
+    texts = evaluation.all_queries(eval_queries)
+    results, answers = await asyncio.gather(
+        asyncio.gather(*(job for _, job in jobs)),
+        asyncio.gather(*(_answer(client, limit, at, q) for q in texts)),
+    )
     measurements.update(zip((key for key, _ in jobs), results, strict=True))
-    return evaluate_gates(spec.gates, measurements)
+    verdicts = evaluate_gates(prometheus_gates, measurements)
+    verdicts += evaluation.evaluate(spec, eval_queries, dict(zip(texts, answers, strict=True)))
+    order = {g.name: i for i, g in enumerate(spec.gates)}
+    return sorted(verdicts, key=lambda v: order[v.gate])  # spec order; stable within a gate
+
+
+async def _answer(client: InstantQuery, limit: asyncio.Semaphore, at: datetime | None, query: str) -> float | str | None:
+    """One number, None when there is no series, or the error as text (evaluation.evaluate's shape)."""
+    try:
+        async with limit:
+            return await _number(client, query, at)
+    except QueryError as exc:
+        return str(exc)

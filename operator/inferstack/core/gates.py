@@ -57,6 +57,12 @@ class GateVerdict:
     threshold: str = ""
     samples: float | None = None
     message: str = ""
+    # Evaluator gates (core/evaluation.py): the stable arm's count, and the
+    # difference of means with its anytime-valid interval.
+    baseline_samples: float | None = None
+    delta: float | None = None
+    delta_lower: float | None = None
+    delta_upper: float | None = None
 
     @property
     def key(self) -> str:
@@ -77,15 +83,20 @@ class GateVerdict:
             baseline=self.baseline,
             threshold=self.threshold,
             samples=self.samples,
+            baseline_samples=self.baseline_samples,
+            delta=self.delta,
+            delta_lower=self.delta_lower,
+            delta_upper=self.delta_upper,
             message=self.message,
-        ).model_dump(by_alias=True)
+        ).model_dump(by_alias=True, exclude_none=True)
 
     @classmethod
     def from_status(cls, data: Mapping[str, Any]) -> GateVerdict:
         r = GateResult.model_validate(data)
         return cls(
-            r.gate, r.slice, Verdict(r.verdict), r.value, r.baseline, r.threshold, r.samples, r.message
-        )
+            r.gate, r.slice, Verdict(r.verdict), r.value, r.baseline, r.threshold, r.samples, r.message,
+            r.baseline_samples, r.delta, r.delta_lower, r.delta_upper,
+        )  # fmt: skip
 
 
 def failure_key(gate: str, slice_: str) -> str:

@@ -130,8 +130,11 @@ def gate_queries(
 
     The value query is rendered with ``revision`` = candidate; a compare gate
     renders the same template again with ``revision`` = stable for the
-    baseline; the samples query counts the candidate's samples.
+    baseline; the samples query counts the candidate's samples. Only for a
+    ``prometheus`` gate (an evaluator gate's queries are core/evaluation.py's).
     """
+    prometheus = gate.prometheus
+    assert prometheus is not None, f"gate {gate.name} has no prometheus query"
     out = []
     for slice_ in evaluations(gate):
 
@@ -146,13 +149,13 @@ def gate_queries(
                 window=window,
             )
 
-        samples = gate.prometheus.samples_query
+        samples = prometheus.samples_query
         out.append(
             GateQueries(
                 gate=gate.name,
                 slice=slice_,
-                value=fill(gate.prometheus.query, candidate),
-                baseline=fill(gate.prometheus.query, stable) if gate.compare is not None else None,
+                value=fill(prometheus.query, candidate),
+                baseline=fill(prometheus.query, stable) if gate.compare is not None else None,
                 samples=fill(samples, candidate) if samples else None,
             )
         )
@@ -195,6 +198,8 @@ def query_errors(gates: Sequence[Gate]) -> list[str]:
     """
     errors = []
     for gate in gates:
+        if gate.prometheus is None:
+            continue  # an evaluator gate: the operator writes its queries
         templates = [("query", gate.prometheus.query)]
         if gate.prometheus.samples_query:
             templates.append(("samplesQuery", gate.prometheus.samples_query))

@@ -36,6 +36,8 @@ Rules that keep this honest:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -139,6 +141,7 @@ class RolloutState:
     rollback_reason: str = ""
     scale_down_at: Mapping[str, datetime] = field(default_factory=dict)  # warm old revisions
     last_command: str | None = None
+    judged_by: str = ""  # hash of the gates and evaluation the current step is judged by
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> RolloutState:
@@ -163,6 +166,7 @@ class RolloutState:
             rollback_reason=r.get("rollbackReason", ""),
             scale_down_at={k: t for k, v in (r.get("scaleDownAt") or {}).items() if (t := _time(v))},
             last_command=r.get("lastCommand"),
+            judged_by=r.get("judgedBy", ""),
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -189,6 +193,7 @@ class RolloutState:
                 "rollbackReason": self.rollback_reason,
                 "scaleDownAt": {k: _iso(v) for k, v in sorted(self.scale_down_at.items())},
                 "lastCommand": self.last_command,
+                "judgedBy": self.judged_by,
             },
         }
 
@@ -276,6 +281,14 @@ class Decision:
     def scale_down_at(self) -> Mapping[str, datetime]:
         """Revisions that are neither stable nor candidate but stay scaled up until then."""
         return self.state.scale_down_at
+
+
+def judging_hash(spec: InferenceStackSpec) -> str:
+    """A short hash of what judges a step: the gates and the evaluation (not part of the revision)."""
+    doc = json.dumps(
+        [spec.model_dump(mode="json", by_alias=True, include={"gates", "evaluation"})], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
 # -------------------------------------------------------------- step helpers
@@ -568,6 +581,22 @@ class _Run:
             self.skipped = True
             self.promote(f"undo to warm revision {target}")
 
+    def follow_judging(self) -> None:
+        """A step judged by other gates or evaluators than it began with starts its analysis again.
+
+        Gates and evaluation are not part of the revision (editing them makes
+        no new revision), but the evidence gathered under the old rules (their
+        alpha, margins, slices) cannot be carried over to the new ones.
+        """
+        judged_by = judging_hash(self.spec)
+        s = self.s
+        if s.judged_by == judged_by:
+            return
+        if s.candidate is not None and s.step_started_at is not None and s.judged_by:
+            self.s = replace(s, step_started_at=self.now, failures={}, last_analysis_at=None, last_analysis_from=None, verdicts=())
+            self.event("AnalysisRestarted", f"revision {s.candidate}: gates or evaluation changed; the step's analysis starts again")
+        self.s = replace(self.s, judged_by=judged_by)
+
     def follow_spec(self) -> None:
         """Start, supersede or cancel a rollout according to the revision the spec asks for."""
         wanted = self.obs.revision
@@ -714,6 +743,7 @@ def decide(
     ``analysis_window``), which is also when a step's first analysis is due.
     """
     run = _Run(spec, _normalise(spec, state, now), obs, now, min_window)
+    run.follow_judging()
     if run.s.stable is None:
         # First deploy: nothing to roll out from; the revision is stable once Ready.
         if obs.revision in obs.ready:

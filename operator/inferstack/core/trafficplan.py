@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.api.v1alpha1 import Evaluator, InferenceStackSpec
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.durations import parse_duration
@@ -76,6 +76,18 @@ class Stickiness(_Model):
     fallback_to_api_key: bool = True
 
 
+class EvaluationPlan(_Model):
+    """The stack's declared slices and evaluators, as every router replica applies them.
+
+    ``slices`` empty: the stack declares none, and the router's own
+    ``--slices`` allowlist labels its requests.
+    """
+
+    slice_header: str = "x-inferstack-slice"
+    slices: tuple[str, ...] = ()
+    evaluators: tuple[Evaluator, ...] = ()
+
+
 class TrafficPlan(_Model):
     """Weights are percents of users; shadow is a percent of requests."""
 
@@ -89,6 +101,7 @@ class TrafficPlan(_Model):
     stickiness: Stickiness = Field(default_factory=Stickiness)
     tenant_header: str = "x-tenant-id"
     response_cache: ResponseCachePlan = Field(default_factory=ResponseCachePlan)
+    evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
 
     @model_validator(mode="after")
     def _candidate_needed(self) -> TrafficPlan:
@@ -154,7 +167,7 @@ def traffic_plan(
     shadow_percent: int = 0,
     serial: int = 0,
 ) -> TrafficPlan:
-    rc = spec.cache.response_cache
+    rc, ev = spec.cache.response_cache, spec.evaluation
     return TrafficPlan(
         stack=meta["name"],
         namespace=meta["namespace"],
@@ -165,6 +178,11 @@ def traffic_plan(
         shadow_percent=shadow_percent if candidate else 0,
         stickiness=Stickiness(header=spec.rollout.stickiness.header, fallback_to_api_key=spec.rollout.stickiness.fallback_to_api_key),
         tenant_header=spec.cache.tenant_header,
+        evaluation=EvaluationPlan(
+            slice_header=ev.slices.header if ev.slices else "x-inferstack-slice",
+            slices=tuple(ev.slices.values) if ev.slices else (),
+            evaluators=tuple(ev.evaluators),
+        ),
         response_cache=ResponseCachePlan(
             enabled=rc.enabled, ttl_seconds=parse_duration(rc.ttl).total_seconds(), max_entries=rc.max_entries
         ),

@@ -13,12 +13,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inferstack.api.v1alpha1 import OTHER_SLICE
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
 from inferstack.router import proxy
 from inferstack.router.assignment import Role, choose
 from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
 from inferstack.router.cache import ResponseCache, cache_key, cacheable
 from inferstack.router.errors import UpstreamError, classify, error_response
+from inferstack.router.evaluators import Evaluators
 from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
 from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, UnknownModel
 from inferstack.router.settings import RouterSettings
@@ -35,6 +37,9 @@ class Router:
         self.slices = SliceLabels(settings.slices)
         self.shadow = ShadowMirror(settings.shadow_queue_limit, metrics)
         self.caches: dict[str, ResponseCache] = {}
+        # Per stack: the plan's declared slices, and its evaluators compiled per revision.
+        self.declared: dict[str, tuple[str, frozenset[str]]] = {}
+        self.evaluators: dict[str, dict[str, Evaluators]] = {}
         self.session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -53,9 +58,19 @@ class Router:
         namespace, _, stack = key.partition("/")
         if plan is None:
             self.caches.pop(key, None)
+            self.declared.pop(key, None)
+            self.evaluators.pop(key, None)
             self.metrics.plan_serial.remove(namespace, stack)
             return
         self.metrics.plan_serial.labels(namespace, stack).set(plan.serial)
+        ev = plan.evaluation
+        if ev.slices:
+            self.declared[key] = (ev.slice_header, frozenset(ev.slices))
+        else:
+            self.declared.pop(key, None)
+        # Compiled once per plan, not per answer; a revision's tool schemas are its own.
+        bundles = [b for b in (plan.stable, plan.candidate) if b is not None]
+        self.evaluators[key] = {b.revision: Evaluators.compile(ev.evaluators, b.tools) for b in bundles}
         cache = self.caches.get(key)
         if not plan.response_cache.enabled:
             self.caches.pop(key, None)
@@ -120,10 +135,22 @@ class Router:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         route = choose(plan, request.headers, request_id)
         tenant = request.headers.get(plan.tenant_header, "").strip() or DEFAULT_TENANT
-        slice_ = self.slices.label(request.headers.get(self.settings.slice_header))
+        slice_ = self._slice(plan, request.headers)
         if route.shadow is not None:
             self._mirror(plan, route.shadow, path, body, tenant, slice_, request_id, chat=chat)
         return await self._serve(request, plan, route.role, route.bundle, path, body, tenant, slice_, request_id, chat=chat)
+
+    def _slice(self, plan: TrafficPlan, headers: Any) -> str:
+        """The request's slice: a value the stack declares, else ``other``; nothing a client sends adds a label."""
+        declared = self.declared.get(plan.key)
+        if declared is None:
+            return self.slices.label(headers.get(self.settings.slice_header))
+        header, values = declared
+        value = (headers.get(header) or "").strip()
+        return value if value in values else OTHER_SLICE
+
+    def _evaluators(self, plan: TrafficPlan, revision: str) -> Evaluators | None:
+        return self.evaluators.get(plan.key, {}).get(revision)
 
     def _mirror(
         self, plan: TrafficPlan, bundle: RevisionBundle, path: str, body: dict[str, Any],
@@ -137,6 +164,7 @@ class Router:
             request_id=request_id,
             timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
             max_response_bytes=self.settings.max_response_bytes,
+            evaluators=self._evaluators(plan, bundle.revision),
         )
         self.shadow.submit(plan.namespace, plan.stack, coro)
 
@@ -184,7 +212,7 @@ class Router:
         # the answer was not read to the end, which makes vLLM abort the generation.
         try:
             if stream and response.status == 200:
-                return await self._stream(request, response, labels, headers, body, started)
+                return await self._stream(request, response, labels, headers, body, started, plan)
             return await self._whole(response, labels, headers, body, started, cache, key, plan)
         except UpstreamError as err:
             self.metrics.record_error(labels, err.kind)
@@ -203,14 +231,14 @@ class Router:
             self.metrics.record_error(labels, f"upstream_{response.status // 100}xx")
             return web.Response(body=data, status=response.status, headers={**headers, "Content-Type": content_type})
         answer = proxy.parse_answer(data)
-        self._record(labels, body, answer, started, ttft=None)
+        self._record(plan, labels, body, answer, started, ttft=None)
         if cache is not None:
             cache.put(key, data, content_type, plan.response_cache.ttl_seconds)
         return web.Response(body=data, headers={**headers, "Content-Type": content_type})
 
     async def _stream(
         self, request: web.Request, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str],
-        body: dict[str, Any], started: float,
+        body: dict[str, Any], started: float, plan: TrafficPlan,
     ) -> web.StreamResponse:
         out = web.StreamResponse(
             headers={
@@ -245,11 +273,13 @@ class Router:
             self.metrics.record_error(labels, "client_disconnect")
             return out
         await out.write_eof()
-        self._record(labels, body, observer.finish(), started, ttft=ttft)
+        self._record(plan, labels, body, observer.finish(), started, ttft=ttft)
         return out
 
-    def _record(self, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float, ttft: float | None) -> None:
-        record_checked_answer(self.metrics, labels, body, answer, started, ttft)
+    def _record(
+        self, plan: TrafficPlan, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float, ttft: float | None
+    ) -> None:
+        record_checked_answer(self.metrics, labels, body, answer, started, ttft, self._evaluators(plan, labels.revision))
 
 
 ROUTER: web.AppKey[Router] = web.AppKey("router", Router)

@@ -80,6 +80,12 @@ class RouterMetrics:
         self.quality = Histogram(
             "inferstack_router_quality_score", "Per-answer eval score in 0..1.", LABELS, registry=r, buckets=(0.0, 0.25, 0.5, 0.75, 1.0)
         )
+        # The one shape of every evaluator's samples: count, sum, sum of squares,
+        # from which a gate gets both arms' means and variances (core/sequential.py).
+        eval_labels = (*LABELS, "evaluator")
+        self.eval_samples = Counter("inferstack_eval_samples", "Evaluator samples (answers scored).", eval_labels, registry=r)
+        self.eval_sum = Counter("inferstack_eval_score_sum", "Sum of evaluator scores.", eval_labels, registry=r)
+        self.eval_squares = Counter("inferstack_eval_score_squares_sum", "Sum of squared evaluator scores.", eval_labels, registry=r)
         self.shadow_dropped = Counter(
             "inferstack_router_shadow_dropped", "Mirrors dropped because the shadow queue was full.", ("namespace", "stack"), registry=r
         )
@@ -119,6 +125,14 @@ class RouterMetrics:
             # ever fails must give a pass rate of 0 in PromQL, not "no data".
             self.checks.labels(*labels, check, "fail" if passed else "pass")
         self.quality.labels(*labels).observe(score)
+
+    def record_samples(self, labels: Labels, samples: dict[str, float]) -> None:
+        """One answer's evaluator samples (name -> score); evaluators that did not apply are absent."""
+        for evaluator, score in samples.items():
+            key = (*labels, evaluator)
+            self.eval_samples.labels(*key).inc()
+            self.eval_sum.labels(*key).inc(score)
+            self.eval_squares.labels(*key).inc(score * score)
 
     def record_error(self, labels: Labels, kind: str) -> None:
         self.errors.labels(*labels, kind).inc()

@@ -13,10 +13,28 @@ from typing import Any
 import aiohttp
 
 from inferstack.core.trafficplan import RevisionBundle
-from inferstack.router.checks import MAX_CHECKED_CHARS
 from inferstack.router.errors import UpstreamError, classify
+from inferstack.router.evaluators import MAX_CHECKED_CHARS
 
 _MAX_SSE_LINE = 1024 * 1024  # a longer line is not parsed (and the answer is marked truncated)
+MAX_TOOL_CALLS = 16  # tool calls kept per answer for the evaluators; more mark the answer truncated
+
+
+@dataclass
+class ToolCallSeen:
+    """One tool call of an answer: its name and (a bounded prefix of) its JSON arguments."""
+
+    name: str = ""
+    arguments: str = ""
+    truncated: bool = False
+
+    def add(self, name: str | None, arguments: str | None) -> None:
+        if name:
+            self.name = (self.name + name)[:256]
+        if arguments:
+            room = MAX_CHECKED_CHARS - len(self.arguments)
+            self.arguments += arguments[: max(room, 0)]
+            self.truncated = self.truncated or len(arguments) > room
 
 
 @dataclass
@@ -25,8 +43,28 @@ class Answer:
 
     text: str = ""
     truncated: bool = False  # text is a prefix (or a line was too long to parse)
+    length: int = 0  # characters of the whole answer text, also past the kept prefix
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: list[ToolCallSeen] = field(default_factory=list)
+
+    def take_tool_calls(self, calls: object) -> None:
+        """Collect ``tool_calls`` of a message or of a stream's deltas (merged by their index)."""
+        if not isinstance(calls, list):
+            return
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index", position)
+            if not isinstance(index, int) or index < 0 or index >= MAX_TOOL_CALLS:
+                self.truncated = True
+                continue
+            while len(self.tool_calls) <= index:
+                self.tool_calls.append(ToolCallSeen())
+            fn = call.get("function") or {}
+            if isinstance(fn, dict):
+                name, arguments = fn.get("name"), fn.get("arguments")
+                self.tool_calls[index].add(name if isinstance(name, str) else None, arguments if isinstance(arguments, str) else None)
 
 
 def timeout_for(stream: bool, upstream_timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
@@ -112,6 +150,10 @@ def parse_answer(body: bytes) -> Answer:
         text = _choice_text(choices[0])
         answer.text = text[:MAX_CHECKED_CHARS]
         answer.truncated = len(text) > MAX_CHECKED_CHARS
+        answer.length = len(text)
+        message = choices[0].get("message")
+        if isinstance(message, dict):
+            answer.take_tool_calls(message.get("tool_calls"))
     return answer
 
 
@@ -152,10 +194,14 @@ class SSEObserver:
         for choice in event.get("choices") or []:
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 self._add_text(_choice_text(choice))
+                delta = choice.get("delta")
+                if isinstance(delta, dict) and "tool_calls" in delta:
+                    self.answer.take_tool_calls(delta["tool_calls"])
 
     def _add_text(self, text: str) -> None:
         if not text:
             return
+        self.answer.length += len(text)
         room = MAX_CHECKED_CHARS - self._chars
         if room <= 0:
             self.answer.truncated = True

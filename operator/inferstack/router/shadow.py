@@ -19,6 +19,7 @@ import aiohttp
 from inferstack.core.trafficplan import RevisionBundle
 from inferstack.router import checks, proxy
 from inferstack.router.errors import UpstreamError, classify
+from inferstack.router.evaluators import Evaluators
 from inferstack.router.metrics import Labels, RouterMetrics
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ async def mirror(
     request_id: str,
     timeout: aiohttp.ClientTimeout,
     max_response_bytes: int,
+    evaluators: Evaluators | None = None,
 ) -> None:
     """Send one mirrored request and record what came back under role="shadow"."""
     started = time.perf_counter()
@@ -103,13 +105,19 @@ async def mirror(
     except (aiohttp.ClientError, TimeoutError) as exc:
         metrics.record_error(labels, classify(exc).kind)
         return
-    record_checked_answer(metrics, labels, request_body, answer, started, ttft)
+    record_checked_answer(metrics, labels, request_body, answer, started, ttft, evaluators)
 
 
 def record_checked_answer(
-    metrics: RouterMetrics, labels: Labels, request_body: dict[str, Any], answer: proxy.Answer, started: float, ttft: float | None
+    metrics: RouterMetrics,
+    labels: Labels,
+    request_body: dict[str, Any],
+    answer: proxy.Answer,
+    started: float,
+    ttft: float | None,
+    evaluators: Evaluators | None = None,
 ) -> None:
-    """Run the online checks on one answer and record everything measured about it.
+    """Run the online checks and the stack's evaluators on one answer; record everything measured.
 
     The same for answers returned to clients and for mirrored ones, so a
     shadow step's verdicts are computed exactly like a canary's.
@@ -124,3 +132,5 @@ def record_checked_answer(
         checks=results,
         score=checks.quality_score(results),
     )
+    if evaluators is not None:
+        metrics.record_samples(labels, evaluators.score(request_body, answer))

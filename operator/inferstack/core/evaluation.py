@@ -1,0 +1,224 @@
+"""Evaluator gates: the queries the operator writes for them, and their verdicts.
+
+Every evaluator reports the same metric shape per stack, namespace,
+revision, slice and evaluator (see router/metrics.py): the number of samples
+n, their sum S and their sum of squares Q. From the two arms' (n, S, Q) over
+the step's window, ``core/sequential.py`` gives an anytime-valid confidence
+interval on the difference of means (candidate minus stable), which the gate
+judges against its non-inferiority ``margin``:
+
+* Pass: both arms have ``minSamples`` and the lower bound is above -margin;
+* Fail: the upper bound is below -margin (the candidate is worse by more than
+  the margin, with confidence 1 - alpha, however often the operator looks);
+* otherwise Inconclusive ("continue"): the step holds; it never promotes.
+
+``spec.evaluation.alpha`` is split (Bonferroni) over every sequence of the
+rollout: each (evaluator gate, slice) pair in each step window (a step, or a
+ramp increment, is judged on its own data, so it starts a new sequence). The
+rollback fires on the first Fail of any of them, so the chance that an
+identical candidate is rolled back stays at most alpha for the whole rollout.
+
+Pure: the queries are strings, their answers come back as numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final
+
+from inferstack.api.v1alpha1 import Gate, InferenceStackSpec
+from inferstack.core.durations import format_duration
+from inferstack.core.gates import AGGREGATE, GateVerdict, Verdict
+from inferstack.core.promql import escape_string, slice_pattern
+from inferstack.core.sequential import Counters, NonInferiority, SequentialVerdict, compare, split_alpha
+
+FULL: Final = 100
+
+# The one metric shape (prometheus_client adds _total to counters).
+SAMPLES: Final = "inferstack_eval_samples_total"
+SCORE_SUM: Final = "inferstack_eval_score_sum_total"
+SCORE_SQUARES: Final = "inferstack_eval_score_squares_sum_total"
+
+
+def evaluator_gates(spec: InferenceStackSpec) -> list[Gate]:
+    return [g for g in spec.gates if g.evaluator is not None]
+
+
+def gate_slices(gate: Gate, spec: InferenceStackSpec) -> list[str]:
+    """The slices an evaluator gate judges: its own list, else every declared slice; then the aggregate."""
+    declared = spec.evaluation.slices.values if spec.evaluation.slices is not None else []
+    return [*(gate.slices or declared), AGGREGATE]
+
+
+def evaluations(spec: InferenceStackSpec) -> int:
+    """How many (evaluator gate, slice) pairs share the stack's alpha."""
+    return sum(len(gate_slices(g, spec)) for g in evaluator_gates(spec))
+
+
+@dataclass(frozen=True)
+class ArmQueries:
+    """PromQL for one arm's n, S and Q over the window."""
+
+    samples: str
+    total: str
+    squares: str
+
+    def all(self) -> tuple[str, str, str]:
+        return self.samples, self.total, self.squares
+
+
+@dataclass(frozen=True)
+class EvaluatorQueries:
+    gate: str
+    slice: str
+    candidate: ArmQueries
+    stable: ArmQueries
+
+
+def arm_queries(
+    *, namespace: str, stack: str, revision: str, evaluator: str, slice_: str, window: timedelta
+) -> ArmQueries:
+    # All roles of the revision: a candidate's shadow answers and its client
+    # answers are both its samples; the stable revision's are client answers.
+    selector = (
+        f'namespace="{escape_string(namespace)}",stack="{escape_string(stack)}",'
+        f'revision="{escape_string(revision)}",evaluator="{escape_string(evaluator)}",'
+        f'slice=~"{slice_pattern(slice_)}"'
+    )
+    w = format_duration(window)
+
+    def q(metric: str) -> str:
+        return f"sum(increase({metric}{{{selector}}}[{w}]))"
+
+    return ArmQueries(q(SAMPLES), q(SCORE_SUM), q(SCORE_SQUARES))
+
+
+def evaluator_queries(
+    spec: InferenceStackSpec,
+    *,
+    stack: str,
+    namespace: str,
+    candidate: str,
+    stable: str,
+    window: timedelta,
+) -> list[EvaluatorQueries]:
+    """One entry per (evaluator gate, slice), in spec order, the aggregate last for each gate."""
+    out = []
+    for gate in evaluator_gates(spec):
+        assert gate.evaluator is not None
+        for slice_ in gate_slices(gate, spec):
+
+            def arm(revision: str, evaluator: str = gate.evaluator, slice_: str = slice_) -> ArmQueries:
+                return arm_queries(
+                    namespace=namespace, stack=stack, revision=revision, evaluator=evaluator, slice_=slice_, window=window
+                )
+
+            out.append(EvaluatorQueries(gate.name, slice_, arm(candidate), arm(stable)))
+    return out
+
+
+def all_queries(queries: Sequence[EvaluatorQueries]) -> list[str]:
+    return [q for e in queries for arm in (e.candidate, e.stable) for q in arm.all()]
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def traffic_windows(spec: InferenceStackSpec) -> int:
+    """How many step windows of a rollout judge the candidate: each is a new sequence.
+
+    Every shadow and canary step, every pause once the candidate has
+    traffic, and every ramp increment that stops short of 100 % (reaching
+    100 % is the promotion, which is not judged).
+    """
+    windows, weight, traffic = 0, 0, False
+    for step in spec.rollout.steps:
+        if step.shadow or step.canary:
+            windows, traffic = windows + 1, True
+            if step.canary:
+                weight = max(weight, step.canary.weight)
+        elif step.pause:
+            windows += traffic
+        elif step.ramp:
+            w = weight + step.ramp.increment
+            while w < FULL:
+                windows, w, traffic = windows + 1, w + step.ramp.increment, True
+    return max(windows, 1)
+
+
+def sequence_alpha(spec: InferenceStackSpec) -> float:
+    """The alpha of one (gate, slice, step window) sequence."""
+    return split_alpha(spec.evaluation.alpha, max(evaluations(spec), 1), traffic_windows(spec))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm's measured counters, or why they could not be measured."""
+
+    samples: float | None = None
+    total: float | None = None
+    squares: float | None = None
+    error: str = ""
+
+
+def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm, alpha: float) -> GateVerdict:
+    """The verdict of one evaluator gate on one slice; a measurement error is Inconclusive."""
+    assert gate.margin is not None
+    if candidate.error or stable.error:
+        return GateVerdict(gate.name, slice_, Verdict.INCONCLUSIVE, message=candidate.error or stable.error)
+    rule = NonInferiority(margin=gate.margin, alpha=alpha, min_samples=gate.min_samples)
+    result = compare(_counters(candidate), _counters(stable), rule, label=slice_)
+    verdict = {
+        SequentialVerdict.PASS: Verdict.PASS,
+        SequentialVerdict.FAIL: Verdict.FAIL,
+        SequentialVerdict.CONTINUE: Verdict.INCONCLUSIVE,
+    }[result.verdict]
+    if result.delta is None:
+        message = "no samples yet" if not result.candidate_n else "no samples of the stable revision yet"
+    elif verdict == Verdict.INCONCLUSIVE and min(result.candidate_n, result.stable_n) < gate.min_samples:
+        message = f"continue: {min(result.candidate_n, result.stable_n):.0f} of {gate.min_samples} samples"
+    else:
+        message = ("continue: " if verdict == Verdict.INCONCLUSIVE else "") + result.line()
+    finite = result.delta is not None
+    return GateVerdict(
+        gate.name,
+        slice_,
+        verdict,
+        value=result.candidate_mean,
+        baseline=result.stable_mean,
+        threshold=f"\u0394 > -{gate.margin:g}",
+        samples=result.candidate_n,
+        message=message,
+        baseline_samples=result.stable_n,
+        delta=result.delta,
+        delta_lower=result.lower if finite else None,
+        delta_upper=result.upper if finite else None,
+    )
+
+
+def _counters(arm: Arm) -> Counters:
+    # No series yet (nothing scored in the window) is zero samples, not an error.
+    n = max(arm.samples or 0.0, 0.0)
+    s = min(max(arm.total or 0.0, 0.0), n)
+    q = min(max(arm.squares or 0.0, 0.0), n)
+    return Counters.scores(n, s, q)
+
+
+def evaluate(
+    spec: InferenceStackSpec, queries: Sequence[EvaluatorQueries], answers: dict[str, float | str | None]
+) -> list[GateVerdict]:
+    """Verdicts from the answers to ``all_queries(queries)``: a number, None (no series) or an error."""
+    gates = {g.name: g for g in evaluator_gates(spec)}
+    alpha = sequence_alpha(spec) if queries else 1.0
+    out = []
+    for e in queries:
+        arms = []
+        for arm in (e.candidate, e.stable):
+            values = [answers.get(q) for q in arm.all()]
+            errors = [v for v in values if isinstance(v, str)]
+            n, total, squares = (v if isinstance(v, float) else None for v in values)
+            arms.append(Arm(n, total, squares, error=errors[0] if errors else ""))
+        out.append(judge(gates[e.gate], e.slice, arms[0], arms[1], alpha))
+    return out

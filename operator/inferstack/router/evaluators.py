@@ -1,0 +1,203 @@
+"""Rule-check evaluators: the stack's declared checks, compiled once per plan, run on every answer.
+
+Each evaluator turns one answer into one sample: 1.0 (pass), 0.0 (fail), or
+None when the check does not apply to that answer (``json`` when no JSON was
+asked for, ``toolArguments`` without a tool call, a verdict that would need
+more of a truncated answer than the router kept). A sample is what the
+one-shape eval metrics count (samples, sum, sum of squares) and what an
+evaluator gate compares between the candidate and the stable revision.
+
+Patterns run on RE2 (linear time, no backtracking): a stack owner's regex
+runs on every answer in a router shared by many stacks, and must not be able
+to stall it. JSON Schemas are compiled once per plan (jsonschema-rs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import jsonschema_rs
+import re2
+
+from inferstack.api.v1alpha1 import Evaluator, RuleCheck
+
+MAX_CHECKED_CHARS: Final = 8192  # answers are checked on a bounded prefix
+_FENCE: Final = re.compile(r"^```(?:json)?\s*|\s*```$")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # the JSON text the model produced, possibly a bounded prefix
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class AnswerView:
+    """What an evaluator may look at: a bounded prefix of the answer and its tool calls."""
+
+    text: str
+    truncated: bool = False  # ``text`` is a prefix of a longer answer
+    length: int = 0  # characters of the whole answer, counted even past the prefix
+    tool_calls: Sequence[ToolCall] = ()
+
+
+Score = Callable[[Mapping[str, Any], AnswerView], float | None]
+
+
+def wants_json(body: Mapping[str, Any]) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    """(parsed, value); models often wrap JSON in a Markdown fence, which clients strip too."""
+    try:
+        return True, json.loads(_FENCE.sub("", text.strip()))
+    except ValueError:
+        return False, None
+
+
+def _re2(pattern: str) -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options=options)
+
+
+def _refusal(markers: Sequence[str]) -> Score:
+    lowered_markers = tuple(m.lower() for m in markers)
+
+    def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
+        lowered = answer.text[:MAX_CHECKED_CHARS].lower().replace("\u2019", "'")
+        return 0.0 if any(m in lowered for m in lowered_markers) else 1.0
+
+    return score
+
+
+def _json(_body_unused: object = None) -> Score:
+    def score(body: Mapping[str, Any], answer: AnswerView) -> float | None:
+        if not wants_json(body) or answer.truncated:
+            return None
+        return 1.0 if parse_json(answer.text)[0] else 0.0
+
+    return score
+
+
+def _json_schema(schema: Mapping[str, Any]) -> Score:
+    validator = jsonschema_rs.validator_for(dict(schema))
+
+    def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
+        if answer.truncated:
+            return None  # a prefix of JSON is never valid: no verdict rather than a false failure
+        ok, value = parse_json(answer.text)
+        return 1.0 if ok and validator.is_valid(value) else 0.0
+
+    return score
+
+
+def tool_validators(tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Tool name -> compiled validator of its arguments, from a revision's OpenAI-style tools.
+
+    A tool whose ``parameters`` is not a JSON Schema maps to None: its calls
+    give no sample (the stack's own schema is broken, not the answer).
+    """
+    out: dict[str, Any] = {}
+    for tool in tools:
+        fn = tool.get("function") or {}
+        name = fn.get("name")
+        if isinstance(name, str):
+            try:
+                out[name] = jsonschema_rs.validator_for(fn.get("parameters") or {"type": "object"})
+            except (jsonschema_rs.ValidationError, ValueError):
+                out[name] = None
+    return out
+
+
+def _tool_arguments(validators: Mapping[str, Any]) -> Score:
+    def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
+        if not answer.tool_calls:
+            return None
+        if any(call.truncated for call in answer.tool_calls):
+            return None
+        for call in answer.tool_calls:
+            if call.name not in validators:
+                return 0.0  # a tool the stack does not declare
+            validator = validators[call.name]
+            if validator is None:
+                return None
+            ok, value = parse_json(call.arguments or "{}")
+            if not ok or not validator.is_valid(value):
+                return 0.0
+        return 1.0
+
+    return score
+
+
+def _must_match(pattern: str, *, present: bool) -> Score:
+    compiled = _re2(pattern)
+
+    def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
+        found = compiled.search(answer.text) is not None
+        if found:
+            return 1.0 if present else 0.0
+        if answer.truncated:
+            return None  # it may be in the part the router did not keep
+        return 0.0 if present else 1.0
+
+    return score
+
+
+def _max_length(limit: int) -> Score:
+    def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
+        return 1.0 if answer.length <= limit else 0.0
+
+    return score
+
+
+def compile_rule(rule: RuleCheck, tools: Mapping[str, Any]) -> Score:
+    """The scoring function of one rule check; ``tools`` are the serving revision's validators."""
+    if rule.refusal is not None:
+        return _refusal(rule.refusal.markers)
+    if rule.json_ is not None:
+        return _json()
+    if rule.json_schema is not None:
+        return _json_schema(rule.json_schema.model_dump())
+    if rule.tool_arguments is not None:
+        return _tool_arguments(tools)
+    if rule.must_match is not None:
+        return _must_match(rule.must_match, present=True)
+    if rule.must_not_match is not None:
+        return _must_match(rule.must_not_match, present=False)
+    assert rule.max_length is not None  # the API demands exactly one kind
+    return _max_length(rule.max_length)
+
+
+@dataclass
+class Evaluators:
+    """A plan's evaluators for one revision, compiled; ``run`` scores one answer with each."""
+
+    scores: dict[str, Score] = field(default_factory=dict)
+
+    @classmethod
+    def compile(cls, evaluators: Sequence[Evaluator], tools: Sequence[Mapping[str, Any]]) -> Evaluators:
+        validators = tool_validators(tools) if any(e.rule.tool_arguments for e in evaluators) else {}
+        return cls({e.name: compile_rule(e.rule, validators) for e in evaluators})
+
+    def score(self, body: Mapping[str, Any], answer: Any) -> dict[str, float]:
+        """``run`` on a ``proxy.Answer`` (text prefix, length, tool calls as the router saw them)."""
+        if not self.scores:
+            return {}
+        calls = tuple(ToolCall(c.name, c.arguments, c.truncated) for c in answer.tool_calls)
+        return self.run(body, AnswerView(answer.text, answer.truncated, answer.length, calls))
+
+    def run(self, body: Mapping[str, Any], answer: AnswerView) -> dict[str, float]:
+        """Evaluator name -> sample, for the evaluators that apply to this answer."""
+        out = {}
+        for name, score in self.scores.items():
+            if (value := score(body, answer)) is not None:
+                out[name] = value
+        return out

@@ -1,0 +1,116 @@
+"""Evaluator gates: the queries the operator writes, the step windows alpha is split over, the verdicts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from inferstack.api.v1alpha1 import InferenceStackSpec
+from inferstack.core.evaluation import (
+    Arm,
+    all_queries,
+    evaluator_queries,
+    judge,
+    sequence_alpha,
+    traffic_windows,
+)
+from inferstack.core.gates import AGGREGATE, Verdict
+
+EVALUATION = {
+    "slices": {"values": ["billing", "general"]},
+    "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}}}],
+}
+GATE = {"name": "quality", "evaluator": "no-refusal", "margin": 0.05, "minSamples": 30}
+
+
+def spec(steps: list[dict[str, Any]] | None = None, gates: list[dict[str, Any]] | None = None, **evaluation: Any) -> InferenceStackSpec:
+    return InferenceStackSpec.model_validate(
+        {
+            "model": {"name": "m", "revision": "a" * 40},
+            "prompt": {"version": "v1", "system": "s"},
+            "rollout": {"steps": steps or [{"canary": {"weight": 25}}, {"ramp": {"increment": 25}}]},
+            "evaluation": {**EVALUATION, **evaluation},
+            "gates": gates if gates is not None else [GATE],
+        }
+    )
+
+
+def test_the_operator_writes_count_sum_and_squares_per_arm_and_slice() -> None:
+    queries = evaluator_queries(spec(), stack="bot", namespace="team-a", candidate="cand", stable="stab", window=timedelta(minutes=2))
+    assert [(q.gate, q.slice) for q in queries] == [("quality", "billing"), ("quality", "general"), ("quality", AGGREGATE)]
+    billing = queries[0]
+    assert billing.candidate.samples == (
+        'sum(increase(inferstack_eval_samples_total{namespace="team-a",stack="bot",revision="cand",'
+        'evaluator="no-refusal",slice=~"billing"}[2m]))'
+    )
+    assert "inferstack_eval_score_sum_total" in billing.stable.total and 'revision="stab"' in billing.stable.total
+    assert "inferstack_eval_score_squares_sum_total" in billing.candidate.squares
+    assert 'slice=~".*"' in queries[2].candidate.samples  # the aggregate
+    assert len(all_queries(queries)) == 3 * 2 * 3
+
+
+@pytest.mark.parametrize(
+    ("steps", "windows"),
+    [
+        pytest.param([{"canary": {"weight": 25}}, {"ramp": {"increment": 25}}], 3, id="canary-25-ramp-50-75"),
+        pytest.param([{"shadow": {"percent": 50}}, {"canary": {"weight": 10}}, {"pause": {}}, {"canary": {"weight": 50}}], 4, id="pause-with-traffic"),
+        pytest.param([{"pause": {"duration": "1m"}}, {"canary": {"weight": 100}}], 1, id="pause-before-traffic-and-100"),
+        pytest.param([{"ramp": {"increment": 10}}], 9, id="ramp-from-zero"),
+    ],
+)  # fmt: skip
+def test_each_step_window_is_a_sequence(steps: list[dict[str, Any]], windows: int) -> None:
+    assert traffic_windows(spec(steps=steps)) == windows
+
+
+def test_alpha_is_split_over_every_sequence_of_the_rollout() -> None:
+    # 3 evaluations (billing, general, all) x 3 windows
+    assert sequence_alpha(spec()) == pytest.approx(0.05 / 9)
+    assert sequence_alpha(spec(alpha=0.01)) == pytest.approx(0.01 / 9)
+
+
+GATE_MODEL = spec().gates[0]
+ALPHA = 0.05 / 9
+
+
+@pytest.mark.parametrize(
+    ("candidate", "stable", "verdict", "message"),
+    [
+        pytest.param(Arm(400, 396, 396), Arm(1200, 1188, 1188), Verdict.PASS, "billing  \u0394 0.00 [", id="identical-and-enough"),
+        pytest.param(Arm(40, 0, 0), Arm(1200, 1188, 1188), Verdict.FAIL, "FAIL", id="refuses-everything"),
+        pytest.param(Arm(10, 10, 10), Arm(1200, 1188, 1188), Verdict.INCONCLUSIVE, "continue: 10 of 30 samples", id="too-few"),
+        pytest.param(Arm(None, None, None), Arm(1200, 1188, 1188), Verdict.INCONCLUSIVE, "no samples yet", id="no-series-yet"),
+        pytest.param(Arm(error="prometheus did not answer within 2s"), Arm(1, 1, 1), Verdict.INCONCLUSIVE, "did not answer", id="error"),
+    ],
+)  # fmt: skip
+def test_judge(candidate: Arm, stable: Arm, verdict: Verdict, message: str) -> None:
+    v = judge(GATE_MODEL, "billing", candidate, stable, ALPHA)
+    assert v.verdict == verdict, v
+    assert message in v.message
+    if verdict in (Verdict.PASS, Verdict.FAIL):
+        assert v.delta is not None and v.delta_lower is not None and v.delta_upper is not None
+        assert v.delta_lower <= v.delta <= v.delta_upper
+        assert (v.samples, v.baseline_samples) == (candidate.samples, stable.samples)
+
+
+def test_a_fail_is_kept_in_the_status_with_its_interval() -> None:
+    v = judge(GATE_MODEL, "billing", Arm(40, 0, 0), Arm(1200, 1188, 1188), ALPHA)
+    status = v.to_status()
+    assert {"delta", "deltaLower", "deltaUpper", "baselineSamples"} <= set(status)
+    from inferstack.core.gates import GateVerdict
+
+    assert GateVerdict.from_status(status) == v
+
+
+def test_the_plan_carries_the_declared_slices_and_evaluators_to_the_router() -> None:
+    from inferstack.core.config import OperatorConfig
+    from inferstack.core.trafficplan import TrafficPlan, traffic_plan
+
+    sp = spec()
+    parts = {"model": {"name": "m"}, "prompt": {"version": "v1", "system": "s"}}
+    plan = traffic_plan({"name": "bot", "namespace": "ns"}, sp, OperatorConfig(), ("stab", parts))
+    assert plan.evaluation.slices == ("billing", "general")
+    assert plan.evaluation.slice_header == "x-inferstack-slice"
+    assert [e.name for e in plan.evaluation.evaluators] == ["no-refusal"]
+    assert TrafficPlan.model_validate_json(plan.model_dump_json(by_alias=True)) == plan
