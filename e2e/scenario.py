@@ -72,3 +72,10 @@ def support_stack(name: str, system: str, gates: list[dict[str, Any]] | None = N
             "gates": copy.deepcopy(gates if gates is not None else [QUALITY_GATE]),
         },
     }
+
+
+def with_prompt(manifest: dict[str, Any], system: str) -> dict[str, Any]:
+    """The same stack with another system prompt: a new revision that differs only there."""
+    out = copy.deepcopy(manifest)
+    out["spec"]["prompt"]["system"] = system
+    return out

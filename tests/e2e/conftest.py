@@ -142,3 +142,17 @@ def operator(tmp_path_factory) -> Iterator[Operator]:
     op.start()
     yield op
     op.stop()
+
+
+@pytest.fixture(scope="module")
+def dataplane(tmp_path_factory):
+    """Stand-in, router and operator for the module's tests, watching only the test namespaces.
+
+    Only ``e2e-*``: a demo or benchmark on the same cluster has its own operator.
+    """
+    from dataplane import DataPlane
+
+    dp = DataPlane(tmp_path_factory.mktemp("dataplane"), namespace="e2e-*")
+    dp.start()
+    yield dp
+    dp.stop()

@@ -13,11 +13,10 @@ import json
 import os
 import subprocess
 
-import pytest
 from conftest import REPO, kget, kubectl, wait_until
 
-from dataplane import SLICE_QUESTIONS, DataPlane, Load
-from scenario import BAD_PROMPT, BETTER_PROMPT, GOOD_PROMPT, support_stack
+from dataplane import SLICE_QUESTIONS, Load
+from scenario import BAD_PROMPT, BETTER_PROMPT, GOOD_PROMPT, support_stack, with_prompt
 
 EVALUATION = {
     "slices": {"values": list(SLICE_QUESTIONS)},  # billing, shipping, general; the load sends x-inferstack-slice
@@ -39,18 +38,6 @@ def status(namespace: str) -> dict:
     return (kget("istack", "shop", namespace) or {}).get("status", {})
 
 
-def with_prompt(manifest: dict, system: str) -> dict:
-    out = copy.deepcopy(manifest)
-    out["spec"]["prompt"]["system"] = system
-    return out
-
-
-@pytest.fixture(scope="module")
-def dataplane(tmp_path_factory):
-    dp = DataPlane(tmp_path_factory.mktemp("dataplane"), namespace="e2e-*")
-    dp.start()
-    yield dp
-    dp.stop()
 
 
 def deploy(namespace: str, manifest: dict) -> str:

@@ -7,7 +7,6 @@ revision's bundle the router applies (the system prompt). A prompt with
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -16,12 +15,11 @@ import time
 from datetime import datetime
 from itertools import pairwise
 
-import pytest
-from conftest import kget, kubectl, wait_until
+from conftest import kget, kubectl, scrape, wait_until
 
 import cluster
 from dataplane import DataPlane, Load, PlanRecorder
-from scenario import BAD_PROMPT, BETTER_PROMPT, EXPECTED_STEPS, GOOD_PROMPT, support_stack
+from scenario import BAD_PROMPT, BETTER_PROMPT, EXPECTED_STEPS, GOOD_PROMPT, support_stack, with_prompt
 
 
 def stack(name: str, system: str, **rollout) -> dict:
@@ -40,19 +38,6 @@ def _t(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def with_prompt(manifest: dict, system: str) -> dict:
-    out = copy.deepcopy(manifest)
-    out["spec"]["prompt"]["system"] = system
-    return out
-
-
-@pytest.fixture(scope="module")
-def dataplane(tmp_path_factory):
-    # Only the test namespaces: a demo or benchmark on the same cluster has its own operator.
-    dp = DataPlane(tmp_path_factory.mktemp("dataplane"), namespace="e2e-*")
-    dp.start()
-    yield dp
-    dp.stop()
 
 
 def deploy_stable(dp: DataPlane, namespace: str, manifest: dict) -> str:
@@ -106,6 +91,11 @@ def test_a_good_candidate_goes_shadow_canary_ramp_and_is_promoted(dataplane, nam
     assert {g["slice"] for g in seen if g["verdict"] == "Pass"} == {"", "billing", "shipping", "general"}, seen_verdicts[-1]
     assert not [g for g in seen if g["verdict"] == "Fail"]
     assert not st.get("gates"), "a Healthy stack shows no verdicts of a finished rollout"
+    promotions = [
+        v for (name, labels), v in scrape(f"http://127.0.0.1:{dataplane.operator_metrics_port}/metrics").items()
+        if name == "inferstack_operator_promotions_total" and dict(labels).get("namespace") == namespace
+    ]  # fmt: skip
+    assert promotions == [1.0], promotions
     # Each step ended on an analysis of its own: whenever the step changed, the
     # analysis that let the previous one end started no earlier than it did.
     changes = [(a, b) for a, b in pairwise(seen_steps) if b[0] != a[0]]

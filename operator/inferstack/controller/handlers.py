@@ -265,12 +265,22 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     if problem is not None:
         # The same decision, shown with what stopped it.
         actions.status = status_patch(body, spec, decision.state, revision=revision.hash, observed=observed, now=now, problem=problem)
-    patched = await write_status(kube, body, actions.status, problem)
-    if (plan := desired_plan(meta, spec, decision, parts, observed.plan_json)) is not None:
-        await kube.write_plan(build_traffic_plan_configmap(body, plan.model_dump_json(by_alias=True)))
-    if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
-        # After the status, like the plan; a no-op when the route already says it.
-        await kube.apply_httproute(build_httproute(body, spec, decision.traffic, Runtime.config))
+    try:
+        patched = await write_status(kube, body, actions.status, problem)
+    except ApiException as e:
+        # Nowhere to show it on the stack (its status is what was refused): one log line, backoff.
+        return PassResult(problem=api_problem(e, "writing the status"))
+    step = "writing the traffic plan"
+    try:
+        if (plan := desired_plan(meta, spec, decision, parts, observed.plan_json)) is not None:
+            await kube.write_plan(build_traffic_plan_configmap(body, plan.model_dump_json(by_alias=True)))
+        if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
+            # After the status, like the plan; a no-op when the route already says it.
+            step = "applying the HTTPRoute"
+            await kube.apply_httproute(build_httproute(body, spec, decision.traffic, Runtime.config))
+    except ApiException as e:
+        # The status is written; the next pass finds the traffic behind it and writes it forward.
+        return PassResult(decision.requeue_after, patched, api_problem(e, step))
     post_events(body, actions.events, emitted)
     metrics.CANDIDATE_WEIGHT.labels(*key).set(decision.traffic.candidate_weight)
     if actions.status is not None:  # counted once: the pass that recorded it
@@ -343,7 +353,9 @@ class StackLoop:
                 raise
             except Exception as e:  # one bad pass must not kill the loop
                 metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
-                what = f"{type(e).__name__}: {one_line(str(e))}"
+                # Keyed by the kind of failure and its first line only: a message that
+                # carries a request id would otherwise log a traceback at every retry.
+                what = f"{type(e).__name__}: {one_line(str(e).partition(chr(10))[0], 120)}"
                 if what in logged:
                     log.error("reconcile %s/%s failed again: %s (retry in %.0fs)", namespace, name, what, backoff)
                 else:  # a traceback once per distinct failure, not once per retry
