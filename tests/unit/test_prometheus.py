@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
+from prometheus_api_client import PrometheusApiClientException
 
 from inferstack.api.v1alpha1 import InferenceStackSpec
-from inferstack.controller.prometheus import PrometheusClient, QueryError, analyse
+from inferstack.controller.prometheus import PrometheusClient, QueryError, analyse, describe
 from inferstack.core.gates import Verdict
 
 
@@ -140,8 +142,33 @@ async def test_client_unreachable_becomes_query_error() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
-    with pytest.raises(QueryError, match="prometheus query failed"):
-        await PrometheusClient(url, timeout=0.5).instant("up")
+    with pytest.raises(QueryError, match=r"^prometheus is unreachable$"):
+        await PrometheusClient(url, timeout=0.5).instant('sum(rate(x{slice=~"a.b"}[1m]))')
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        pytest.param(
+            PrometheusApiClientException(
+                'HTTP Status Code 400 (b\'{"status":"error","errorType":"bad_data","error":"1:5: parse error: unexpected \\"}\\""}\')'
+            ),
+            'prometheus answered HTTP 400: 1:5: parse error: unexpected \\"}\\"',
+            id="bad-query",
+        ),
+        pytest.param(PrometheusApiClientException("HTTP Status Code 503 (b'Service Unavailable')"), "prometheus answered HTTP 503", id="503"),
+        pytest.param(
+            requests.exceptions.ConnectionError("HTTPConnectionPool(host='p', port=9090): Max retries exceeded with url: /api/v1/query?query=sum%28rate%28x"),
+            "prometheus is unreachable",
+            id="connection",
+        ),
+        pytest.param(ValueError("weird"), "prometheus query failed (ValueError)", id="other"),
+    ],
+)  # fmt: skip
+def test_query_failures_read_as_one_short_line_without_the_url(exc: Exception, message: str) -> None:
+    text = describe(exc, 5)
+    assert text == message
+    assert "%28" not in text and "query=" not in text and "\n" not in text
 
 
 EVALUATION = {"slices": {"values": ["billing", "general"]}, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}}}]}

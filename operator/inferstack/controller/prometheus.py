@@ -12,10 +12,13 @@ operator depends on, so unit tests use a tiny fake instead of a server.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import requests
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
@@ -23,7 +26,9 @@ from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core import evaluation
 from inferstack.core.gates import GateVerdict, Measurement, evaluate_gates, evaluations
 from inferstack.core.promql import ResultError, TemplateError, default_window, gate_queries, single_value
+from inferstack.core.status import one_line
 
+log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_SECONDS = 10.0
 # Queries in flight per analysis: 32 gates x 64 slices x 3 queries must not flood Prometheus.
 MAX_CONCURRENT_QUERIES = 8
@@ -64,7 +69,30 @@ class PrometheusClient:
         except TimeoutError as exc:
             raise QueryError(f"prometheus did not answer within {self.timeout:g}s") from exc
         except Exception as exc:  # requests' and the library's errors alike: all mean "no data"
-            raise QueryError(f"prometheus query failed: {type(exc).__name__}: {exc}") from exc
+            log.debug("prometheus query failed: %s: %r", query, exc)
+            raise QueryError(describe(exc, self.timeout)) from exc
+
+
+_HTTP_STATUS = re.compile(r"HTTP Status Code (\d+)")
+_ERROR_FIELD = re.compile(r'"error"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def describe(exc: Exception, timeout: float) -> str:
+    """A failed query in one short line for a verdict (and so for ``status.message``).
+
+    Never the client's exception text: it repeats the URL with the whole
+    query URL-encoded, which is noise in ``kubectl get -o wide``.
+    """
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"prometheus did not answer within {timeout:g}s"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "prometheus is unreachable"
+    text = str(exc)
+    if status := _HTTP_STATUS.search(text):
+        error = _ERROR_FIELD.search(text)
+        detail = f": {error.group(1)}" if error else ""
+        return one_line(f"prometheus answered HTTP {status.group(1)}{detail}", 200)
+    return f"prometheus query failed ({type(exc).__name__})"
 
 
 async def _number(client: InstantQuery, query: str | None, at: datetime | None) -> float | None:
@@ -73,7 +101,8 @@ async def _number(client: InstantQuery, query: str | None, at: datetime | None) 
     try:
         return single_value(await client.instant(query, at))
     except ResultError as exc:
-        raise QueryError(f"{exc}: {query}") from exc
+        log.debug("unusable result of %s: %s", query, exc)
+        raise QueryError(str(exc)) from exc
 
 
 async def _measure(
