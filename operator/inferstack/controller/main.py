@@ -11,7 +11,7 @@ import prometheus_client
 import yaml
 
 from inferstack import GROUP
-from inferstack.controller import handlers
+from inferstack.controller import handlers, kopf_fixes
 from inferstack.controller.kube import Kube, load_config
 from inferstack.core.config import OperatorConfig
 
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     handlers.Runtime.kube = Kube(load_config(args.kubeconfig, args.context))
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_host)
+    kopf_fixes.install()  # before kopf starts its orchestration
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or [],

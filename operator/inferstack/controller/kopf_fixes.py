@@ -1,0 +1,52 @@
+"""A work-around for kopf 1.45: a vanished namespace must not hold every handler forever.
+
+With a namespace glob (``--namespace 'team-*'``) kopf runs one watcher per
+(resource, namespace) and holds every handler until each watcher has listed
+its namespace once (so that indexes are complete before handlers read them).
+When a matching namespace is deleted before its watchers got that far, kopf
+cancels the watchers but leaves their readiness toggles behind, and the
+operator never runs a handler again: no stack is reconciled, while the
+process looks healthy. Seen in CI, where earlier tests' namespaces were
+still terminating when an operator started.
+
+``install()`` wraps kopf's ``terminate_redundancies`` so that, after it stops
+the watchers of vanished namespaces, their readiness toggles are dropped too.
+A namespace that no longer exists has nothing left to index. It patches a
+private function, so the kopf version is pinned in pyproject.toml and
+``tests/unit/test_kopf_fixes.py`` checks the function still has the shape this
+relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kopf._core.reactor import orchestration
+
+log = logging.getLogger(__name__)
+_original = orchestration.terminate_redundancies
+
+
+def _watcher_name(key: Any) -> str:
+    # The name kopf gives the per-(resource, namespace) readiness toggle in spawn_missing_watchers.
+    return f"{key.resource}@{key.namespace}"
+
+
+async def _terminate_redundancies(
+    *, remaining_resources: Any, remaining_namespaces: Any, ensemble: Any
+) -> None:
+    redundant = {
+        _watcher_name(key)
+        for key in ensemble.get_keys()
+        if key.namespace not in remaining_namespaces or key.resource not in remaining_resources
+    }
+    await _original(remaining_resources=remaining_resources, remaining_namespaces=remaining_namespaces, ensemble=ensemble)
+    for toggle in list(ensemble.operator_indexed):
+        if toggle.name in redundant:
+            log.info("dropping the readiness of a watcher that is gone: %s", toggle.name)
+            await ensemble.operator_indexed.drop_toggle(toggle)
+
+
+def install() -> None:
+    orchestration.terminate_redundancies = _terminate_redundancies  # type: ignore[assignment]

@@ -1,0 +1,62 @@
+"""An operator watching a namespace glob starts and keeps reconciling while matching namespaces come and go.
+
+kopf watches a glob with one watcher per namespace and holds every handler
+until each watcher has listed its namespace once. kopf 1.45 leaves that
+readiness behind when a namespace vanishes before its watcher listed it, and
+the operator then never runs a handler again (seen in CI: stacks never became
+Ready after earlier tests' namespaces were deleted).
+controller/kopf_fixes.py drops it; here operators start while namespaces churn.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+from conftest import Operator, kubectl, wait_until
+
+STACK = {
+    "apiVersion": "inferstack.dev/v1alpha1",
+    "kind": "InferenceStack",
+    "metadata": {"name": "churn"},
+    "spec": {"model": {"name": "m", "revision": "a" * 40, "gpus": 1}, "prompt": {"version": "v1", "system": "hi"}},
+}
+
+
+def churn(stop: threading.Event) -> None:
+    while not stop.is_set():
+        name = f"e2e-churn-{uuid.uuid4().hex[:6]}"
+        kubectl("create", "namespace", name, check=False)
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def phase(namespace: str) -> str | None:
+    proc = kubectl("get", "istack", "churn", "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout).get("status", {}).get("phase") if proc.returncode == 0 else None
+
+
+def test_operators_started_while_namespaces_vanish_still_reconcile(namespace, tmp_path):
+    stop = threading.Event()
+    worker = threading.Thread(target=churn, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        for attempt in range(3):
+            op = Operator(tmp_path)
+            op.start()
+            try:
+                doc = json.loads(json.dumps(STACK))
+                doc["spec"]["prompt"]["system"] = f"attempt {attempt}"
+                kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(doc))
+                wait_until(
+                    f"the stack reconciled by operator start #{attempt + 1}",
+                    lambda generation=attempt + 1: (st := json.loads(kubectl("get", "istack", "churn", "-n", namespace, "-o", "json").stdout).get("status", {}))
+                    and st.get("observedGeneration") == generation,
+                    timeout=60,
+                )
+            finally:
+                op.stop(9)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert phase(namespace) in ("Pending", "Healthy", "Progressing")
