@@ -383,25 +383,26 @@ def compare(candidate: Counters, stable: Counters, rule: NonInferiority, label: 
         raise ValueError("candidate and stable must be on the same scale (same bounds)")
     m_c, m_s = candidate.mean, stable.mean
     delta = m_c - m_s if m_c is not None and m_s is not None else None
+    variance = candidate.variance_of_mean + stable.variance_of_mean
+    return _judge(label, delta, variance, min(candidate.n, stable.n), rule, (candidate.n, m_c, stable.n, m_s))
+
+
+def _judge(
+    label: str,
+    delta: float | None,
+    variance: float,
+    n: float,
+    rule: NonInferiority,
+    arms: tuple[float, float | None, float, float | None],
+) -> SequentialResult:
+    """The interval on ``delta`` (infinite without one) and the verdict; ``n``: the smaller arm."""
     if delta is None:
         lower, upper = -math.inf, math.inf
     else:
-        v = candidate.variance_of_mean + stable.variance_of_mean
-        lower, upper = confidence_sequence(delta, v, rule.mixing_variance, rule.alpha)
-    enough = min(candidate.n, stable.n) >= rule.min_samples and delta is not None
+        lower, upper = confidence_sequence(delta, variance, rule.mixing_variance, rule.alpha)
+    enough = n >= rule.min_samples and delta is not None
     return SequentialResult(
-        label,
-        _verdict(lower, upper, enough, rule),
-        delta,
-        lower,
-        upper,
-        candidate.n,
-        m_c,
-        stable.n,
-        m_s,
-        rule.margin,
-        rule.direction,
-        rule.alpha,
+        label, _verdict(lower, upper, enough, rule), delta, lower, upper, *arms, rule.margin, rule.direction, rule.alpha
     )
 
 
@@ -415,25 +416,5 @@ def compare_paired(differences: Counters, rule: NonInferiority, label: str = "")
     canary. For a judge the margin is in net wins per pair (0.05: the
     candidate may lose at most 5 points more often than it wins).
     """
-    delta = differences.mean
-    if delta is None:
-        lower, upper = -math.inf, math.inf
-    else:
-        lower, upper = confidence_sequence(
-            delta, differences.variance_of_mean, rule.mixing_variance, rule.alpha
-        )
-    enough = differences.n >= rule.min_samples and delta is not None
-    return SequentialResult(
-        label,
-        _verdict(lower, upper, enough, rule),
-        delta,
-        lower,
-        upper,
-        differences.n,
-        None,
-        differences.n,
-        None,
-        rule.margin,
-        rule.direction,
-        rule.alpha,
-    )
+    n = differences.n
+    return _judge(label, differences.mean, differences.variance_of_mean, n, rule, (n, None, n, None))
