@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import jsonschema_rs
 import re2
@@ -47,6 +47,28 @@ class AnswerView:
 
 
 Score = Callable[[Mapping[str, Any], AnswerView], float | None]
+
+
+class SeenCall(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def arguments(self) -> str: ...
+    @property
+    def truncated(self) -> bool: ...
+
+
+class SeenAnswer(Protocol):
+    """What the proxy collected of an answer (``proxy.Answer``), as far as evaluators read it (read-only)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def truncated(self) -> bool: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def tool_calls(self) -> Sequence[SeenCall]: ...
 
 
 def wants_json(body: Mapping[str, Any]) -> bool:
@@ -187,7 +209,7 @@ class Evaluators:
         validators = tool_validators(tools) if any(e.rule.tool_arguments for e in evaluators) else {}
         return cls({e.name: compile_rule(e.rule, validators) for e in evaluators})
 
-    def score(self, body: Mapping[str, Any], answer: Any) -> dict[str, float]:
+    def score(self, body: Mapping[str, Any], answer: SeenAnswer) -> dict[str, float]:
         """``run`` on a ``proxy.Answer`` (text prefix, length, tool calls as the router saw them)."""
         if not self.scores:
             return {}
