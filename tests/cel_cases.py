@@ -46,6 +46,10 @@ BASE: dict[str, Any] = {
 HOSTED = {"endpoint": {"url": "https://llm.example.com/v1"}, "gpus": 0}
 
 
+EVAL: dict[str, Any] = {"slices": {"values": ["billing"]}, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}}}]}
+EGATE: dict[str, Any] = {"name": "quality", "evaluator": "no-refusal", "margin": 0.05}
+
+
 def stack(**spec: Any) -> dict[str, Any]:
     """BASE with top-level spec fields replaced (a value of None removes the field)."""
     doc = copy.deepcopy(BASE)
@@ -387,11 +391,74 @@ REFUSED: list[Refused] = [
         "spec.traffic.gatewayApi.hostnames[0] in body should match",
         SCHEMA,
     ),
+    # ------------------------------------------------------------------ evaluation
+    Refused(
+        "gate-without-query-or-evaluator",
+        stack(evaluation=EVAL, gates=[{"name": "quality", "threshold": {"min": 1}}]),
+        "spec.gates[0]",
+        "each gate needs exactly one of prometheus (a PromQL query) or evaluator (a spec.evaluation.evaluators name)",
+    ),
+    Refused(
+        "evaluator-gate-without-margin",
+        stack(evaluation=EVAL, gates=[{"name": "quality", "evaluator": "no-refusal"}]),
+        "spec.gates[0]",
+        "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable), not threshold or compare",
+    ),
+    Refused(
+        "evaluator-gate-with-threshold",
+        stack(evaluation=EVAL, gates=[{**EGATE, "threshold": {"min": 0.9}}]),
+        "spec.gates[0]",
+        "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable), not threshold or compare",
+    ),
+    Refused(
+        "margin-on-a-prometheus-gate",
+        stack(gates=[gate(margin=0.1)]),
+        "spec.gates[0].margin",
+        "spec.gates[].margin is for evaluator gates; a prometheus gate uses threshold or compare",
+    ),
+    Refused(
+        "evaluator-gate-that-fails-when-inconclusive",
+        stack(evaluation=EVAL, gates=[{**EGATE, "onInconclusive": "Fail"}]),
+        "spec.gates[0].onInconclusive",
+        "spec.gates[].onInconclusive: Fail is for prometheus gates; an evaluator gate is inconclusive while its evidence "
+        "grows (its Fail is already a proven regression), so it holds",
+    ),
+    Refused(
+        "undeclared-evaluator",
+        stack(evaluation=EVAL, gates=[{**EGATE, "evaluator": "helpfulness"}]),
+        "spec.gates",
+        "spec.gates[].evaluator must name one of spec.evaluation.evaluators",
+    ),
+    Refused(
+        "evaluator-gate-on-an-undeclared-slice",
+        stack(evaluation=EVAL, gates=[{**EGATE, "slices": ["refunds"]}]),
+        "spec.gates",
+        "spec.gates[].slices of an evaluator gate must be declared in spec.evaluation.slices.values (or left empty: every declared slice)",
+    ),
+    Refused(
+        "slice-declared-twice",
+        stack(evaluation={**EVAL, "slices": {"values": ["billing", "billing"]}}, gates=[EGATE]),
+        "spec.evaluation.slices.values",
+        "spec.evaluation.slices.values must not repeat a slice; remove the duplicate",
+    ),
+    Refused(
+        "other-declared",
+        stack(evaluation={**EVAL, "slices": {"values": ["billing", "other"]}}, gates=[EGATE]),
+        "spec.evaluation.slices.values",
+        "spec.evaluation.slices.values must not declare 'other': it is every request that matches no declared slice",
+    ),
+    Refused(
+        "rule-with-two-kinds",
+        stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}, "maxLength": 100}}]}, gates=[EGATE]),
+        "spec.evaluation.evaluators[0].rule",
+        "spec.evaluation.evaluators[].rule needs exactly one of refusal, json, jsonSchema, toolArguments, mustMatch, mustNotMatch, maxLength",
+    ),
 ]
 
 # Accepted: near misses of the rules above (each must pass both the API server and pydantic).
 ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("base", stack()),
+    ("evaluator-gate", stack(evaluation=EVAL, gates=[EGATE, {**EGATE, "name": "billing-only", "slices": ["billing"]}])),
     ("placeholders-with-spaces", stack(gates=[gate(prometheus={"query": QUERY.replace("{{revision}}", "{{ revision }}")})])),
     ("slice-not-matched-with-regex", stack(gates=[gate(prometheus={"query": QUERY.replace('slice=~"', 'slice!~"')})])),
     ("braces-that-are-no-placeholder", stack(gates=[gate(LATENCY, prometheus={"query": 'label_replace(max(latency_seconds{revision="{{revision}}"}), "x", "{{ a b }}", "", "")'})])),

@@ -733,6 +733,13 @@ class Gate(Model):
             lambda g: g.evaluator is None or (g.margin is not None and g.threshold is None and g.compare is None),
         ),
         Rule(
+            "!has(self.evaluator) || self.onInconclusive == 'Hold'",
+            "spec.gates[].onInconclusive: Fail is for prometheus gates; an evaluator gate is inconclusive while "
+            "its evidence grows (its Fail is already a proven regression), so it holds",
+            lambda g: g.evaluator is None or g.on_inconclusive == OnInconclusive.HOLD,
+            field_path=".onInconclusive",
+        ),
+        Rule(
             "!has(self.margin) || has(self.evaluator)",
             "spec.gates[].margin is for evaluator gates; a prometheus gate uses threshold or compare",
             lambda g: g.margin is None or g.evaluator is not None,
