@@ -1,7 +1,9 @@
 """Router overhead: the same load against a stand-in directly and through the router.
 
 Starts a stand-in (stable), a second stand-in (shadow target) and a router as
-subprocesses on loopback, then for each mode drives (a) a fixed open-loop rate
+subprocesses on loopback, then for each mode (direct; through the router; the
+router running four declared rule-check evaluators on every answer; the router
+mirroring every request to a shadow) drives (a) a fixed open-loop rate
 and (b) closed-loop maximum throughput, and prints one table:
 latency p50/p99, latency added by the router, achieved req/s, and the router
 process's CPU seconds per request (from /proc/<pid>/stat) turned into req/s
@@ -145,7 +147,19 @@ async def max_throughput(url: str, body: bytes, stream: bool, concurrency: int, 
     return latencies, errors, elapsed
 
 
-def write_plan(path: Path, stable_url: str, shadow_url: str, shadow: bool, serial: int) -> None:
+# The declared rule checks a stack might run on every answer (router/evaluators.py).
+EVALUATION = {
+    "slices": ["billing", "shipping", "general"],
+    "evaluators": [
+        {"name": "no-refusal", "rule": {"refusal": {}}},
+        {"name": "cites-policy", "rule": {"mustMatch": "(?i)refund (window|policy)"}},
+        {"name": "no-promises", "rule": {"mustNotMatch": "(?i)guarantee[ds]?"}},
+        {"name": "brief", "rule": {"maxLength": 2000}},
+    ],
+}
+
+
+def write_plan(path: Path, stable_url: str, shadow_url: str, shadow: bool, serial: int, evaluators: bool = False) -> None:
     plan = {
         "stack": "bench",
         "namespace": "bench",
@@ -156,6 +170,8 @@ def write_plan(path: Path, stable_url: str, shadow_url: str, shadow: bool, seria
         "candidate": {"revision": "rev-b", "url": shadow_url, "servedModel": "model-b", "cacheNamespace": "bench.rev-b",
                       "systemPrompt": "You are the support assistant."},
     }
+    if evaluators:
+        plan["evaluation"] = EVALUATION
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(plan))
     os.replace(tmp, path)
@@ -215,14 +231,18 @@ def run_all(args: argparse.Namespace, urls: dict[str, str], plan_path: Path, rou
     serial = 1
     loads = [("rate", f"{args.rate:g}/s")] + ([] if args.skip_max else [("max", f"max c={args.concurrency}")])
     for stream in (False, True):
-        for target, shadow in (("direct", False), ("router", False), ("router", True)):
+        for target, shadow, evaluators in (
+            ("direct", False, False), ("router", False, False), ("router", False, True), ("router", True, False)
+        ):
             serial += 1
-            write_plan(plan_path, urls["stable"], urls["shadow"], shadow=shadow, serial=serial)
+            write_plan(plan_path, urls["stable"], urls["shadow"], shadow=shadow, serial=serial, evaluators=evaluators)
             wait_serial(urls["router"], serial)
             base = urls["stable"] if target == "direct" else urls["router"]
             model = "model-a" if target == "direct" else "bench"
             body = json.dumps({"model": model, "messages": [QUESTION], "stream": stream}).encode()
-            mode = f"{target} {'stream' if stream else 'non-stream'}" + (" shadow" if shadow else "")
+            mode = f"{target} {'stream' if stream else 'non-stream'}" + (" shadow" if shadow else "") + (
+                " +4 rule checks" if evaluators else ""
+            )
             for kind, label in loads:
                 # Warm-up: connections, code paths, metric series.
                 asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream, 4, 0.5))
