@@ -204,7 +204,7 @@ def post_events(body: dict[str, Any], events: list[tuple[str, str, str]], emitte
 
 async def run_analysis(spec: InferenceStackSpec, meta: dict[str, Any], status: dict[str, Any], now: datetime) -> Analysis | None:
     state = RolloutState.from_status(status)
-    window = analysis_window(spec, state, now, timedelta(seconds=Runtime.config.min_analysis_window_seconds))
+    window = analysis_window(spec, state, now, Runtime.config.min_analysis_window)
     if window is None or not state.stable or not state.candidate:
         return None
     if Runtime.prometheus is None:

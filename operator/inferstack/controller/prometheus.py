@@ -66,9 +66,7 @@ class PrometheusClient:
         try:
             # The HTTP timeout bounds each request; wait_for also bounds DNS and retries.
             return await asyncio.wait_for(call, timeout=self.timeout + 1)
-        except TimeoutError as exc:
-            raise QueryError(f"prometheus did not answer within {self.timeout:g}s") from exc
-        except Exception as exc:  # requests' and the library's errors alike: all mean "no data"
+        except Exception as exc:  # a timeout, requests' and the library's errors alike: all mean "no data"
             log.debug("prometheus query failed: %s: %r", query, exc)
             raise QueryError(describe(exc, self.timeout)) from exc
 
@@ -83,7 +81,7 @@ def describe(exc: Exception, timeout: float) -> str:
     Never the client's exception text: it repeats the URL with the whole
     query URL-encoded, which is noise in ``kubectl get -o wide``.
     """
-    if isinstance(exc, requests.exceptions.Timeout):
+    if isinstance(exc, TimeoutError | requests.exceptions.Timeout):
         return f"prometheus did not answer within {timeout:g}s"
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "prometheus is unreachable"

@@ -6,6 +6,7 @@ changed without rebuilding the operator. Pure data, no I/O here.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,3 +52,7 @@ class OperatorConfig(_Model):
     # analysed only once it is this old, on its own data alone. 60 s suits
     # 15 s scrapes; the local test rig scrapes every second and uses 4 s.
     min_analysis_window_seconds: float = Field(60.0, gt=0)
+
+    @property
+    def min_analysis_window(self) -> timedelta:
+        return timedelta(seconds=self.min_analysis_window_seconds)

@@ -18,7 +18,7 @@ Invariants this module maintains:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from inferstack.api.v1alpha1 import InferenceStackSpec
@@ -27,7 +27,6 @@ from inferstack.core.config import OperatorConfig
 from inferstack.core.revision import Revision, cache_namespace
 from inferstack.core.rollout import Analysis, Decision, Observations, RolloutState, decide, parse_command
 from inferstack.core.status import Problem, desired_status, merge_patch, summarize
-from inferstack.core.trafficplan import TrafficPlan
 
 
 @dataclass(frozen=True)
@@ -53,11 +52,11 @@ class Actions:
     delete_revisions: list[str] = field(default_factory=list)
     status: dict[str, Any] | None = None  # merge patch for .status; None = unchanged
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-    plan: TrafficPlan | None = None  # None = unchanged
 
     @property
     def writes(self) -> int:
-        return len(self.create) + len(self.scale) + len(self.delete_revisions) + (self.status is not None) + (self.plan is not None)
+        """Writes of the stack's objects and status; the traffic plan is the handler's (desired_plan)."""
+        return len(self.create) + len(self.scale) + len(self.delete_revisions) + (self.status is not None)
 
 
 def desired_objects(
@@ -156,8 +155,7 @@ def reconcile(
         analysis=analysis,
         command=parse_command(meta.get("annotations")),
     )
-    min_window = timedelta(seconds=config.min_analysis_window_seconds)
-    decision = decide(spec, RolloutState.from_status(status), obs, now, min_window)
+    decision = decide(spec, RolloutState.from_status(status), obs, now, config.min_analysis_window)
     actions.events.extend((e.type, e.reason, e.message) for e in decision.events)
 
     # Scaling is not a new revision: live revisions follow spec.model.replicas,

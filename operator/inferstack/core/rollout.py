@@ -36,8 +36,6 @@ Rules that keep this honest:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -48,6 +46,7 @@ from inferstack.api.v1alpha1 import InferenceStackSpec, RolloutStep
 from inferstack.core.durations import format_duration, parse_duration
 from inferstack.core.gates import GateVerdict, Verdict
 from inferstack.core.promql import MIN_WINDOW
+from inferstack.core.revision import digest
 
 COMMAND_ANNOTATION: Final = "inferstack.dev/command"
 COMMAND_ID_ANNOTATION: Final = "inferstack.dev/command-id"
@@ -285,10 +284,7 @@ class Decision:
 
 def judging_hash(spec: InferenceStackSpec) -> str:
     """A short hash of what judges a step: the gates and the evaluation (not part of the revision)."""
-    doc = json.dumps(
-        [spec.model_dump(mode="json", by_alias=True, include={"gates", "evaluation"})], sort_keys=True, separators=(",", ":")
-    )
-    return hashlib.sha256(doc.encode()).hexdigest()[:12]
+    return digest(spec.model_dump(mode="json", by_alias=True, include={"gates", "evaluation"}))[:12]
 
 
 # -------------------------------------------------------------- step helpers

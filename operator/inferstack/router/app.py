@@ -37,8 +37,7 @@ class Router:
         self.slices = SliceLabels(settings.slices)
         self.shadow = ShadowMirror(settings.shadow_queue_limit, metrics)
         self.caches: dict[str, ResponseCache] = {}
-        # Per stack: the plan's declared slices, and its evaluators compiled per revision.
-        self.declared: dict[str, tuple[str, frozenset[str]]] = {}
+        # Per stack: its evaluators compiled per revision (compiling per answer would be waste).
         self.evaluators: dict[str, dict[str, Evaluators]] = {}
         self.session: aiohttp.ClientSession | None = None
 
@@ -58,19 +57,13 @@ class Router:
         namespace, _, stack = key.partition("/")
         if plan is None:
             self.caches.pop(key, None)
-            self.declared.pop(key, None)
             self.evaluators.pop(key, None)
             self.metrics.plan_serial.remove(namespace, stack)
             return
         self.metrics.plan_serial.labels(namespace, stack).set(plan.serial)
-        ev = plan.evaluation
-        if ev.slices:
-            self.declared[key] = (ev.slice_header, frozenset(ev.slices))
-        else:
-            self.declared.pop(key, None)
         # Compiled once per plan, not per answer; a revision's tool schemas are its own.
         bundles = [b for b in (plan.stable, plan.candidate) if b is not None]
-        self.evaluators[key] = {b.revision: Evaluators.compile(ev.evaluators, b.tools) for b in bundles}
+        self.evaluators[key] = {b.revision: Evaluators.compile(plan.evaluation.evaluators, b.tools) for b in bundles}
         cache = self.caches.get(key)
         if not plan.response_cache.enabled:
             self.caches.pop(key, None)
@@ -142,12 +135,11 @@ class Router:
 
     def _slice(self, plan: TrafficPlan, headers: Any) -> str:
         """The request's slice: a value the stack declares, else ``other``; nothing a client sends adds a label."""
-        declared = self.declared.get(plan.key)
-        if declared is None:
+        ev = plan.evaluation
+        if not ev.slices:
             return self.slices.label(headers.get(self.settings.slice_header))
-        header, values = declared
-        value = (headers.get(header) or "").strip()
-        return value if value in values else OTHER_SLICE
+        value = (headers.get(ev.slice_header) or "").strip()
+        return value if value in ev.slices else OTHER_SLICE
 
     def _evaluators(self, plan: TrafficPlan, revision: str) -> Evaluators | None:
         return self.evaluators.get(plan.key, {}).get(revision)
