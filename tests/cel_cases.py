@@ -48,6 +48,11 @@ HOSTED = {"endpoint": {"url": "https://llm.example.com/v1"}, "gpus": 0}
 
 EVAL: dict[str, Any] = {"slices": {"values": ["billing"]}, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}}}]}
 EGATE: dict[str, Any] = {"name": "quality", "evaluator": "no-refusal", "margin": 0.05}
+JUDGE: dict[str, Any] = {"endpoint": {"url": "http://judge.example/v1", "model": "judge"}, "criteria": "Correct and grounded."}
+GOLDEN_EVAL: dict[str, Any] = {
+    "slices": {"values": ["billing"]},
+    "evaluators": [{"name": "golden", "goldenSet": {"configMapRefs": [{"name": "golden-cases", "key": "cases.jsonl"}]}}],
+}
 
 
 def stack(**spec: Any) -> dict[str, Any]:
@@ -453,6 +458,48 @@ REFUSED: list[Refused] = [
         "spec.evaluation.evaluators[0].rule",
         "spec.evaluation.evaluators[].rule needs exactly one of refusal, json, jsonSchema, toolArguments, mustMatch, mustNotMatch, maxLength",
     ),
+    Refused(
+        "evaluator-with-two-kinds",
+        stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}}, "feedback": {}}]}, gates=[EGATE]),
+        "spec.evaluation.evaluators[0]",
+        "spec.evaluation.evaluators[] needs exactly one of rule, judge, feedback, goldenSet",
+    ),
+    Refused(
+        "judge-with-endpoint-and-stack",
+        stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "judge": {**JUDGE, "stack": "judge"}}]}, gates=[EGATE]),
+        "spec.evaluation.evaluators[0].judge",
+        "spec.evaluation.evaluators[].judge needs exactly one of endpoint (a hosted model) or stack (another InferenceStack of this namespace)",
+    ),
+    Refused(
+        "evaluate-step-naming-a-rule",
+        stack(evaluation=EVAL, gates=[EGATE], rollout=steps({"evaluate": {"evaluators": ["no-refusal"]}}, {"canary": {"weight": 5}})),
+        "spec.rollout.steps",
+        "spec.rollout.steps[].evaluate.evaluators must name goldenSet evaluators of spec.evaluation.evaluators",
+    ),
+    Refused(
+        "evaluate-step-without-golden-set",
+        stack(evaluation=EVAL, gates=[EGATE], rollout=steps({"evaluate": {}}, {"canary": {"weight": 5}})),
+        "spec.rollout.steps",
+        "spec.rollout.steps has an evaluate step but spec.evaluation.evaluators declares no goldenSet to replay",
+    ),
+    Refused(
+        "golden-gate-without-evaluate-step",
+        stack(evaluation=GOLDEN_EVAL, gates=[{**EGATE, "evaluator": "golden"}], rollout=steps({"canary": {"weight": 5}})),
+        "spec.gates",
+        "a gate names a goldenSet evaluator but spec.rollout.steps has no evaluate step to run it; add {evaluate: {}} before the first traffic step",
+    ),
+    Refused(
+        "pairwise-gate-without-shadow",
+        stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "judge": {**JUDGE, "mode": "Pairwise"}}]}, gates=[EGATE], rollout=steps({"canary": {"weight": 5}})),
+        "spec.gates",
+        "a gate names a Pairwise judge, which compares shadow answers with stable ones, but spec.rollout.steps has no shadow step; add one or use mode: Rubric",
+    ),
+    Refused(
+        "feedback-gate-without-user-traffic",
+        stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "feedback": {}}]}, gates=[EGATE], rollout=steps({"shadow": {}})),
+        "spec.gates",
+        "a gate names a feedback evaluator, but users give feedback only on answers they see and spec.rollout.steps has no canary or ramp step",
+    ),
 ]
 
 # Accepted: near misses of the rules above (each must pass both the API server and pydantic).
@@ -470,4 +517,14 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("longest-duration", stack(rollout={"scaleDownDelay": "8760h", "analysisInterval": "1s", "progressDeadline": "1s"})),
     ("extra-args-near-owned-flags", stack(model=model(engine={"extraArgs": ["--model-loader-extra-config={}", "--max-num-seqs=64", "--tokenizer-revision=main"]}))),
     ("hosted-model", stack(model=model(**HOSTED))),
+    ("every-evaluator-kind", stack(
+        evaluation={**GOLDEN_EVAL, "evaluators": [
+            *GOLDEN_EVAL["evaluators"],
+            {"name": "helpful", "judge": JUDGE},
+            {"name": "preferred", "judge": {"mode": "Pairwise", "stack": "judge", "criteria": "Prefer the correct answer."}},
+            {"name": "thumbs", "feedback": {"maxAge": "1h"}},
+        ]},
+        gates=[{**EGATE, "name": n, "evaluator": n} for n in ("golden", "helpful", "preferred", "thumbs")],
+        rollout=steps({"evaluate": {}}, {"shadow": {}}, {"canary": {"weight": 5}}),
+    )),
 ]

@@ -79,6 +79,8 @@ PLACES = {
     "TrafficSpec": ".spec.traffic",
     "SliceSpec": ".spec.evaluation.slices",
     "RuleCheck": ".spec.evaluation.evaluators[].rule",
+    "Evaluator": ".spec.evaluation.evaluators[]",
+    "LLMJudge": ".spec.evaluation.evaluators[].judge",
     "EvaluationSpec": ".spec.evaluation",
     "InferenceStackSpec": ".spec",
 }
@@ -105,6 +107,9 @@ def test_every_duration_carries_the_duration_rule() -> None:
         ".spec.rollout.steps[].canary.duration",
         ".spec.rollout.steps[].pause.duration",
         ".spec.rollout.steps[].ramp.duration",
+        ".spec.rollout.steps[].evaluate.timeout",
+        ".spec.evaluation.evaluators[].judge.timeout",
+        ".spec.evaluation.evaluators[].feedback.maxAge",
     ]
     schema = crd_schema()
     found = sorted(p for p, e in schema_entries(schema) if e["message"] == v1alpha1._MAX_DURATION.message)

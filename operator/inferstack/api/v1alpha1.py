@@ -361,23 +361,39 @@ class RampStep(Model):
     increment: int = Field(25, ge=1, le=MAX_WEIGHT, description="Weight added per ramp increment until 100.")
 
 
+class EvaluateStep(Model):
+    """Replay golden sets against the candidate and the stable revision before the candidate gets traffic.
+
+    The operator runs one Kubernetes Job per golden set; a failed critical case
+    rolls the candidate back at once, and gates naming a golden set judge the
+    other cases per slice, paired with stable on the same cases.
+    """
+
+    evaluators: list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]] = Field(
+        default_factory=list, max_length=16, description="goldenSet evaluators to run; empty: all of them."
+    )
+    timeout: Duration = Field("15m", description="Time the Jobs may take; past it the step is Inconclusive and holds.")
+
+
 class RolloutStep(Model):
     shadow: ShadowStep | None = None
     canary: CanaryStep | None = None
     pause: PauseStep | None = None
     ramp: RampStep | None = None
+    evaluate: EvaluateStep | None = None
 
     cel_rules = (
         Rule(
-            "[has(self.shadow), has(self.canary), has(self.pause), has(self.ramp)].filter(x, x).size() == 1",
-            "each spec.rollout.steps entry must have exactly one of shadow, canary, pause, ramp",
-            lambda s: sum(k is not None for k in (s.shadow, s.canary, s.pause, s.ramp)) == 1,
+            "[has(self.shadow), has(self.canary), has(self.pause), has(self.ramp), has(self.evaluate)]"
+            ".filter(x, x).size() == 1",
+            "each spec.rollout.steps entry must have exactly one of shadow, canary, pause, ramp, evaluate",
+            lambda s: sum(k is not None for k in (s.shadow, s.canary, s.pause, s.ramp, s.evaluate)) == 1,
         ),
     )
 
     @property
     def kind(self) -> str:
-        for name in ("shadow", "canary", "pause", "ramp"):
+        for name in ("shadow", "canary", "pause", "ramp", "evaluate"):
             if getattr(self, name) is not None:
                 return name
         raise ValueError("empty rollout step")
@@ -579,9 +595,94 @@ class RuleCheck(Model):
         return self
 
 
+class JudgeMode(StrEnum):
+    RUBRIC = "Rubric"  # score one answer by the criteria
+    PAIRWISE = "Pairwise"  # compare the candidate's shadow answer with the stable answer to the same request
+
+
+class JudgeEndpoint(Model):
+    """A hosted OpenAI-compatible judge model."""
+
+    url: str = Field(..., pattern=URL_PATTERN, max_length=2048, description="Base URL, e.g. https://api.openai.com/v1.")
+    model: str = Field(..., min_length=1, max_length=256, description="The judge model's name at that endpoint.")
+    api_key_secret_ref: SecretKeyRef | None = Field(None, description="A Secret of the stack's namespace with the bearer token.")
+
+
+class LLMJudge(Model):
+    """An LLM judge, called by the router on a deterministic sample of answers.
+
+    Rubric: one answer scored 1..10 by ``criteria`` (a sample of (score-1)/9).
+    Pairwise: the candidate's shadow answer against the stable answer to the
+    same request, asked in both orders; a win in both is +1, a loss in both
+    -1, anything else (disagreement, tie) 0; judged in shadow steps only.
+    A judge error is counted as an error, never as a score.
+    """
+
+    mode: JudgeMode = JudgeMode.RUBRIC
+    endpoint: JudgeEndpoint | None = None
+    stack: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Another InferenceStack of this namespace as the judge, called through the router (its stable revision).",
+    )
+    criteria: str = Field(..., min_length=1, max_length=16_384, description="What a good answer is, written for the judge.")
+    sample_rate: float = Field(0.1, gt=0, le=1, description="Share of answers judged, chosen by request id (the same on every replica).")
+    max_calls_per_minute: int = Field(60, ge=1, le=100_000, description="Judge calls per minute per router replica; more are dropped and counted.")
+    timeout: Duration = Field("30s", description="Time one judge call may take; past it the call is an error.")
+
+    cel_rules = (
+        Rule(
+            "has(self.endpoint) != has(self.stack)",
+            "spec.evaluation.evaluators[].judge needs exactly one of endpoint (a hosted model) or stack "
+            "(another InferenceStack of this namespace)",
+            lambda j: (j.endpoint is None) != (j.stack is None),
+        ),
+    )
+
+
+class FeedbackEvaluator(Model):
+    """User feedback: ``POST /v1/feedback`` with a response id the router signed and a value in 0..1."""
+
+    max_age: Duration = Field("24h", description="Feedback on an answer older than this is refused.")
+
+
+class GoldenSet(Model):
+    """Cases (JSON Lines) replayed by a Job against the candidate and the stable revision.
+
+    A case: ``{"id", "slice", "messages", "expected"?, "assertions"?: [{"contains"|"notContains"|"regex"|"equals": ...}],
+    "critical"?: bool}``; a case passes when every assertion holds (``expected`` alone: the answer contains it).
+    """
+
+    config_map_refs: list[ConfigMapKeyRef] = Field(..., min_length=1, max_length=16, description="ConfigMap keys holding the cases.")
+    concurrency: int = Field(4, ge=1, le=64, description="Cases in flight at once, per revision.")
+
+
 class Evaluator(Model):
+    """One named source of samples: exactly one of rule, judge, feedback, goldenSet."""
+
     name: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=63)
-    rule: RuleCheck
+    rule: RuleCheck | None = None
+    judge: LLMJudge | None = None
+    feedback: FeedbackEvaluator | None = None
+    golden_set: GoldenSet | None = None
+
+    cel_rules = (
+        Rule(
+            "[has(self.rule), has(self.judge), has(self.feedback), has(self.goldenSet)].filter(x, x).size() == 1",
+            "spec.evaluation.evaluators[] needs exactly one of rule, judge, feedback, goldenSet",
+            lambda e: sum(v is not None for v in (e.rule, e.judge, e.feedback, e.golden_set)) == 1,
+        ),
+    )
+
+    @property
+    def kind(self) -> str:
+        """rule | judge | pairwise | feedback | goldenSet: what produces the samples, and so when there are any."""
+        if self.judge is not None:
+            return "pairwise" if self.judge.mode == JudgeMode.PAIRWISE else "judge"
+        if self.feedback is not None:
+            return "feedback"
+        if self.golden_set is not None:
+            return "goldenSet"
+        return "rule"
 
 
 class EvaluationSpec(Model):
@@ -864,10 +965,56 @@ class InferenceStackSpec(Model):
             field_path=".traffic.provider",
         ),
         Rule(
-            "size(self.gates) == 0 || self.rollout.steps.exists(s, has(s.shadow) || has(s.canary) || has(s.ramp))",
+            "size(self.gates) == 0 || self.rollout.steps.exists(s, has(s.shadow) || has(s.canary) || has(s.ramp) || has(s.evaluate))",
             "spec.gates are never evaluated: no step of spec.rollout.steps sends the candidate traffic; add a "
             "shadow, canary or ramp step, or remove the gates",
-            lambda s: not s.gates or any(st.shadow or st.canary or st.ramp for st in s.rollout.steps),
+            lambda s: not s.gates or any(st.shadow or st.canary or st.ramp or st.evaluate for st in s.rollout.steps),
+            field_path=".gates",
+        ),
+        Rule(
+            "self.rollout.steps.all(st, !has(st.evaluate) || st.evaluate.evaluators.all(n, "
+            "self.evaluation.evaluators.exists(e, e.name == n && has(e.goldenSet))))",
+            "spec.rollout.steps[].evaluate.evaluators must name goldenSet evaluators of spec.evaluation.evaluators",
+            lambda s: all(
+                st.evaluate is None or set(st.evaluate.evaluators) <= {e.name for e in s.evaluation.evaluators if e.golden_set}
+                for st in s.rollout.steps
+            ),
+            field_path=".rollout.steps",
+        ),
+        Rule(
+            "self.rollout.steps.all(st, !has(st.evaluate)) || self.evaluation.evaluators.exists(e, has(e.goldenSet))",
+            "spec.rollout.steps has an evaluate step but spec.evaluation.evaluators declares no goldenSet to replay",
+            lambda s: all(st.evaluate is None for st in s.rollout.steps) or any(e.golden_set for e in s.evaluation.evaluators),
+            field_path=".rollout.steps",
+        ),
+        Rule(
+            "self.evaluation.evaluators.all(e, !has(e.goldenSet) || !self.gates.exists(g, has(g.evaluator) && "
+            "g.evaluator == e.name) || self.rollout.steps.exists(st, has(st.evaluate)))",
+            "a gate names a goldenSet evaluator but spec.rollout.steps has no evaluate step to run it; add "
+            "{evaluate: {}} before the first traffic step",
+            lambda s: not any(
+                e.golden_set and any(g.evaluator == e.name for g in s.gates) for e in s.evaluation.evaluators
+            ) or any(st.evaluate for st in s.rollout.steps),
+            field_path=".gates",
+        ),
+        Rule(
+            "self.evaluation.evaluators.all(e, !has(e.judge) || e.judge.mode != 'Pairwise' || "
+            "!self.gates.exists(g, has(g.evaluator) && g.evaluator == e.name) || self.rollout.steps.exists(st, has(st.shadow)))",
+            "a gate names a Pairwise judge, which compares shadow answers with stable ones, but spec.rollout.steps "
+            "has no shadow step; add one or use mode: Rubric",
+            lambda s: not any(
+                e.judge and e.judge.mode == JudgeMode.PAIRWISE and any(g.evaluator == e.name for g in s.gates)
+                for e in s.evaluation.evaluators
+            ) or any(st.shadow for st in s.rollout.steps),
+            field_path=".gates",
+        ),
+        Rule(
+            "self.evaluation.evaluators.all(e, !has(e.feedback) || !self.gates.exists(g, has(g.evaluator) && "
+            "g.evaluator == e.name) || self.rollout.steps.exists(st, has(st.canary) || has(st.ramp)))",
+            "a gate names a feedback evaluator, but users give feedback only on answers they see and "
+            "spec.rollout.steps has no canary or ramp step",
+            lambda s: not any(e.feedback and any(g.evaluator == e.name for g in s.gates) for e in s.evaluation.evaluators)
+            or any(st.canary or st.ramp for st in s.rollout.steps),
             field_path=".gates",
         ),
         Rule(

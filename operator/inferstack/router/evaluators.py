@@ -206,8 +206,9 @@ class Evaluators:
 
     @classmethod
     def compile(cls, evaluators: Sequence[Evaluator], tools: Sequence[Mapping[str, Any]]) -> Evaluators:
-        validators = tool_validators(tools) if any(e.rule.tool_arguments for e in evaluators) else {}
-        return cls({e.name: compile_rule(e.rule, validators) for e in evaluators})
+        rules = {e.name: e.rule for e in evaluators if e.rule is not None}  # judges and feedback score elsewhere
+        validators = tool_validators(tools) if any(r.tool_arguments for r in rules.values()) else {}
+        return cls({name: compile_rule(rule, validators) for name, rule in rules.items()})
 
     def score(self, body: Mapping[str, Any], answer: SeenAnswer) -> dict[str, float]:
         """``run`` on a ``proxy.Answer`` (text prefix, length, tool calls as the router saw them)."""
