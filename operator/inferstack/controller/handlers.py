@@ -211,7 +211,11 @@ async def run_analysis(spec: InferenceStackSpec, meta: dict[str, Any], status: d
         Runtime.prometheus = PrometheusClient(Runtime.config.prometheus_url, timeout=Runtime.config.prometheus_timeout_seconds)
     # Every query is evaluated at ``now`` over ``window``: the analysis covers
     # exactly [now - window, now], which analysis_window keeps inside the step.
-    verdicts = await analyse(spec, meta["name"], meta["namespace"], state.stable, state.candidate, Runtime.prometheus, window=window, at=now)
+    step_kind = spec.rollout.steps[state.step_index].kind if state.step_index is not None else None
+    verdicts = await analyse(
+        spec, meta["name"], meta["namespace"], state.stable, state.candidate, Runtime.prometheus,
+        window=window, at=now, step_kind=step_kind,
+    )  # fmt: skip
     return Analysis(state.candidate, now, tuple(verdicts), window_start=now - window)
 
 

@@ -131,6 +131,7 @@ async def analyse(
     client: InstantQuery,
     window: timedelta | None = None,
     at: datetime | None = None,
+    step_kind: str | None = None,
 ) -> list[GateVerdict]:
     """Every gate's verdicts for the candidate, each slice and the aggregate.
 
@@ -139,13 +140,16 @@ async def analyse(
     analysis interval, at least one minute. One evaluation time for all of
     them makes the analysis cover exactly ``[at - window, at]``, however long
     the queries take. Queries run concurrently; a gate whose template does
-    not render is Inconclusive with the template error.
+    not render is Inconclusive with the template error. ``step_kind``
+    (None: every gate) leaves out the gates not judged in that kind of step.
     """
     window = window or default_window(spec.rollout)
     measurements: dict[tuple[str, str], Measurement] = {}
     limit = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
     jobs = []
-    prometheus_gates = [g for g in spec.gates if g.prometheus is not None]
+    # Only the gates judged in this kind of step (evaluation.judged_in): a
+    # pairwise judge has no pairs in a canary, feedback none in a shadow.
+    prometheus_gates = [g for g in spec.gates if g.prometheus is not None and evaluation.judged_in(spec, g, step_kind)]
     for gate in prometheus_gates:
         try:
             queries = gate_queries(
@@ -165,7 +169,7 @@ async def analyse(
             jobs.append(((q.gate, q.slice), _measure(client, limit, at, q.value, q.baseline, q.samples)))
     # Evaluator gates: the operator writes the queries (core/evaluation.py).
     eval_queries = evaluation.evaluator_queries(
-        spec, stack=stack, namespace=namespace, candidate=candidate_rev, stable=stable_rev, window=window
+        spec, stack=stack, namespace=namespace, candidate=candidate_rev, stable=stable_rev, window=window, step_kind=step_kind
     )
     texts = evaluation.all_queries(eval_queries)
     results, answers = await asyncio.gather(

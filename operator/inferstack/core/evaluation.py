@@ -28,11 +28,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
-from inferstack.api.v1alpha1 import Gate, InferenceStackSpec
+from inferstack.api.v1alpha1 import Evaluator, Gate, InferenceStackSpec
 from inferstack.core.durations import format_duration
 from inferstack.core.gates import AGGREGATE, GateVerdict, Verdict
 from inferstack.core.promql import escape_string, slice_pattern
-from inferstack.core.sequential import Counters, NonInferiority, SequentialVerdict, compare, split_alpha
+from inferstack.core.sequential import (
+    Counters,
+    NonInferiority,
+    SequentialVerdict,
+    compare,
+    compare_paired,
+    split_alpha,
+)
 
 FULL: Final = 100
 
@@ -40,10 +47,61 @@ FULL: Final = 100
 SAMPLES: Final = "inferstack_eval_samples_total"
 SCORE_SUM: Final = "inferstack_eval_score_sum_total"
 SCORE_SQUARES: Final = "inferstack_eval_score_squares_sum_total"
+# Pairs (a pairwise judge on shadow pairs): per candidate revision and its
+# baseline, the count of pairs and the sum and sum of squares of d in {-1, 0, +1}.
+PAIRS: Final = "inferstack_eval_pairs_total"
+PAIR_SUM: Final = "inferstack_eval_pair_difference_sum_total"
+PAIR_SQUARES: Final = "inferstack_eval_pair_difference_squares_sum_total"
+
+# Which step kinds give an evaluator samples, by what produces them. A gate
+# whose evaluator has no samples in a step is not judged there (it would only
+# hold the step): a pairwise judge needs shadow pairs, feedback needs users
+# who saw the candidate, a golden set runs in an evaluate step (from its Job).
+_TRAFFIC: Final = frozenset({"shadow", "canary", "ramp", "pause"})
+JUDGED_IN: Final[dict[str, frozenset[str]]] = {
+    "rule": _TRAFFIC,
+    "judge": _TRAFFIC,
+    "pairwise": frozenset({"shadow"}),
+    "feedback": frozenset({"canary", "ramp", "pause"}),
+    "goldenSet": frozenset({"evaluate"}),
+}
 
 
-def evaluator_gates(spec: InferenceStackSpec) -> list[Gate]:
-    return [g for g in spec.gates if g.evaluator is not None]
+def evaluator_of(spec: InferenceStackSpec, gate: Gate) -> Evaluator | None:
+    return next((e for e in spec.evaluation.evaluators if e.name == gate.evaluator), None)
+
+
+def judged_in(spec: InferenceStackSpec, gate: Gate, step_kind: str | None) -> bool:
+    """Whether ``gate`` is judged in a step of ``step_kind`` (None: any step).
+
+    Prometheus gates are judged wherever the candidate has traffic; evaluator
+    gates where their evaluator produces samples (``JUDGED_IN``).
+    """
+    if step_kind is None:
+        return True
+    if gate.evaluator is None:
+        return step_kind in _TRAFFIC
+    ev = evaluator_of(spec, gate)
+    return ev is not None and step_kind in JUDGED_IN[ev.kind]
+
+
+def evaluator_gates(spec: InferenceStackSpec, step_kind: str | None = None) -> list[Gate]:
+    """Evaluator gates judged from Prometheus in a step of ``step_kind`` (golden sets are judged from their Job)."""
+    return [
+        g
+        for g in spec.gates
+        if g.evaluator is not None and judged_in(spec, g, step_kind) and not _is_golden(spec, g)
+    ]
+
+
+def _is_golden(spec: InferenceStackSpec, gate: Gate) -> bool:
+    ev = evaluator_of(spec, gate)
+    return ev is not None and ev.kind == "goldenSet"
+
+
+def is_paired(spec: InferenceStackSpec, gate: Gate) -> bool:
+    ev = evaluator_of(spec, gate)
+    return ev is not None and ev.kind == "pairwise"
 
 
 def gate_slices(gate: Gate, spec: InferenceStackSpec) -> list[str]:
@@ -71,10 +129,15 @@ class ArmQueries:
 
 @dataclass(frozen=True)
 class EvaluatorQueries:
+    """One (gate, slice): both arms' queries, or for a paired gate the pairs' (``stable`` is None)."""
+
     gate: str
     slice: str
     candidate: ArmQueries
-    stable: ArmQueries
+    stable: ArmQueries | None = None
+
+    def arms(self) -> tuple[ArmQueries, ...]:
+        return (self.candidate,) if self.stable is None else (self.candidate, self.stable)
 
 
 def arm_queries(
@@ -95,6 +158,23 @@ def arm_queries(
     return ArmQueries(q(SAMPLES), q(SCORE_SUM), q(SCORE_SQUARES))
 
 
+def pair_queries(
+    *, namespace: str, stack: str, candidate: str, stable: str, evaluator: str, slice_: str, window: timedelta
+) -> ArmQueries:
+    """PromQL for the pairs (candidate shadow answer vs stable answer, same request) over the window."""
+    selector = (
+        f'namespace="{escape_string(namespace)}",stack="{escape_string(stack)}",'
+        f'revision="{escape_string(candidate)}",baseline="{escape_string(stable)}",'
+        f'evaluator="{escape_string(evaluator)}",slice=~"{slice_pattern(slice_)}"'
+    )
+    w = format_duration(window)
+
+    def q(metric: str) -> str:
+        return f"sum(increase({metric}{{{selector}}}[{w}]))"
+
+    return ArmQueries(q(PAIRS), q(PAIR_SUM), q(PAIR_SQUARES))
+
+
 def evaluator_queries(
     spec: InferenceStackSpec,
     *,
@@ -103,16 +183,29 @@ def evaluator_queries(
     candidate: str,
     stable: str,
     window: timedelta,
+    step_kind: str | None = None,
 ) -> list[EvaluatorQueries]:
-    """One entry per (evaluator gate, slice), in spec order, the aggregate last for each gate."""
+    """One entry per (evaluator gate, slice) judged in this step, in spec order, the aggregate last for each gate."""
     out = []
-    for gate in evaluator_gates(spec):
+    for gate in evaluator_gates(spec, step_kind):
         assert gate.evaluator is not None
         for slice_ in gate_slices(gate, spec):
+            if is_paired(spec, gate):
+                pairs = pair_queries(
+                    namespace=namespace, stack=stack, candidate=candidate, stable=stable,
+                    evaluator=gate.evaluator, slice_=slice_, window=window,
+                )  # fmt: skip
+                out.append(EvaluatorQueries(gate.name, slice_, pairs))
+                continue
 
             def arm(revision: str, evaluator: str = gate.evaluator, slice_: str = slice_) -> ArmQueries:
                 return arm_queries(
-                    namespace=namespace, stack=stack, revision=revision, evaluator=evaluator, slice_=slice_, window=window
+                    namespace=namespace,
+                    stack=stack,
+                    revision=revision,
+                    evaluator=evaluator,
+                    slice_=slice_,
+                    window=window,
                 )
 
             out.append(EvaluatorQueries(gate.name, slice_, arm(candidate), arm(stable)))
@@ -120,7 +213,7 @@ def evaluator_queries(
 
 
 def all_queries(queries: Sequence[EvaluatorQueries]) -> list[str]:
-    return [q for e in queries for arm in (e.candidate, e.stable) for q in arm.all()]
+    return [q for e in queries for arm in e.arms() for q in arm.all()]
 
 
 # ------------------------------------------------------------------ verdicts
@@ -163,13 +256,25 @@ class Arm:
     error: str = ""
 
 
-def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm, alpha: float) -> GateVerdict:
-    """The verdict of one evaluator gate on one slice; a measurement error is Inconclusive."""
+def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm | None, alpha: float) -> GateVerdict:
+    """The verdict of one evaluator gate on one slice; a measurement error is Inconclusive.
+
+    ``stable`` None: ``candidate`` holds pairs (per-pair differences in -1..1),
+    judged with the one-sample paired sequence.
+    """
     assert gate.margin is not None
-    if candidate.error or stable.error:
-        return GateVerdict(gate.name, slice_, Verdict.INCONCLUSIVE, message=candidate.error or stable.error)
+    if candidate.error or (stable is not None and stable.error):
+        return GateVerdict(
+            gate.name,
+            slice_,
+            Verdict.INCONCLUSIVE,
+            message=candidate.error or (stable.error if stable else ""),
+        )
     rule = NonInferiority(margin=gate.margin, alpha=alpha, min_samples=gate.min_samples)
-    result = compare(_counters(candidate), _counters(stable), rule, label=slice_)
+    if stable is None:
+        result = compare_paired(_counters(candidate, low=-1.0), rule, label=slice_)
+    else:
+        result = compare(_counters(candidate), _counters(stable), rule, label=slice_)
     verdict = {
         SequentialVerdict.PASS: Verdict.PASS,
         SequentialVerdict.FAIL: Verdict.FAIL,
@@ -198,12 +303,14 @@ def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm, alpha: float) ->
     )
 
 
-def _counters(arm: Arm) -> Counters:
-    # No series yet (nothing scored in the window) is zero samples, not an error.
+def _counters(arm: Arm, low: float = 0.0) -> Counters:
+    # No series yet (nothing scored in the window) is zero samples, not an
+    # error. Clamped to what n samples in [low, 1] can give: increase()
+    # extrapolates each series on its own, so they can disagree a little.
     n = max(arm.samples or 0.0, 0.0)
-    s = min(max(arm.total or 0.0, 0.0), n)
-    q = min(max(arm.squares or 0.0, 0.0), n)
-    return Counters.scores(n, s, q)
+    s = min(max(arm.total or 0.0, low * n), n)
+    q = min(max(arm.squares or 0.0, 0.0), n * max(low * low, 1.0))
+    return Counters(n, s, q, low, 1.0)
 
 
 def evaluate(
@@ -215,10 +322,10 @@ def evaluate(
     out = []
     for e in queries:
         arms = []
-        for arm in (e.candidate, e.stable):
+        for arm in e.arms():
             values = [answers.get(q) for q in arm.all()]
             errors = [v for v in values if isinstance(v, str)]
             n, total, squares = (v if isinstance(v, float) else None for v in values)
             arms.append(Arm(n, total, squares, error=errors[0] if errors else ""))
-        out.append(judge(gates[e.gate], e.slice, arms[0], arms[1], alpha))
+        out.append(judge(gates[e.gate], e.slice, arms[0], arms[1] if len(arms) > 1 else None, alpha))
     return out

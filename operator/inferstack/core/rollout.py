@@ -44,6 +44,7 @@ from typing import Any, Final
 
 from inferstack.api.v1alpha1 import InferenceStackSpec, RolloutStep
 from inferstack.core.durations import format_duration, parse_duration
+from inferstack.core.evaluation import judged_in
 from inferstack.core.gates import GateVerdict, Verdict
 from inferstack.core.promql import MIN_WINDOW
 from inferstack.core.revision import digest
@@ -370,6 +371,9 @@ def hold_reason(spec: InferenceStackSpec, state: RolloutState) -> str:
     """Why the gates keep the current step, or "" when they let it end."""
     if not spec.gates or (state.candidate_weight == 0 and state.shadow_percent == 0):
         return ""
+    kind = spec.rollout.steps[state.step_index or 0].kind
+    if not any(judged_in(spec, g, kind) for g in spec.gates):
+        return ""  # e.g. a pause whose only gate is a pairwise judge: nothing here can hold it
     assert state.step_started_at is not None
     if (
         state.last_analysis_at is None
