@@ -48,10 +48,11 @@ SAMPLES: Final = "inferstack_eval_samples_total"
 SCORE_SUM: Final = "inferstack_eval_score_sum_total"
 SCORE_SQUARES: Final = "inferstack_eval_score_squares_sum_total"
 # Pairs (a pairwise judge on shadow pairs): per candidate revision and its
-# baseline, the count of pairs and the sum and sum of squares of d in {-1, 0, +1}.
+# baseline, pairs, wins and losses; for d in {-1, 0, +1} that is n, and
+# S = wins - losses, Q = wins + losses (counters cannot hold a negative sum).
 PAIRS: Final = "inferstack_eval_pairs_total"
-PAIR_SUM: Final = "inferstack_eval_pair_difference_sum_total"
-PAIR_SQUARES: Final = "inferstack_eval_pair_difference_squares_sum_total"
+PAIR_WINS: Final = "inferstack_eval_pair_wins_total"
+PAIR_LOSSES: Final = "inferstack_eval_pair_losses_total"
 
 # Which step kinds give an evaluator samples, by what produces them. A gate
 # whose evaluator has no samples in a step is not judged there (it would only
@@ -117,7 +118,7 @@ def evaluations(spec: InferenceStackSpec) -> int:
 
 @dataclass(frozen=True)
 class ArmQueries:
-    """PromQL for one arm's n, S and Q over the window."""
+    """PromQL for one arm's n, S and Q over the window (pairs: n, wins, losses; see ``Arm.pairs``)."""
 
     samples: str
     total: str
@@ -172,7 +173,7 @@ def pair_queries(
     def q(metric: str) -> str:
         return f"sum(increase({metric}{{{selector}}}[{w}]))"
 
-    return ArmQueries(q(PAIRS), q(PAIR_SUM), q(PAIR_SQUARES))
+    return ArmQueries(q(PAIRS), q(PAIR_WINS), q(PAIR_LOSSES))
 
 
 def evaluator_queries(
@@ -272,7 +273,7 @@ def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm | None, alpha: fl
         )
     rule = NonInferiority(margin=gate.margin, alpha=alpha, min_samples=gate.min_samples)
     if stable is None:
-        result = compare_paired(_counters(candidate, low=-1.0), rule, label=slice_)
+        result = compare_paired(_pair_counters(candidate), rule, label=slice_)
     else:
         result = compare(_counters(candidate), _counters(stable), rule, label=slice_)
     verdict = {
@@ -303,14 +304,20 @@ def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm | None, alpha: fl
     )
 
 
-def _counters(arm: Arm, low: float = 0.0) -> Counters:
-    # No series yet (nothing scored in the window) is zero samples, not an
-    # error. Clamped to what n samples in [low, 1] can give: increase()
-    # extrapolates each series on its own, so they can disagree a little.
+def _counters(arm: Arm) -> Counters:
+    # No series yet (nothing scored in the window) is zero samples, not an error.
     n = max(arm.samples or 0.0, 0.0)
-    s = min(max(arm.total or 0.0, low * n), n)
-    q = min(max(arm.squares or 0.0, 0.0), n * max(low * low, 1.0))
-    return Counters(n, s, q, low, 1.0)
+    s = min(max(arm.total or 0.0, 0.0), n)
+    q = min(max(arm.squares or 0.0, 0.0), n)
+    return Counters.scores(n, s, q)
+
+
+def _pair_counters(arm: Arm) -> Counters:
+    """Pairs from (pairs, wins, losses): ``Counters.pairwise``; clamped, as increase() extrapolates each series."""
+    n = max(arm.samples or 0.0, 0.0)
+    wins = min(max(arm.total or 0.0, 0.0), n)
+    losses = min(max(arm.squares or 0.0, 0.0), n - wins)
+    return Counters.pairwise(wins, losses, n - wins - losses)
 
 
 def evaluate(

@@ -54,7 +54,13 @@ PAIRWISE_SYSTEM: Final = (
 )
 
 # The markers that frame each part of a judge prompt; the stand-in reads them back.
-CRITERIA, CONVERSATION, ANSWER, ANSWER_A, ANSWER_B = "Criteria", "Conversation", "Answer", "Assistant A's Answer", "Assistant B's Answer"
+CRITERIA, CONVERSATION, ANSWER, ANSWER_A, ANSWER_B = (
+    "Criteria",
+    "Conversation",
+    "Answer",
+    "Assistant A's Answer",
+    "Assistant B's Answer",
+)
 _RATING: Final = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _CHOICE: Final = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 
@@ -117,18 +123,26 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return " ".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 
 def rubric_messages(criteria: str, body: Mapping[str, Any], answer: str) -> list[dict[str, str]]:
     user = "\n\n".join(
-        (section(CRITERIA, criteria), section(CONVERSATION, conversation(body)), section(ANSWER, answer[:MAX_ANSWER_CHARS]))
+        (
+            section(CRITERIA, criteria),
+            section(CONVERSATION, conversation(body)),
+            section(ANSWER, answer[:MAX_ANSWER_CHARS]),
+        )
     )
     return [{"role": "system", "content": RUBRIC_SYSTEM}, {"role": "user", "content": user}]
 
 
-def pairwise_messages(criteria: str, body: Mapping[str, Any], answer_a: str, answer_b: str) -> list[dict[str, str]]:
+def pairwise_messages(
+    criteria: str, body: Mapping[str, Any], answer_a: str, answer_b: str
+) -> list[dict[str, str]]:
     user = "\n\n".join(
         (
             section(CRITERIA, criteria),

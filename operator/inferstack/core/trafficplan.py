@@ -86,6 +86,10 @@ class EvaluationPlan(_Model):
     slice_header: str = "x-inferstack-slice"
     slices: tuple[str, ...] = ()
     evaluators: tuple[Evaluator, ...] = ()
+    judge_api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Judge name -> token: filled in memory by the router from the judge's apiKeySecretRef, never written to a plan.",
+    )
 
 
 class TrafficPlan(_Model):

@@ -191,6 +191,20 @@ class KubePlanSource:
                     if raw is None:
                         raise KeyError(f"Secret {namespace}/{ref['name']} has no key {ref['key']!r}")
                     bundle["apiKey"] = base64.b64decode(raw).decode().strip()
+            evaluation = plan.get("evaluation") or {}
+            keys = evaluation.setdefault("judgeApiKeys", {})
+            for ev in evaluation.get("evaluators") or []:
+                ref = ((ev.get("judge") or {}).get("endpoint") or {}).get("apiKeySecretRef")
+                if ref:
+                    # A judge token that cannot be read is not the plan's fault:
+                    # serve the plan, and let that judge's calls count as errors.
+                    try:
+                        secret = api.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
+                        raw = (secret.data or {}).get(ref.get("key", "api-key"))
+                        if raw is not None:
+                            keys[ev["name"]] = base64.b64decode(raw).decode().strip()
+                    except ApiException as exc:
+                        log.error("plan in %s: cannot read judge %s's token: HTTP %s", namespace, ev.get("name"), exc.status)
         except (ApiException, KeyError, ValueError, TypeError) as exc:
             log.error("plan in %s: cannot read an endpoint token: %s", namespace, exc)
             return data

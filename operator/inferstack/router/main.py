@@ -9,6 +9,7 @@ from aiohttp import web
 
 from inferstack.eventloop import event_loop
 from inferstack.router.app import build_app
+from inferstack.router.feedback import keys_from
 from inferstack.router.metrics import RouterMetrics
 from inferstack.router.plansource import FilePlanSource, PlanSource
 from inferstack.router.settings import RouterSettings
@@ -25,11 +26,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--in-cluster", action="store_true", help="Use the pod's service account (the default inside a pod).")
     src.add_argument("--namespace", help="Watch plans in this namespace only; default: all namespaces.")
     p.add_argument("--shadow-queue-limit", type=int, default=256, help="Mirrored requests in flight before new ones are dropped.")
+    p.add_argument("--judge-queue-limit", type=int, default=256, help="Judge jobs waiting before new ones are dropped.")
+    p.add_argument("--judge-workers", type=int, default=8, help="Judge calls in flight at once.")
     p.add_argument("--upstream-timeout", type=float, default=120.0, help="Seconds for a whole answer, or between streamed chunks.")
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--slice-header", default="x-inferstack-slice", help="Request header naming the traffic slice.")
     p.add_argument("--slices", default="", help="Comma-separated slice allowlist; others become 'other'.")
     p.add_argument("--no-candidate-fallback", action="store_true", help="Do not retry candidate connect errors on stable.")
+    p.add_argument(
+        "--feedback-key-file",
+        help="File with the key(s) that sign response ids, one per line (the first signs); shared by every replica. "
+        "Default: $INFERSTACK_FEEDBACK_KEY, else a random key of this process.",
+    )
+    p.add_argument("--feedback-seen-limit", type=int, default=65_536, help="Response ids remembered to refuse duplicate feedback.")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="Seconds to drain in-flight streams on SIGTERM.")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -40,9 +49,13 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
         upstream_timeout=args.upstream_timeout,
         connect_timeout=args.connect_timeout,
         shadow_queue_limit=args.shadow_queue_limit,
+        judge_queue_limit=args.judge_queue_limit,
+        judge_workers=args.judge_workers,
         slice_header=args.slice_header,
         slices=tuple(s.strip() for s in args.slices.split(",") if s.strip()),
         candidate_fallback=not args.no_candidate_fallback,
+        feedback_keys=keys_from(args.feedback_key_file),
+        feedback_seen_limit=args.feedback_seen_limit,
     )
 
 

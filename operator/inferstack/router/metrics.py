@@ -86,6 +86,26 @@ class RouterMetrics:
         self.eval_samples = Counter("inferstack_eval_samples", "Evaluator samples (answers scored).", eval_labels, registry=r)
         self.eval_sum = Counter("inferstack_eval_score_sum", "Sum of evaluator scores.", eval_labels, registry=r)
         self.eval_squares = Counter("inferstack_eval_score_squares_sum", "Sum of squared evaluator scores.", eval_labels, registry=r)
+        # A pairwise judge's outcomes per shadow pair, with the stable revision
+        # it was compared with: pairs, candidate wins, candidate losses (the
+        # rest are ties). Counters only go up, so d in -1..1 is kept as two
+        # counts: S = wins - losses and, as d² is 1 unless a tie, Q = wins + losses.
+        pair_labels = ("namespace", "stack", "revision", "baseline", "slice", "evaluator")
+        self.eval_pairs = Counter("inferstack_eval_pairs", "Shadow pairs judged (candidate vs stable, same request).", pair_labels, registry=r)
+        self.eval_pair_wins = Counter("inferstack_eval_pair_wins", "Pairs the candidate won in both orders.", pair_labels, registry=r)
+        self.eval_pair_losses = Counter("inferstack_eval_pair_losses", "Pairs the candidate lost in both orders.", pair_labels, registry=r)
+        self.eval_errors = Counter(
+            "inferstack_eval_errors",
+            "Evaluator calls that gave no sample (judge down, slow, non-200, no verdict).",
+            ("namespace", "stack", "revision", "evaluator", "kind"),
+            registry=r,
+        )
+        self.eval_dropped = Counter(
+            "inferstack_eval_dropped",
+            "Samples not taken: judge queue full, budget spent, a pair missing its other half.",
+            ("namespace", "stack", "evaluator", "reason"),
+            registry=r,
+        )
         self.shadow_dropped = Counter(
             "inferstack_router_shadow_dropped", "Mirrors dropped because the shadow queue was full.", ("namespace", "stack"), registry=r
         )
@@ -133,6 +153,17 @@ class RouterMetrics:
             self.eval_samples.labels(*key).inc()
             self.eval_sum.labels(*key).inc(score)
             self.eval_squares.labels(*key).inc(score * score)
+
+    def record_pair(self, labels: Labels, baseline: str, evaluator: str, outcome: float) -> None:
+        """One judged shadow pair: ``labels`` are the candidate's, ``baseline`` the stable revision."""
+        key = (labels.namespace, labels.stack, labels.revision, baseline, labels.slice, evaluator)
+        self.eval_pairs.labels(*key).inc()
+        # Both created at once: a candidate that only ever loses must read 0 wins, not "no data".
+        wins, losses = self.eval_pair_wins.labels(*key), self.eval_pair_losses.labels(*key)
+        if outcome > 0:
+            wins.inc()
+        elif outcome < 0:
+            losses.inc()
 
     def record_error(self, labels: Labels, kind: str) -> None:
         self.errors.labels(*labels, kind).inc()

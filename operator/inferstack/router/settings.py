@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -16,3 +16,9 @@ class RouterSettings:
     max_request_bytes: int = 8 * 1024 * 1024
     max_response_bytes: int = 16 * 1024 * 1024  # non-streamed answers are read whole; bound them
     max_connections: int = 1024  # to all backends together
+    judge_queue_limit: int = 256  # judge jobs waiting; more are dropped and counted
+    judge_workers: int = 8  # judge calls in flight at once (per router replica)
+    # Keys that sign response ids (the first signs, all verify); every replica must
+    # share them. Empty: a random key of this process (feedback only on this replica).
+    feedback_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    feedback_seen_limit: int = 65_536  # response ids remembered to refuse duplicate feedback

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -77,8 +77,9 @@ async def mirror(
     timeout: aiohttp.ClientTimeout,
     max_response_bytes: int,
     evaluators: Evaluators | None = None,
+    on_answer: Callable[[proxy.Answer], None] | None = None,
 ) -> None:
-    """Send one mirrored request and record what came back under role="shadow"."""
+    """Send one mirrored request and record what came back under role="shadow"; ``on_answer`` sees the answer (judges)."""
     started = time.perf_counter()
     stream = bool(upstream_body.get("stream"))
     try:
@@ -106,6 +107,8 @@ async def mirror(
         metrics.record_error(labels, classify(exc).kind)
         return
     record_checked_answer(metrics, labels, request_body, answer, started, ttft, evaluators)
+    if on_answer is not None:
+        on_answer(answer)
 
 
 def record_checked_answer(
