@@ -10,6 +10,8 @@ real processes the same way:
 * the router, watching traffic plans through the real API server;
 * the operator, with Prometheus (started by ``e2e/cluster.py up``) as its
   gate source;
+* optionally (``judge=True``) a judge stand-in (``inferstack-standin --judge``)
+  at ``judge_url``, which judges answers by the stand-in's fixture table;
 * Prometheus scrape targets written to the harness's file_sd directory.
 """
 
@@ -153,11 +155,20 @@ class DataPlane:
     standin_port: int = field(default_factory=free_port)
     router_port: int = field(default_factory=free_port)
     operator_metrics_port: int = field(default_factory=free_port)
+    judge: bool = False  # also run a judge stand-in at judge_url
+    judge_position_bias: bool = False  # the judge says [[A]] where it should say [[C]]
+    judge_model: str = "standin-judge"
+    judge_port: int = field(default_factory=free_port)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     @property
     def router_url(self) -> str:
         return f"http://127.0.0.1:{self.router_port}"
+
+    @property
+    def judge_url(self) -> str:
+        """The judge's base URL, for an LLMJudge endpoint (``url``; ``model`` is ``judge_model``)."""
+        return f"http://127.0.0.1:{self.judge_port}"
 
     def operator_config(self) -> Path:
         path = self.log_dir / "operator-config.yaml"
@@ -183,6 +194,8 @@ class DataPlane:
              "--served-model", self.served_model, "--latency-ms", "5", "--ttft-ms", "2"],
             self.log_dir, f"http://127.0.0.1:{self.standin_port}/health",
         ).start()  # fmt: skip
+        if self.judge:
+            self.start_judge()
         # The router watches one namespace or all; a glob is for the operator only.
         ns_args = ["--namespace", self.namespace] if self.namespace and "*" not in self.namespace else []
         self.procs["router"] = Proc(
@@ -191,7 +204,10 @@ class DataPlane:
              "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), *ns_args],
             self.log_dir, f"{self.router_url}/healthz",
         ).start()  # fmt: skip
-        scrape_targets(f"dataplane-{self.router_port}", [f"127.0.0.1:{self.router_port}", f"127.0.0.1:{self.standin_port}"])
+        judge_target = [f"127.0.0.1:{self.judge_port}"] if self.judge else []
+        scrape_targets(
+            f"dataplane-{self.router_port}", [f"127.0.0.1:{self.router_port}", f"127.0.0.1:{self.standin_port}", *judge_target]
+        )
         if operator:
             self.start_operator()
         return self
@@ -207,6 +223,23 @@ class DataPlane:
         )  # fmt: skip
         self.procs["operator"] = proc
         return proc.start()
+
+    def start_judge(self) -> Proc:
+        """Start (or restart, on the same port) the judge stand-in."""
+        bias = ["--judge-position-bias"] if self.judge_position_bias else []
+        proc = self.procs.get("judge") or Proc(
+            "judge",
+            [str(VENV_BIN / "inferstack-standin"), "--judge", "--host", "127.0.0.1", "--port", str(self.judge_port),
+             "--served-model", self.judge_model, *bias],
+            self.log_dir, f"{self.judge_url}/health",
+        )  # fmt: skip
+        self.procs["judge"] = proc
+        return proc.start()
+
+    def stop_judge(self) -> None:
+        """Take the judge down (its calls then fail to connect) until ``start_judge``."""
+        if "judge" in self.procs:
+            self.procs["judge"].stop()
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):

@@ -1,4 +1,9 @@
-"""The stand-in's OpenAI-compatible HTTP server (aiohttp)."""
+"""The stand-in's OpenAI-compatible HTTP server (aiohttp): the model stand-in, or with ``judge`` the judge stand-in.
+
+Both are the same server (auth, model check, injected failures, metrics,
+streaming, ``RECEIVED``); only the text differs: the fixture's answer to the
+question, or the judge's verdict on a judge prompt (``judge.py``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inferstack.standin import fixtures
+from inferstack.standin import fixtures, judge
 from inferstack.standin.metrics import StandinMetrics
 
 
@@ -27,6 +32,8 @@ class StandinSettings:
     fail_rate: float = 0.0  # share of requests answered with HTTP 500
     max_num_seqs: int = 256  # like vLLM: more concurrent requests wait
     api_key: str | None = None  # like vLLM's --api-key: /v1 requests need this bearer token
+    judge: bool = False  # answer judge prompts with verdicts (judge.py) instead of answering questions
+    judge_position_bias: bool = False  # a judge that says [[A]] where it should say [[C]]
 
 
 SETTINGS: web.AppKey[StandinSettings] = web.AppKey("settings", StandinSettings)
@@ -70,6 +77,10 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     request.app[RECEIVED].append(body)
     if body.get("model") != settings.served_model:
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model_not_found")
+    try:
+        text = judge.verdict(body, position_bias=settings.judge_position_bias) if settings.judge else fixtures.answer_request(body)
+    except judge.NotAJudgePrompt as exc:
+        return _error(400, str(exc), "BadRequestError")
     if settings.fail_rate and random.random() < settings.fail_rate:
         return _error(500, "injected failure (--fail-rate)", "InternalServerError")
 
@@ -79,17 +90,16 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         metrics.waiting.dec()
         metrics.running.inc()
         try:
-            return await _generate(request, body, settings, metrics)
+            return await _generate(request, body, text, settings, metrics)
         finally:
             metrics.running.dec()
 
 
 async def _generate(
-    request: web.Request, body: dict[str, Any], settings: StandinSettings, metrics: StandinMetrics
+    request: web.Request, body: dict[str, Any], text: str, settings: StandinSettings, metrics: StandinMetrics
 ) -> web.StreamResponse:
     started = time.perf_counter()
     chat = request.path.endswith("/chat/completions")
-    text = fixtures.answer_request(body)
     n_prompt = fixtures.prompt_tokens(body)
     pieces = fixtures.split_tokens(text)
     usage = {"prompt_tokens": n_prompt, "completion_tokens": len(pieces), "total_tokens": n_prompt + len(pieces)}

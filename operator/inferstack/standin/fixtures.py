@@ -3,6 +3,11 @@
 Answers depend on the system prompt through :data:`PROMPT_RULES`, so a rollout
 of a bad prompt gives measurably worse answers on one slice only, which is
 what per-slice gates must catch while the other slices look healthy.
+
+A rule either makes its slice refuse (every rule check sees that) or answer
+*fluently wrong*: the fixture's ``wrong`` answer, same style and length as the
+right one, no refusal words, so every rule check passes and only a judge that
+knows the right answer (``standin/judge.py``) can tell.
 """
 
 from __future__ import annotations
@@ -20,21 +25,38 @@ class Fixture:
     slice: str
     question: str
     answer: str
+    wrong: str = ""  # a confident, fluent, wrong answer (a fluent-wrong rule's answer); "" for none
 
 
 @dataclass(frozen=True)
 class PromptRule:
-    """When ``phrase`` occurs in the system prompt, questions of ``slice`` get ``answer``."""
+    """When ``phrase`` occurs in the system prompt, questions of ``slice`` get ``answer``.
+
+    ``fluent_wrong``: they get the fixture's ``wrong`` answer instead, which no rule check can tell.
+    """
 
     phrase: str
     slice: str
     answer: str = REFUSAL
+    fluent_wrong: bool = False
 
 
 FIXTURES: Final[tuple[Fixture, ...]] = (
-    Fixture("billing", "How do I get a refund?", "Open Orders, pick the order and press Request refund; it takes 5 days."),
-    Fixture("billing", "Why was I charged twice?", "The second charge is a card authorisation hold; it disappears within 3 days."),
-    Fixture("billing", "Can I change my payment method?", "Yes: Settings, Billing, Payment methods, Add card, then make it the default."),
+    Fixture(
+        "billing", "How do I get a refund?",
+        "Open Orders, pick the order and press Request refund; it takes 5 days.",
+        "Open Orders, pick the order and press Request refund; it takes 90 days.",
+    ),
+    Fixture(
+        "billing", "Why was I charged twice?",
+        "The second charge is a card authorisation hold; it disappears within 3 days.",
+        "The second charge is a yearly membership fee; it renews every 12 months.",
+    ),
+    Fixture(
+        "billing", "Can I change my payment method?",
+        "Yes: Settings, Billing, Payment methods, Add card, then make it the default.",
+        "No: the first card stays on the account; our support team swaps it by post.",
+    ),
     Fixture("shipping", "Where is my parcel?", "Open Orders and press Track; the carrier updates the status every 4 hours."),
     Fixture("shipping", "Do you ship to Canada?", "Yes, we ship to Canada in 5 to 8 working days."),
     Fixture("shipping", "Can I change the delivery address?", "Yes, until the parcel leaves the warehouse: Orders, Edit address."),
@@ -47,16 +69,18 @@ PROMPT_RULES: Final[tuple[PromptRule, ...]] = (
     PromptRule("never discuss refunds", "billing"),
     PromptRule("never discuss payments", "billing"),
     PromptRule("never discuss deliveries", "shipping"),
+    PromptRule("quote the 2019 refund policy", "billing", fluent_wrong=True),
 )
 
 FALLBACK_SLICE: Final = "general"
 
 
-def _normalise(text: str) -> str:
-    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+def normalise(text: str) -> str:
+    """Lower case, letters, digits and single spaces: how questions (and, for the judge, answers) are matched."""
+    return " ".join(re.sub(r"[^a-z0-9\s]", "", text.lower()).split())
 
 
-_BY_QUESTION: Final = {_normalise(f.question): f for f in FIXTURES}
+_BY_QUESTION: Final = {normalise(f.question): f for f in FIXTURES}
 
 
 def content_text(content: Any) -> str:
@@ -69,7 +93,7 @@ def content_text(content: Any) -> str:
 
 
 def find_fixture(question: str) -> Fixture | None:
-    return _BY_QUESTION.get(_normalise(question))
+    return _BY_QUESTION.get(normalise(question))
 
 
 def answer(system_prompt: str, question: str) -> str:
@@ -79,6 +103,10 @@ def answer(system_prompt: str, question: str) -> str:
     lowered = system_prompt.lower()
     for rule in PROMPT_RULES:
         if rule.slice == slice_ and rule.phrase in lowered:
+            if rule.fluent_wrong:
+                if fixture and fixture.wrong:
+                    return fixture.wrong
+                continue  # nothing fluent and wrong to say: the right answer
             return rule.answer
     if fixture:
         return fixture.answer

@@ -1,4 +1,4 @@
-"""``inferstack-standin``: run one stand-in model server (one process per revision)."""
+"""``inferstack-standin``: run one stand-in model server (one process per revision), or with ``--judge`` a judge."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fail-rate", type=float, default=0.0, help="Share of requests answered with HTTP 500.")
     p.add_argument("--max-num-seqs", type=int, default=256, help="Concurrent requests before others wait.")
     p.add_argument("--api-key", default=os.environ.get("STANDIN_API_KEY"), help="Require this bearer token, like vLLM's --api-key.")
+    p.add_argument("--judge", action="store_true", help="Be a judge: answer MT-Bench-style judge prompts from the fixture table.")
+    p.add_argument(
+        "--judge-position-bias", action="store_true", help="With --judge: prefer answer A where it should say [[C]] (a tie)."
+    )
     return p.parse_args(argv)
 
 
@@ -37,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         fail_rate=args.fail_rate,
         max_num_seqs=args.max_num_seqs,
         api_key=args.api_key,
+        judge=args.judge,
+        judge_position_bias=args.judge_position_bias,
     )
     web.run_app(build_app(settings), host=args.host, port=args.port, access_log=None, print=None, loop=event_loop())
 
