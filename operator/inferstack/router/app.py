@@ -21,6 +21,8 @@ from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
 from inferstack.router.cache import ResponseCache, cache_key, cacheable
 from inferstack.router.errors import UpstreamError, classify, error_response
 from inferstack.router.evaluators import Evaluators
+from inferstack.router.feedback import HEADER as RESPONSE_ID_HEADER
+from inferstack.router.feedback import FeedbackEndpoint
 from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
 from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, UnknownModel
 from inferstack.router.settings import RouterSettings
@@ -39,6 +41,8 @@ class Router:
         self.caches: dict[str, ResponseCache] = {}
         # Per stack: its evaluators compiled per revision (compiling per answer would be waste).
         self.evaluators: dict[str, dict[str, Evaluators]] = {}
+        # POST /v1/feedback, and the signed response id on every answer (router/feedback.py).
+        self.feedback = FeedbackEndpoint.from_keys(store, metrics, settings.feedback_keys, settings.feedback_seen_limit)
         self.session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -174,6 +178,8 @@ class Router:
             "x-inferstack-role": role,
             "x-inferstack-cache": "miss",
             "x-request-id": request_id,
+            # Signed: any replica attributes later feedback to this revision and slice.
+            RESPONSE_ID_HEADER: self.feedback.response_id(labels),
         }
         upstream_body = apply_bundle(body, bundle, tenant, chat=chat)
         stream = bool(body.get("stream"))
@@ -307,6 +313,7 @@ def build_app(
     app.router.add_post("/v1/chat/completions", router.chat_completions)
     app.router.add_post("/v1/completions", router.completions)
     app.router.add_get("/v1/models", router.models)
+    app.router.add_post("/v1/feedback", router.feedback.handle)
     app.router.add_get("/healthz", router.healthz)
     app.router.add_get("/readyz", router.readyz)
     app.router.add_get("/metrics", router.metrics_handler)

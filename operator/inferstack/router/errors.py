@@ -37,7 +37,8 @@ def classify(exc: BaseException) -> UpstreamError:
     return UpstreamError("internal", 500, f"router error: {type(exc).__name__}")
 
 
-_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 502: "upstream_error", 503: "service_unavailable",
+_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          502: "upstream_error", 503: "service_unavailable",
           504: "timeout", 500: "server_error"}
 
 
