@@ -23,6 +23,7 @@ from inferstack.router.errors import UpstreamError, classify, error_response
 from inferstack.router.evaluators import Evaluators
 from inferstack.router.feedback import HEADER as RESPONSE_ID_HEADER
 from inferstack.router.feedback import FeedbackEndpoint
+from inferstack.router.judge import JudgeRunner
 from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
 from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, UnknownModel
 from inferstack.router.settings import RouterSettings
@@ -43,6 +44,7 @@ class Router:
         self.evaluators: dict[str, dict[str, Evaluators]] = {}
         # POST /v1/feedback, and the signed response id on every answer (router/feedback.py).
         self.feedback = FeedbackEndpoint.from_keys(store, metrics, settings.feedback_keys, settings.feedback_seen_limit)
+        self.judges = JudgeRunner(metrics, store.get, queue_limit=settings.judge_queue_limit, workers=settings.judge_workers)
         self.session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -51,14 +53,17 @@ class Router:
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, enable_cleanup_closed=True)
         # No cookie jar and no env proxies: this is a pure pass-through to in-cluster backends.
         self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        self.judges.start(self.session)
 
     async def close(self) -> None:
         await self.shadow.close()
+        await self.judges.close()
         if self.session is not None:
             await self.session.close()
 
     def plan_changed(self, key: str, plan: TrafficPlan | None) -> None:
         namespace, _, stack = key.partition("/")
+        self.judges.plan_changed(key, plan)
         if plan is None:
             self.caches.pop(key, None)
             self.evaluators.pop(key, None)
@@ -134,6 +139,7 @@ class Router:
         tenant = request.headers.get(plan.tenant_header, "").strip() or DEFAULT_TENANT
         slice_ = self._slice(plan, request.headers)
         if route.shadow is not None:
+            self.judges.expect_pair(plan, request_id)
             self._mirror(plan, route.shadow, path, body, tenant, slice_, request_id, chat=chat)
         return await self._serve(request, plan, route.role, route.bundle, path, body, tenant, slice_, request_id, chat=chat)
 
@@ -161,6 +167,7 @@ class Router:
             timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
             max_response_bytes=self.settings.max_response_bytes,
             evaluators=self._evaluators(plan, bundle.revision),
+            on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id),
         )
         self.shadow.submit(plan.namespace, plan.stack, coro)
 
@@ -229,7 +236,7 @@ class Router:
             self.metrics.record_error(labels, f"upstream_{response.status // 100}xx")
             return web.Response(body=data, status=response.status, headers={**headers, "Content-Type": content_type})
         answer = proxy.parse_answer(data)
-        self._record(plan, labels, body, answer, started, ttft=None)
+        self._record(plan, labels, body, answer, started, ttft=None, request_id=headers["x-request-id"])
         if cache is not None:
             cache.put(key, data, content_type, plan.response_cache.ttl_seconds)
         return web.Response(body=data, headers={**headers, "Content-Type": content_type})
@@ -271,13 +278,15 @@ class Router:
             self.metrics.record_error(labels, "client_disconnect")
             return out
         await out.write_eof()
-        self._record(plan, labels, body, observer.finish(), started, ttft=ttft)
+        self._record(plan, labels, body, observer.finish(), started, ttft=ttft, request_id=headers["x-request-id"])
         return out
 
     def _record(
-        self, plan: TrafficPlan, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float, ttft: float | None
+        self, plan: TrafficPlan, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float,
+        ttft: float | None, request_id: str,
     ) -> None:
         record_checked_answer(self.metrics, labels, body, answer, started, ttft, self._evaluators(plan, labels.revision))
+        self.judges.answered(plan, labels, body, answer.text, request_id)
 
 
 ROUTER: web.AppKey[Router] = web.AppKey("router", Router)
