@@ -1061,6 +1061,9 @@ class GateResult(Model):
     delta_lower: float | None = Field(None, description="Evaluator gates: the anytime-valid interval on delta, lower bound.")
     delta_upper: float | None = Field(None, description="Evaluator gates: the anytime-valid interval on delta, upper bound.")
     message: str = ""
+    evaluated_by: str | None = Field(
+        None, description="Evaluator gates: what produced the samples (judge model and criteria hash, golden set content hash)."
+    )
 
 
 class TrafficStatus(Model):

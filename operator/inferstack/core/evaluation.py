@@ -29,6 +29,7 @@ from datetime import timedelta
 from typing import Final
 
 from inferstack.api.v1alpha1 import Evaluator, Gate, InferenceStackSpec
+from inferstack.core import judging
 from inferstack.core.durations import format_duration
 from inferstack.core.gates import AGGREGATE, GateVerdict, Verdict
 from inferstack.core.promql import escape_string, slice_pattern
@@ -257,7 +258,28 @@ class Arm:
     error: str = ""
 
 
-def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm | None, alpha: float) -> GateVerdict:
+def identity(evaluator: Evaluator | None) -> str:
+    """What produced an evaluator's samples, for ``status.gates[].evaluatedBy`` (empty when nothing needs naming).
+
+    Judges: mode, model or stack, and a hash over the prompt wording and
+    criteria (``judging.identity``); a rule check: its kind. Golden sets name
+    their case files' content hash from the Job's report (core/golden.py).
+    """
+    if evaluator is None:
+        return ""
+    if evaluator.judge is not None:
+        return judging.describe(evaluator.judge)
+    if evaluator.feedback is not None:
+        return "user feedback"
+    if evaluator.rule is not None:
+        kind = next(k for k, v in evaluator.rule.model_dump(by_alias=True, exclude_none=True).items())
+        return f"rule {kind}"
+    return ""
+
+
+def judge(
+    gate: Gate, slice_: str, candidate: Arm, stable: Arm | None, alpha: float, evaluated_by: str = ""
+) -> GateVerdict:
     """The verdict of one evaluator gate on one slice; a measurement error is Inconclusive.
 
     ``stable`` None: ``candidate`` holds pairs (per-pair differences in -1..1),
@@ -301,6 +323,7 @@ def judge(gate: Gate, slice_: str, candidate: Arm, stable: Arm | None, alpha: fl
         delta=result.delta,
         delta_lower=result.lower if finite else None,
         delta_upper=result.upper if finite else None,
+        evaluated_by=evaluated_by,
     )
 
 
@@ -334,5 +357,15 @@ def evaluate(
             errors = [v for v in values if isinstance(v, str)]
             n, total, squares = (v if isinstance(v, float) else None for v in values)
             arms.append(Arm(n, total, squares, error=errors[0] if errors else ""))
-        out.append(judge(gates[e.gate], e.slice, arms[0], arms[1] if len(arms) > 1 else None, alpha))
+        gate = gates[e.gate]
+        out.append(
+            judge(
+                gate,
+                e.slice,
+                arms[0],
+                arms[1] if len(arms) > 1 else None,
+                alpha,
+                identity(evaluator_of(spec, gate)),
+            )
+        )
     return out

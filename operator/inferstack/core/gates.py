@@ -63,6 +63,9 @@ class GateVerdict:
     delta: float | None = None
     delta_lower: float | None = None
     delta_upper: float | None = None
+    # What produced the evidence, so the verdict can be reproduced: the judge
+    # (mode, model, criteria hash) or the golden set's content hash.
+    evaluated_by: str = ""
 
     @property
     def key(self) -> str:
@@ -88,6 +91,7 @@ class GateVerdict:
             delta_lower=self.delta_lower,
             delta_upper=self.delta_upper,
             message=self.message,
+            evaluated_by=self.evaluated_by or None,
         ).model_dump(by_alias=True, exclude_none=True)
 
     @classmethod
@@ -95,7 +99,7 @@ class GateVerdict:
         r = GateResult.model_validate(data)
         return cls(
             r.gate, r.slice, Verdict(r.verdict), r.value, r.baseline, r.threshold, r.samples, r.message,
-            r.baseline_samples, r.delta, r.delta_lower, r.delta_upper,
+            r.baseline_samples, r.delta, r.delta_lower, r.delta_upper, r.evaluated_by or "",
         )  # fmt: skip
 
 
@@ -167,7 +171,9 @@ def judge(gate: Gate, slice_: str, m: Measurement) -> GateVerdict:
             return _inconclusive(gate, slice_, m, threshold, "no sample count")
         assert m.samples is not None
         if m.samples < gate.min_samples:
-            return _inconclusive(gate, slice_, m, threshold, f"{_count(m.samples)} of {gate.min_samples} samples")
+            return _inconclusive(
+                gate, slice_, m, threshold, f"{_count(m.samples)} of {gate.min_samples} samples"
+            )
     if gate.compare is not None and not _usable(m.baseline):
         return _inconclusive(gate, slice_, m, threshold, f"no usable baseline value ({_fmt(m.baseline)})")
 
