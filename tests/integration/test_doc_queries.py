@@ -133,9 +133,12 @@ def doc_examples() -> list[Example]:
                 ns, stack = DOC_STACK
                 found = [Example(where, body, ns, stack, (*DOC_SLICES, AGGREGATE), promql.MIN_WINDOW)]
             elif lang in ("yaml", "yml") and re.search(r"^\s*gates:", body, re.M):
-                for doc in yaml.safe_load_all(body):
-                    found += gate_examples(where, doc)
-                assert found, f"{where}: a yaml block with gates: that is not an InferenceStack manifest"
+                docs = list(yaml.safe_load_all(body))
+                assert any(isinstance(d, dict) and d.get("kind") == "InferenceStack" for d in docs), (
+                    f"{where}: a yaml block with gates: that is not an InferenceStack manifest"
+                )
+                for doc in docs:
+                    found += gate_examples(where, doc)  # validates it, also when all its gates are evaluator gates
             assert found or not PLACEHOLDER.search(body), (
                 f"{where}: a ```{lang} block holds a gate query; fence it as ```promql (or a manifest's gates:) so it is tested"
             )
