@@ -42,6 +42,7 @@ GROUPS = {
     "pod": "",
     "deployment": "apps",
     "controller_revision": "apps",
+    "job": "batch",
 }
 VERBS = {
     "create": "create",
@@ -53,7 +54,7 @@ VERBS = {
     "list": "list",
 }
 CLIENT_CALL = re.compile(
-    r"\b(?:api|core|apps)\.(create|read|patch|delete|replace|list)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
+    r"\b(?:api|core|apps|batch)\.(create|read|patch|delete|replace|list)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
 )
 CUSTOM_CALL = re.compile(
     r"\.(get|create|replace|patch|list|delete)_(?:namespaced|cluster)_custom_object(_status)?\b"
@@ -294,6 +295,10 @@ def test_scans_find_the_calls_we_know_of():
         ("", "services", "delete"),
         ("", "events", "create"),
         ("gateway.networking.k8s.io", "httproutes", "update"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("batch", "jobs", "watch"),
+        ("", "pods", "list"),
     } <= operator_needs()
     assert {("", "configmaps", "list"), ("", "configmaps", "watch")} <= router_needs()
 

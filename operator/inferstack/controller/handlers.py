@@ -29,9 +29,10 @@ from pydantic import ValidationError
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec, TrafficProvider
 from inferstack.controller import metrics
+from inferstack.controller.golden import JobSeen, golden_analysis
 from inferstack.controller.kube import Kube, api_problem
 from inferstack.controller.prometheus import PrometheusClient, analyse
-from inferstack.core import objects
+from inferstack.core import golden, objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.gateway import build_httproute
 from inferstack.core.promql import query_errors
@@ -103,8 +104,14 @@ def plan_index(namespace, labels, body, **_):
     return {(namespace, labels.get(objects.LABEL_STACK)): (body.get("data") or {}).get(PLAN_KEY)}
 
 
+@kopf.index("batch", "v1", "jobs", labels={**OWNED, objects.LABEL_COMPONENT: golden.COMPONENT})
+def golden_job_index(namespace, name, labels, status, **_):
+    return {(namespace, labels.get(objects.LABEL_STACK)): JobSeen(name, labels.get(objects.LABEL_REVISION), dict(status))}
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("apps", "v1", "controllerrevisions", labels=OWNED)
+@kopf.on.event("batch", "v1", "jobs", labels={**OWNED, objects.LABEL_COMPONENT: golden.COMPONENT})
 @kopf.on.event("", "v1", "configmaps", labels={PLAN_LABEL: "true"})
 def owned_object_changed(namespace, labels, **_):
     poke(namespace, labels.get(objects.LABEL_STACK))
@@ -253,7 +260,7 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     now = datetime.now(UTC)
-    observed, parts = observe(key, *indexes)
+    observed, parts = observe(key, *indexes[:3])
     try:
         spec, refs = await read_spec(kube, body)
     except (InvalidSpec, ApiException) as e:
@@ -264,6 +271,16 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     revision = compute_revision(spec, refs)
     parts.setdefault(revision.hash, revision.parts)
     analysis = await run_analysis(spec, meta, body.get("status") or {}, now)
+    if analysis is None:
+        # An evaluate step is judged by its golden-set Jobs, not by Prometheus.
+        jobs = list(indexes[3].get(key, [])) if len(indexes) > 3 else []
+        try:
+            analysis = await golden_analysis(kube, body, spec, parts, jobs, Runtime.config, now)
+        except ApiException as e:
+            unusable = api_problem(e, "running the golden-set Jobs")
+            state = RolloutState.from_status(body.get("status"))
+            patch = status_patch(body, spec, state, revision=revision.hash, observed=observed, now=now, problem=unusable)
+            return PassResult(patched=await write_status(kube, body, patch, unusable), problem=unusable)
     actions, decision = reconcile(body, spec, revision, observed, Runtime.config, now, analysis)
     problem = await apply_objects(kube, body, actions)
     if problem is not None:
@@ -390,7 +407,7 @@ def _rv(body: dict[str, Any]) -> int:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
-async def stack_changed(type, body, namespace, name, deployment_index, revision_index, plan_index, **_):
+async def stack_changed(type, body, namespace, name, deployment_index, revision_index, plan_index, golden_job_index, **_):
     key = (namespace, name)
     loop = Runtime.loops.get(key)
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
@@ -400,7 +417,7 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
         return
     snapshot = copy.deepcopy(dict(body))
     if loop is None:
-        Runtime.loops[key] = StackLoop(key, snapshot, (deployment_index, revision_index, plan_index))
+        Runtime.loops[key] = StackLoop(key, snapshot, (deployment_index, revision_index, plan_index, golden_job_index))
     else:
         loop.update(snapshot)
         loop.wake.set()

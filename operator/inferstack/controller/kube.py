@@ -54,6 +54,7 @@ class Kube:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
     async def _call(self, fn, *args, **kwargs):
@@ -76,6 +77,7 @@ class Kube:
             "Service": self.core.create_namespaced_service,
             "Deployment": self.apps.create_namespaced_deployment,
             "ControllerRevision": self.apps.create_namespaced_controller_revision,
+            "Job": self.batch.create_namespaced_job,
         }[kind]
         try:
             API_WRITES.labels(ns, kind, "create").inc()
@@ -111,6 +113,26 @@ class Kube:
             except ApiException as e:
                 if e.status != 404:
                     raise
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """A golden Job and its pod (background propagation); gone already is fine."""
+        API_WRITES.labels(namespace, "Job", "delete").inc()
+        try:
+            await self._call(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def termination_messages(self, namespace: str, job: str) -> list[str]:
+        """The termination messages of a Job's pods' containers (a golden Job's report)."""
+        pods = await self._call(self.core.list_namespaced_pod, namespace, label_selector=f"batch.kubernetes.io/job-name={job}")
+        out = []
+        for pod in pods.items:
+            for cs in (pod.status.container_statuses or []) if pod.status else []:
+                terminated = cs.state.terminated if cs.state else None
+                if terminated is not None and terminated.message:
+                    out.append(terminated.message)
+        return out
 
     async def write_plan(self, manifest: dict[str, Any]) -> None:
         """One write: replace the plan's data (create on first use)."""

@@ -32,6 +32,30 @@ def default_pools() -> dict[str, PoolConfig]:
     return {"interactive": PoolConfig(), "batch": PoolConfig()}
 
 
+class GoldenJobConfig(_Model):
+    """The Jobs that replay golden sets (core/golden.py): where they run and with what image.
+
+    The image is the operator's own (it carries ``python -m inferstack.golden``);
+    the chart fills it in from ``operator.image``.
+    """
+
+    image: str = "inferstack/operator:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    # Golden Jobs need no GPU: keep them on CPU nodes.
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    priority_class_name: str | None = None
+    # None (the default): a Job stays while its candidate rolls out (a held
+    # step re-reads it; a Job gone would be run again) and the operator
+    # deletes it when the rollout ends. A TTL removes finished Jobs sooner.
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    # One model request of a case; a slower answer counts as an error, not a failure.
+    request_timeout_seconds: float = Field(120.0, gt=0)
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+    )
+
+
 class OperatorConfig(_Model):
     pools: dict[str, PoolConfig] = Field(default_factory=default_pools)
     # How the router reaches a revision. Inside a cluster this is the
@@ -52,6 +76,7 @@ class OperatorConfig(_Model):
     # analysed only once it is this old, on its own data alone. 60 s suits
     # 15 s scrapes; the local test rig scrapes every second and uses 4 s.
     min_analysis_window_seconds: float = Field(60.0, gt=0)
+    golden_job: GoldenJobConfig = Field(default_factory=GoldenJobConfig)
 
     @property
     def min_analysis_window(self) -> timedelta:

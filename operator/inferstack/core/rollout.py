@@ -46,6 +46,7 @@ from inferstack.api.v1alpha1 import InferenceStackSpec, RolloutStep
 from inferstack.core.durations import format_duration, parse_duration
 from inferstack.core.evaluation import judged_in
 from inferstack.core.gates import GateVerdict, Verdict
+from inferstack.core.golden import step_golden_sets
 from inferstack.core.promql import MIN_WINDOW
 from inferstack.core.revision import digest
 
@@ -299,6 +300,8 @@ def step_duration(step: RolloutStep) -> timedelta | None:
         return parse_duration(step.canary.duration)
     if step.ramp:
         return parse_duration(step.ramp.duration)
+    if step.evaluate:
+        return timedelta(0)  # ends as soon as its golden sets' verdicts pass
     assert step.pause is not None
     return parse_duration(step.pause.duration) if step.pause.duration else None
 
@@ -310,6 +313,8 @@ def _weights(steps: list[RolloutStep], index: int, ramp_weight: int | None) -> t
     users as the rollout proceeds. A pause keeps the previous step's traffic.
     """
     weight, shadow = 0, 0
+    if steps[index].evaluate:
+        return 0, 0  # golden sets are replayed before the candidate gets any traffic
     for step in steps[: index + 1]:
         if step.shadow:
             shadow = step.shadow.percent
@@ -327,6 +332,8 @@ def _describe(step: RolloutStep, weight: int) -> str:
         return f"canary {weight}%"
     if step.ramp:
         return f"ramp {weight}%"
+    if step.evaluate:
+        return "evaluate"
     return "paused"
 
 
@@ -369,10 +376,14 @@ def analysis_window(
 
 def hold_reason(spec: InferenceStackSpec, state: RolloutState) -> str:
     """Why the gates keep the current step, or "" when they let it end."""
-    if not spec.gates or (state.candidate_weight == 0 and state.shadow_percent == 0):
+    step = spec.rollout.steps[state.step_index or 0]
+    if step.evaluate:
+        # Judged by its golden-set Jobs (even with no gate: critical cases), without traffic.
+        if not step_golden_sets(spec, step):
+            return ""
+    elif not spec.gates or (state.candidate_weight == 0 and state.shadow_percent == 0):
         return ""
-    kind = spec.rollout.steps[state.step_index or 0].kind
-    if not any(judged_in(spec, g, kind) for g in spec.gates):
+    elif not any(judged_in(spec, g, step.kind) for g in spec.gates):
         return ""  # e.g. a pause whose only gate is a pairwise judge: nothing here can hold it
     assert state.step_started_at is not None
     if (
@@ -381,14 +392,13 @@ def hold_reason(spec: InferenceStackSpec, state: RolloutState) -> str:
         or (state.last_analysis_from is not None and state.last_analysis_from < state.step_started_at)
         or not state.verdicts
     ):
-        return "waiting for an analysis of this step"
+        return "waiting for the golden set Jobs" if step.evaluate else "waiting for an analysis of this step"
     pending = [v for v in state.verdicts if v.verdict != Verdict.PASS]
     if pending:
         v = pending[0]
         return f"{v.where} {v.verdict.value.lower()}: {v.message}" + (
             f" (+{len(pending) - 1} more)" * (len(pending) > 1)
         )
-    step = spec.rollout.steps[state.step_index or 0]
     if step.shadow and step.shadow.min_samples:
         few = [v for v in state.verdicts if v.samples is not None and v.samples < step.shadow.min_samples]
         if few:
@@ -646,6 +656,11 @@ class _Run:
             s, failures=failures, last_analysis_at=a.taken_at, last_analysis_from=a.window_start, verdicts=a.verdicts
         )
         limits = {g.name: g.failure_limit for g in self.spec.gates}
+        if s.step_index is not None and self.steps[s.step_index].evaluate:
+            # A golden Job's verdict is final (one replay of fixed cases): another
+            # look would see the same data, so its first Fail rolls back, and a
+            # critical case's verdict rolls back even with no gate on its golden set.
+            limits = {v.gate: 1 for v in a.verdicts}
         for v in a.verdicts:
             if v.verdict == Verdict.FAIL and v.gate in limits and failures[v.key] >= limits[v.gate]:
                 why = (

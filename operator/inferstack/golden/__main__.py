@@ -1,0 +1,5 @@
+import sys
+
+from inferstack.golden.runner import main
+
+sys.exit(main())
