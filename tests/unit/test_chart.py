@@ -387,6 +387,7 @@ def test_helm_render_defaults():
         "Deployment/demo-inferstack-operator",
         "Deployment/demo-inferstack-router",
         "PodDisruptionBudget/demo-inferstack-router",
+        "Secret/demo-inferstack-router-feedback",
         "Service/demo-inferstack-operator-metrics",
         "Service/demo-inferstack-router",
         "ServiceAccount/demo-inferstack-operator",
@@ -447,3 +448,29 @@ def test_helm_render_options():
     assert "--namespace=team-a" in router["spec"]["template"]["spec"]["containers"][0]["args"]
     docs = render("router.enabled=false")
     assert not any("router" in d["metadata"]["name"] for d in docs)
+
+
+@needs_helm
+def test_helm_render_feedback_key():
+    """Every router replica mounts the one feedback key: the chart's generated Secret, or the user's."""
+    def router_pod(docs):
+        return next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))["spec"]["template"]["spec"]
+
+    docs = render()
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert secret["metadata"]["name"] == "demo-inferstack-router-feedback" and len(secret["data"]["key"]) >= 48
+    pod = router_pod(docs)
+    assert "--feedback-key-file=/etc/inferstack/feedback/key" in pod["containers"][0]["args"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "feedback-key")
+    assert volume["secret"]["secretName"] == "demo-inferstack-router-feedback"
+
+    docs = render("router.feedback.existingSecret=shared-key", "router.feedback.existingSecretKey=current")
+    assert not any(d["kind"] == "Secret" for d in docs)
+    pod = router_pod(docs)
+    assert "--feedback-key-file=/etc/inferstack/feedback/current" in pod["containers"][0]["args"]
+    assert next(v for v in pod["volumes"] if v["name"] == "feedback-key")["secret"]["secretName"] == "shared-key"
+
+    docs = render("router.feedback.enabled=false")
+    pod = router_pod(docs)
+    assert not any(d["kind"] == "Secret" for d in docs)
+    assert not any(a.startswith("--feedback-key-file") for a in pod["containers"][0]["args"])
