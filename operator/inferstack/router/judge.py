@@ -340,7 +340,12 @@ class JudgeRunner:
         assert url is not None and model is not None
         body: dict[str, Any] = judging.request_body(model, messages)
         if body_extra is not None:
-            body = apply_bundle(body, body_extra, JUDGE_TENANT, chat=True)
+            # The judge stack's model and cache salt. Not chat=True: its system prompt would replace the
+            # judge's instructions (the verdict's [[...]] form) and its tools invite a tool call, not a verdict.
+            body = apply_bundle(body, body_extra, JUDGE_TENANT, chat=False)
+            if body_extra.system_prompt:
+                system = f"{body_extra.system_prompt}\n\n{messages[0]['content']}"
+                body["messages"] = [{"role": "system", "content": system}, *messages[1:]]
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
