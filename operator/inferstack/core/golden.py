@@ -306,7 +306,7 @@ class Report:
             return cls(
                 cases_hash=str(raw["hash"]),
                 cases=int(raw["cases"]),
-                slices={str(k): SliceCounts(*(int(x) for x in v)) for k, v in raw["slices"].items()},
+                slices={str(k): _slice_counts(v) for k, v in raw["slices"].items()},
                 critical_failed=tuple(str(x) for x in raw.get("criticalFailed", [])),
                 critical_failed_more=int(raw.get("criticalFailedMore", 0)),
                 critical_errors=tuple(str(x) for x in raw.get("criticalErrors", [])),
@@ -318,6 +318,12 @@ class Report:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ReportError(f"unreadable golden report: {type(e).__name__}: {e}"[:200]) from e
+
+
+def _slice_counts(raw: Any) -> SliceCounts:
+    if not isinstance(raw, list) or len(raw) != 5:
+        raise ValueError(f"slice counters are [n, Σd, Σd², candidate passes, stable passes], got {raw!r}"[:100])
+    return SliceCounts(*(int(x) for x in raw))
 
 
 def build_report(hash_: str, results: Iterable[CaseResult]) -> Report:
