@@ -416,3 +416,12 @@ def test_pairwise_judge_a_a_under_peeking() -> None:
             failed = failed or compare_paired(Counters.pairwise(wins, losses, ties), rule).verdict == FAIL
         fails += failed
     assert fails / 300 <= 0.05
+
+
+def test_the_interval_never_leaves_what_the_difference_can_be() -> None:
+    # Three tied pairs: the raw interval is wider than -1..1; the shown one is cut to it, the verdict unchanged.
+    rule = NonInferiority(margin=0.2, alpha=0.0016)
+    paired = compare_paired(Counters.pairwise(0, 0, 3), rule)
+    assert (paired.lower, paired.upper) == (-1.0, 1.0) and paired.verdict == SequentialVerdict.CONTINUE
+    two = compare(Counters.bernoulli(2, 2), Counters.bernoulli(2, 0), rule)
+    assert -1.0 <= two.lower <= two.upper == 1.0

@@ -384,7 +384,8 @@ def compare(candidate: Counters, stable: Counters, rule: NonInferiority, label: 
     m_c, m_s = candidate.mean, stable.mean
     delta = m_c - m_s if m_c is not None and m_s is not None else None
     variance = candidate.variance_of_mean + stable.variance_of_mean
-    return _judge(label, delta, variance, min(candidate.n, stable.n), rule, (candidate.n, m_c, stable.n, m_s))
+    span = candidate.high - candidate.low
+    return _judge(label, delta, variance, min(candidate.n, stable.n), rule, (candidate.n, m_c, stable.n, m_s), (-span, span))
 
 
 def _judge(
@@ -394,12 +395,20 @@ def _judge(
     n: float,
     rule: NonInferiority,
     arms: tuple[float, float | None, float, float | None],
+    bounds: tuple[float, float],
 ) -> SequentialResult:
-    """The interval on ``delta`` (infinite without one) and the verdict; ``n``: the smaller arm."""
+    """The interval on ``delta`` (infinite without one) and the verdict; ``n``: the smaller arm.
+
+    The interval is cut to ``bounds``, the values ``delta`` can take at all
+    (a difference of scores in 0..1 lies in -1..1): that changes no verdict
+    (the margin is inside the bounds) but keeps the status from showing an
+    interval wider than anything possible.
+    """
     if delta is None:
         lower, upper = -math.inf, math.inf
     else:
         lower, upper = confidence_sequence(delta, variance, rule.mixing_variance, rule.alpha)
+        lower, upper = max(lower, bounds[0]), min(upper, bounds[1])
     enough = n >= rule.min_samples and delta is not None
     return SequentialResult(
         label, _verdict(lower, upper, enough, rule), delta, lower, upper, *arms, rule.margin, rule.direction, rule.alpha
@@ -417,4 +426,4 @@ def compare_paired(differences: Counters, rule: NonInferiority, label: str = "")
     candidate may lose at most 5 points more often than it wins).
     """
     n = differences.n
-    return _judge(label, differences.mean, differences.variance_of_mean, n, rule, (n, None, n, None))
+    return _judge(label, differences.mean, differences.variance_of_mean, n, rule, (n, None, n, None), (differences.low, differences.high))
