@@ -20,9 +20,7 @@ import pytest
 from conftest import kget, kubectl, scrape, wait_until
 
 from dataplane import SLICE_QUESTIONS, Load
-from scenario import GOOD_PROMPT, support_stack, with_prompt
-
-FLUENT_WRONG_PROMPT = GOOD_PROMPT + " Always quote the 2019 refund policy."
+from scenario import FLUENT_WRONG_PROMPT, GOOD_PROMPT, support_stack, with_prompt
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +122,9 @@ def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judg
                 )  # fmt: skip
                 gates = s.get("gates") or []
                 inconclusive = gates and all(g["verdict"] == "Inconclusive" for g in gates)
-                return s if errors > 0 and inconclusive and s["rollout"]["step"].startswith("shadow") else None
+                # the status says why the evidence does not grow
+                explained = gates and all("judge calls failed" in g["message"] for g in gates)
+                return s if errors > 0 and inconclusive and explained and s["rollout"]["step"].startswith("shadow") else None
 
             st = wait_until("held in shadow, inconclusive, with judge errors counted", held, timeout=60)
             assert st["traffic"]["candidateWeight"] == 0  # held in shadow: no user sees the candidate

@@ -114,3 +114,47 @@ def test_the_plan_carries_the_declared_slices_and_evaluators_to_the_router() -> 
     assert plan.evaluation.slice_header == "x-inferstack-slice"
     assert [e.name for e in plan.evaluation.evaluators] == ["no-refusal"]
     assert TrafficPlan.model_validate_json(plan.model_dump_json(by_alias=True)) == plan
+
+
+PAIRWISE = {
+    "name": "preferred",
+    "judge": {"mode": "Pairwise", "endpoint": {"url": "http://judge:8000/v1", "model": "j"}, "criteria": "Correct first."},
+}
+SHADOW_CANARY = [{"shadow": {"percent": 50}}, {"canary": {"weight": 25}}]
+
+
+def test_a_pairwise_gate_reads_pairs_wins_and_losses_in_shadow_steps_only() -> None:
+    s = spec(SHADOW_CANARY, gates=[GATE, {"name": "judged", "evaluator": "preferred", "margin": 0.1}],
+             evaluators=[*EVALUATION["evaluators"], PAIRWISE])  # fmt: skip
+    window = timedelta(minutes=1)
+    shadow = evaluator_queries(s, stack="bot", namespace="ns", candidate="c", stable="s", window=window, step_kind="shadow")
+    canary = evaluator_queries(s, stack="bot", namespace="ns", candidate="c", stable="s", window=window, step_kind="canary")
+    assert {q.gate for q in shadow} == {"quality", "judged"} and {q.gate for q in canary} == {"quality"}
+    pair = next(q for q in shadow if q.gate == "judged" and q.slice == "billing")
+    assert pair.stable is None  # one arm: the pairs
+    assert 'inferstack_eval_pairs_total{namespace="ns",stack="bot",revision="c",baseline="s"' in pair.candidate.samples
+    assert "inferstack_eval_pair_wins_total" in pair.candidate.total and "inferstack_eval_pair_losses_total" in pair.candidate.squares
+    assert pair.errors is not None and 'evaluator="preferred"' in pair.errors
+    # the errors query is one per gate, not per slice
+    assert sum(q == pair.errors for q in all_queries(shadow)) == 1
+
+
+def test_a_pairwise_verdict_is_paired_and_names_its_judge_and_failing_calls() -> None:
+    from inferstack.core.evaluation import evaluate
+
+    s = spec(SHADOW_CANARY, gates=[{"name": "judged", "evaluator": "preferred", "margin": 0.1, "minSamples": 5}],
+             evaluators=[PAIRWISE])  # fmt: skip
+    queries = evaluator_queries(s, stack="bot", namespace="ns", candidate="c", stable="s", window=timedelta(minutes=1), step_kind="shadow")
+    billing = next(q for q in queries if q.slice == "billing")
+    # 30 pairs on billing, all lost: Fail, below -margin
+    answers: dict[str, float | str | None] = {billing.candidate.samples: 30.0, billing.candidate.total: 0.0, billing.candidate.squares: 30.0}
+    verdicts = {v.slice: v for v in evaluate(s, queries, answers)}
+    assert verdicts["billing"].verdict == Verdict.FAIL and verdicts["billing"].delta == -1.0
+    assert verdicts["billing"].samples == verdicts["billing"].baseline_samples == 30.0
+    assert verdicts["billing"].delta_upper is not None and verdicts["billing"].delta_upper < -0.1
+    assert verdicts["billing"].evaluated_by.startswith("pairwise judge j at http://judge:8000")
+    # no pairs and the judge failing: Inconclusive, and the message says why
+    answers = {billing.errors: 42.0}
+    held = {v.slice: v for v in evaluate(s, queries, answers)}
+    assert held["billing"].verdict == Verdict.INCONCLUSIVE
+    assert "42 judge calls failed" in held["billing"].message

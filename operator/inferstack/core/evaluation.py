@@ -24,7 +24,7 @@ Pure: the queries are strings, their answers come back as numbers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Final
 
@@ -54,6 +54,7 @@ SCORE_SQUARES: Final = "inferstack_eval_score_squares_sum_total"
 PAIRS: Final = "inferstack_eval_pairs_total"
 PAIR_WINS: Final = "inferstack_eval_pair_wins_total"
 PAIR_LOSSES: Final = "inferstack_eval_pair_losses_total"
+JUDGE_ERRORS: Final = "inferstack_eval_errors_total"
 
 # Which step kinds give an evaluator samples, by what produces them. A gate
 # whose evaluator has no samples in a step is not judged there (it would only
@@ -137,9 +138,15 @@ class EvaluatorQueries:
     slice: str
     candidate: ArmQueries
     stable: ArmQueries | None = None
+    errors: str | None = (
+        None  # judges: calls that gave no sample in the window (all slices: errors have none)
+    )
 
     def arms(self) -> tuple[ArmQueries, ...]:
         return (self.candidate,) if self.stable is None else (self.candidate, self.stable)
+
+    def all(self) -> list[str]:
+        return [q for arm in self.arms() for q in arm.all()] + ([self.errors] if self.errors else [])
 
 
 def arm_queries(
@@ -191,13 +198,19 @@ def evaluator_queries(
     out = []
     for gate in evaluator_gates(spec, step_kind):
         assert gate.evaluator is not None
+        ev = evaluator_of(spec, gate)
+        errors = (
+            judge_errors_query(namespace=namespace, stack=stack, evaluator=gate.evaluator, window=window)
+            if ev is not None and ev.judge is not None
+            else None
+        )
         for slice_ in gate_slices(gate, spec):
             if is_paired(spec, gate):
                 pairs = pair_queries(
                     namespace=namespace, stack=stack, candidate=candidate, stable=stable,
                     evaluator=gate.evaluator, slice_=slice_, window=window,
                 )  # fmt: skip
-                out.append(EvaluatorQueries(gate.name, slice_, pairs))
+                out.append(EvaluatorQueries(gate.name, slice_, pairs, errors=errors))
                 continue
 
             def arm(revision: str, evaluator: str = gate.evaluator, slice_: str = slice_) -> ArmQueries:
@@ -210,12 +223,20 @@ def evaluator_queries(
                     window=window,
                 )
 
-            out.append(EvaluatorQueries(gate.name, slice_, arm(candidate), arm(stable)))
+            out.append(EvaluatorQueries(gate.name, slice_, arm(candidate), arm(stable), errors=errors))
     return out
 
 
+def judge_errors_query(*, namespace: str, stack: str, evaluator: str, window: timedelta) -> str:
+    """Judge calls of this stack that gave no sample over the window, any revision (a judge down fails for both)."""
+    selector = f'namespace="{escape_string(namespace)}",stack="{escape_string(stack)}",evaluator="{escape_string(evaluator)}"'
+    return f"sum(increase({JUDGE_ERRORS}{{{selector}}}[{format_duration(window)}]))"
+
+
 def all_queries(queries: Sequence[EvaluatorQueries]) -> list[str]:
-    return [q for e in queries for arm in e.arms() for q in arm.all()]
+    return list(
+        dict.fromkeys(q for e in queries for q in e.all())
+    )  # a judge's errors query serves all its slices once
 
 
 # ------------------------------------------------------------------ verdicts
@@ -358,14 +379,22 @@ def evaluate(
             n, total, squares = (v if isinstance(v, float) else None for v in values)
             arms.append(Arm(n, total, squares, error=errors[0] if errors else ""))
         gate = gates[e.gate]
-        out.append(
-            judge(
-                gate,
-                e.slice,
-                arms[0],
-                arms[1] if len(arms) > 1 else None,
-                alpha,
-                identity(evaluator_of(spec, gate)),
-            )
+        verdict = judge(
+            gate,
+            e.slice,
+            arms[0],
+            arms[1] if len(arms) > 1 else None,
+            alpha,
+            identity(evaluator_of(spec, gate)),
         )
+        failed_calls = answers.get(e.errors) if e.errors else None
+        if (
+            verdict.verdict == Verdict.INCONCLUSIVE
+            and isinstance(failed_calls, float)
+            and failed_calls >= 0.5
+        ):
+            # Say why the evidence does not grow: the judge is failing, not the candidate.
+            why = f"{verdict.message}; {failed_calls:.0f} judge calls failed in this step (inferstack_eval_errors_total)"
+            verdict = replace(verdict, message=why)
+        out.append(verdict)
     return out
