@@ -663,10 +663,15 @@ class _Run:
             limits = {v.gate: 1 for v in a.verdicts}
         for v in a.verdicts:
             if v.verdict == Verdict.FAIL and v.gate in limits and failures[v.key] >= limits[v.gate]:
-                why = (
-                    f"{v.where} failed {failures[v.key]} consecutive analyses: value {v.value}, "
-                    f"baseline {v.baseline}, threshold {v.threshold or '-'} ({v.message})"
-                )
+                if v.delta is not None:
+                    # An evaluator gate: its message is the difference and its interval (a
+                    # paired gate has no per-arm means to show).
+                    why = f"{v.where} failed {failures[v.key]} consecutive analyses: {v.message}, threshold {v.threshold}"
+                else:
+                    why = (
+                        f"{v.where} failed {failures[v.key]} consecutive analyses: value {v.value}, "
+                        f"baseline {v.baseline}, threshold {v.threshold or '-'} ({v.message})"
+                    )
                 self.roll_back("GateFailed", why, v)
                 return
 
