@@ -332,3 +332,16 @@ async def test_a_chunked_body_larger_than_the_bound_is_refused(router_client, ma
 
     resp = await client.post("/v1/feedback", data=chunks(), headers={"content-type": "application/json"})
     assert resp.status == 413
+
+
+def test_the_command_line_reads_the_key_file_else_the_environment(tmp_path: Path, monkeypatch) -> None:
+    from inferstack.router.main import parse_args, settings_from
+
+    path = tmp_path / "key"
+    path.write_text("a" * 32 + "\n")
+    monkeypatch.setenv("INFERSTACK_FEEDBACK_KEY", "e" * 32)
+    assert settings_from(parse_args(["--feedback-key-file", str(path)])).feedback_keys == (b"a" * 32,)
+    settings_ = settings_from(parse_args([]))
+    assert settings_.feedback_keys == (b"e" * 32,) and "eeee" not in repr(settings_)  # never logged with the settings
+    monkeypatch.delenv("INFERSTACK_FEEDBACK_KEY")
+    assert settings_from(parse_args([])).feedback_keys == ()
