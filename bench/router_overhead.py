@@ -2,8 +2,10 @@
 
 Starts a stand-in (stable), a second stand-in (shadow target) and a router as
 subprocesses on loopback, then for each mode (direct; through the router; the
-router running four declared rule-check evaluators on every answer; the router
-mirroring every request to a shadow) drives (a) a fixed open-loop rate
+router running four declared rule-check evaluators on every answer; the same
+plus a rubric LLM judge on 10 % of answers, served by a judge stand-in
+(``inferstack-standin --judge``); the router mirroring every request to a
+shadow) drives (a) a fixed open-loop rate
 and (b) closed-loop maximum throughput, and prints one table:
 latency p50/p99, latency added by the router, achieved req/s, and the router
 process's CPU seconds per request (from /proc/<pid>/stat) turned into req/s
@@ -78,6 +80,7 @@ class Result:
     errors: int
     elapsed: float
     cpu: float | None  # router CPU seconds during the run
+    judge: dict[str, float] | None = None  # judge samples, drops, errors during the run
 
     @property
     def rps(self) -> float:
@@ -159,7 +162,21 @@ EVALUATION = {
 }
 
 
-def write_plan(path: Path, stable_url: str, shadow_url: str, shadow: bool, serial: int, evaluators: bool = False) -> None:
+# A rubric judge on 10 % of answers (chosen by request id), off the request path (router/judge.py).
+# Its budget is high enough that every sampled answer is judged at the bench's rates.
+JUDGE_RATE = 0.1
+
+
+def judge_evaluator(judge_url: str) -> dict:
+    return {"name": "quality", "judge": {
+        "mode": "Rubric", "endpoint": {"url": judge_url + "/v1", "model": "judge"},
+        "criteria": "Correct, helpful and polite answers to support questions.",
+        "sampleRate": JUDGE_RATE, "maxCallsPerMinute": 100_000, "timeout": "5s",
+    }}
+
+
+def write_plan(path: Path, stable_url: str, shadow_url: str, shadow: bool, serial: int, evaluators: bool = False,
+               judge_url: str | None = None) -> None:
     plan = {
         "stack": "bench",
         "namespace": "bench",
@@ -172,6 +189,8 @@ def write_plan(path: Path, stable_url: str, shadow_url: str, shadow: bool, seria
     }
     if evaluators:
         plan["evaluation"] = EVALUATION
+    if judge_url is not None:
+        plan["evaluation"] = {**EVALUATION, "evaluators": [*EVALUATION["evaluators"], judge_evaluator(judge_url)]}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(plan))
     os.replace(tmp, path)
@@ -184,6 +203,33 @@ def wait_serial(router_url: str, serial: int) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("router did not load the plan")
         time.sleep(0.05)
+
+
+def judge_counts(router_url: str) -> dict[str, float]:
+    """The router's judge counters, summed over labels: samples recorded, jobs dropped, calls failed."""
+    text = urllib.request.urlopen(router_url + "/metrics", timeout=2).read().decode()
+    counts = {"samples": 0.0, "dropped": 0.0, "errors": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name == "inferstack_eval_samples_total" and 'evaluator="quality"' in line:
+            counts["samples"] += float(line.rsplit(" ", 1)[1])
+        elif name == "inferstack_eval_dropped_total":
+            counts["dropped"] += float(line.rsplit(" ", 1)[1])
+        elif name == "inferstack_eval_errors_total":
+            counts["errors"] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def wait_judged(router_url: str, timeout: float = 30.0) -> None:
+    """Until the judge counters stop moving (the queue has drained)."""
+    deadline = time.monotonic() + timeout
+    last = judge_counts(router_url)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = judge_counts(router_url)
+        if now == last:
+            return
+        last = now
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -199,7 +245,7 @@ def main() -> None:
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    ports = {name: free_port() for name in ("stable", "shadow", "router")}
+    ports = {name: free_port() for name in ("stable", "shadow", "judge", "router")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     plan_path = work / "plan.json"
     write_plan(plan_path, urls["stable"], urls["shadow"], shadow=False, serial=1)
@@ -208,6 +254,8 @@ def main() -> None:
                "--max-num-seqs", "4096"], work / "stable.log"),
         spawn(["inferstack.standin.main", "--port", str(ports["shadow"]), "--served-model", "model-b",
                "--max-num-seqs", "4096"], work / "shadow.log"),
+        spawn(["inferstack.standin.main", "--judge", "--port", str(ports["judge"]), "--served-model", "judge",
+               "--max-num-seqs", "4096"], work / "judge.log"),
     ]
     router = spawn(["inferstack.router.main", "--host", "127.0.0.1", "--port", str(ports["router"]),
                     "--plan-file", str(plan_path), "--plan-poll-interval", "0.1", "--log-level", "WARNING",
@@ -216,6 +264,7 @@ def main() -> None:
     try:
         wait_http(urls["stable"] + "/health")
         wait_http(urls["shadow"] + "/health")
+        wait_http(urls["judge"] + "/health")
         wait_http(urls["router"] + "/readyz")
         results = run_all(args, urls, plan_path, router.pid)
     finally:
@@ -231,21 +280,26 @@ def run_all(args: argparse.Namespace, urls: dict[str, str], plan_path: Path, rou
     serial = 1
     loads = [("rate", f"{args.rate:g}/s")] + ([] if args.skip_max else [("max", f"max c={args.concurrency}")])
     for stream in (False, True):
-        for target, shadow, evaluators in (
-            ("direct", False, False), ("router", False, False), ("router", False, True), ("router", True, False)
+        for target, shadow, evaluators, judged in (
+            ("direct", False, False, False), ("router", False, False, False), ("router", False, True, False),
+            ("router", False, True, True), ("router", True, False, False),
         ):
             serial += 1
-            write_plan(plan_path, urls["stable"], urls["shadow"], shadow=shadow, serial=serial, evaluators=evaluators)
+            write_plan(plan_path, urls["stable"], urls["shadow"], shadow=shadow, serial=serial, evaluators=evaluators,
+                       judge_url=urls["judge"] if judged else None)
             wait_serial(urls["router"], serial)
             base = urls["stable"] if target == "direct" else urls["router"]
             model = "model-a" if target == "direct" else "bench"
             body = json.dumps({"model": model, "messages": [QUESTION], "stream": stream}).encode()
             mode = f"{target} {'stream' if stream else 'non-stream'}" + (" shadow" if shadow else "") + (
                 " +4 rule checks" if evaluators else ""
-            )
+            ) + (f" +judging {JUDGE_RATE:.0%}" if judged else "")
             for kind, label in loads:
                 # Warm-up: connections, code paths, metric series.
                 asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream, 4, 0.5))
+                if judged:
+                    wait_judged(urls["router"])  # the warm-up's judge calls are not this row's
+                judge_before = judge_counts(urls["router"]) if judged else None
                 cpu_before = cpu_seconds(router_pid)
                 if kind == "rate":
                     lat, err, elapsed = asyncio.run(fixed_rate(base + "/v1/chat/completions", body, stream, args.rate,
@@ -253,8 +307,15 @@ def run_all(args: argparse.Namespace, urls: dict[str, str], plan_path: Path, rou
                 else:
                     lat, err, elapsed = asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream,
                                                                    args.concurrency, args.duration))
+                if judge_before is not None:
+                    # The judge's calls finish off the request path: wait for the queue to drain so
+                    # their CPU is counted in this row, then count what was judged, dropped or failed.
+                    wait_judged(urls["router"])
                 cpu = cpu_seconds(router_pid) - cpu_before if target == "router" else None
                 result = Result(mode, label, lat, err, elapsed, cpu)
+                if judge_before is not None:
+                    after = judge_counts(urls["router"])
+                    result.judge = {k: after[k] - judge_before[k] for k in after}
                 results.append(result)
                 print(f"  done: {mode:28} {label:12} {result.rps:8.0f} req/s, {err} errors", file=sys.stderr, flush=True)
     return results
@@ -279,6 +340,16 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         else:
             cpu_cols = "- | -"
         print(f"| {r.mode} | {r.load} | {p50:.2f} | {p99:.2f} | {added50} | {added99} | {r.rps:,.0f} | {r.errors} | {cpu_cols} |")
+    judged = [r for r in results if r.judge is not None]
+    if judged:
+        print("\nJudging rows (the judge runs off the request path; its CPU is in the row's router CPU):\n")
+        print("| mode | load | answers | judged | judged % | dropped | judge errors |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for r in judged:
+            assert r.judge is not None
+            share = r.judge["samples"] / len(r.latencies) * 100 if r.latencies else float("nan")
+            print(f"| {r.mode} | {r.load} | {len(r.latencies)} | {r.judge['samples']:.0f} | {share:.1f} | "
+                  f"{r.judge['dropped']:.0f} | {r.judge['errors']:.0f} |")
 
 
 if __name__ == "__main__":
