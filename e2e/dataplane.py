@@ -234,6 +234,8 @@ class DataPlane:
             self.log_dir, f"{self.judge_url}/health",
         )  # fmt: skip
         self.procs["judge"] = proc
+        if proc.proc is not None and proc.proc.poll() is None:
+            return proc  # already serving: a second one could not bind the port, and the first would leak
         return proc.start()
 
     def stop_judge(self) -> None:

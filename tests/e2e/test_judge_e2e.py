@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 
 import pytest
 from conftest import kget, kubectl, scrape, wait_until
 
-from dataplane import SLICE_QUESTIONS, Load
-from scenario import FLUENT_WRONG_PROMPT, GOOD_PROMPT, support_stack, with_prompt
+from dataplane import Load
+from scenario import FLUENT_WRONG_PROMPT, GOOD_PROMPT, judged_stack, with_prompt
 
 
 @pytest.fixture(scope="module")
@@ -34,25 +35,11 @@ def judged(tmp_path_factory):
     dp.stop()
 
 
-def stack(judge_url: str, judge_model: str, gates: list[dict]) -> dict:
-    manifest = support_stack("shop", GOOD_PROMPT, gates=gates)
-    manifest["spec"]["evaluation"] = {
-        "slices": {"values": list(SLICE_QUESTIONS)},
-        "evaluators": [
-            {"name": "no-refusal", "rule": {"refusal": {}}},
-            {
-                "name": "preferred",
-                "judge": {
-                    "mode": "Pairwise",
-                    "endpoint": {"url": f"{judge_url}/v1", "model": judge_model},
-                    "criteria": "Prefer the answer that states the shop's actual policy correctly.",
-                    "sampleRate": 1.0,
-                    "maxCallsPerMinute": 100000,
-                    "timeout": "5s",
-                },
-            },
-        ],
-    }
+def stack(judge_url: str, gates: list[dict]) -> dict:
+    """The scenario's judged stack (pairwise judge ``preferred``) with a refusal rule check beside it and these gates."""
+    manifest = judged_stack("shop", GOOD_PROMPT, [], judge_url=judge_url)
+    manifest["spec"]["evaluation"]["evaluators"].append({"name": "no-refusal", "rule": {"refusal": {}}})
+    manifest["spec"]["gates"] = gates
     return manifest
 
 
@@ -75,7 +62,7 @@ def deploy(namespace: str, manifest: dict) -> str:
 
 
 def test_a_fluent_wrong_candidate_is_rolled_back_by_the_pairwise_judge_in_shadow(judged, namespace):
-    manifest = stack(judged.judge_url, judged.judge_model, [copy.deepcopy(RULE_GATE), copy.deepcopy(PAIRWISE_GATE)])
+    manifest = stack(judged.judge_url, [copy.deepcopy(RULE_GATE), copy.deepcopy(PAIRWISE_GATE)])
     stable = deploy(namespace, manifest)
     with Load(judged.router_url, f"{namespace}/shop") as load:
         apply(namespace, with_prompt(manifest, FLUENT_WRONG_PROMPT))
@@ -104,7 +91,7 @@ def test_a_fluent_wrong_candidate_is_rolled_back_by_the_pairwise_judge_in_shadow
 
 
 def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judge_returns(judged, namespace):
-    manifest = stack(judged.judge_url, judged.judge_model, [copy.deepcopy({**PAIRWISE_GATE, "slices": ["general"]})])
+    manifest = stack(judged.judge_url, [copy.deepcopy({**PAIRWISE_GATE, "slices": ["general"]})])
     deploy(namespace, manifest)
     judged.stop_judge()
     try:
@@ -139,3 +126,26 @@ def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judg
         assert load.result.failed == 0, load.result.errors
     finally:
         judged.start_judge()
+
+
+def test_the_operator_killed_while_the_judge_decides_resumes_and_rolls_back_once(judged, namespace):
+    manifest = stack(judged.judge_url, [copy.deepcopy(PAIRWISE_GATE)])
+    stable = deploy(namespace, manifest)
+    with Load(judged.router_url, f"{namespace}/shop") as load:
+        apply(namespace, with_prompt(manifest, FLUENT_WRONG_PROMPT))
+        cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
+
+        def judging() -> bool:
+            s = status(namespace)
+            assert s.get("phase") != "Degraded", "rolled back before the kill: nothing to resume"
+            return any(g.get("samples") for g in s.get("gates") or [])
+
+        wait_until("the judge's first pairs in status", judging, timeout=60, interval=0.05)
+        judged.procs["operator"].stop(signal.SIGKILL)
+        judged.start_operator()
+        st = wait_until("rollback after the restart", lambda: (s := status(namespace)).get("phase") == "Degraded" and s, timeout=180)
+    assert st["stableRevision"] == stable and st["rolledBackRevision"] == cand
+    assert load.result.failed == 0 and load.result.by_revision[cand] == 0
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    rollbacks = [e for e in events if e.get("reason") == "GateFailed" and cand in e.get("message", "")]
+    assert len(rollbacks) == 1 and (rollbacks[0].get("count") or 1) == 1, rollbacks
