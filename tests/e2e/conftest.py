@@ -23,6 +23,12 @@ from dataplane import free_port, load_env  # noqa: E402
 from dataplane import wait_for as wait_until  # noqa: E402  (tests read better with "until")
 
 EXPECTED_CONTEXT = "kwok-inferstack-e2e"
+# Test namespaces are PREFIX-<random>, and the test operators watch NS_GLOB only.
+# Two runs on one cluster (engineers' sessions, CI beside a demo) each set
+# another INFERSTACK_E2E_PREFIX, one that is no prefix of the other's names
+# ("e2e" and "h1e2e", not "e2e" and "e2e-h1"), so their operators never meet.
+PREFIX = os.environ.get("INFERSTACK_E2E_PREFIX", "e2e")
+NS_GLOB = f"{PREFIX}-*"
 
 
 def _current_context() -> str | None:
@@ -72,7 +78,7 @@ def kget(kind: str, name: str | None, namespace: str | None = None) -> Any:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    name = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -110,7 +116,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [str(REPO / ".venv/bin/inferstack-operator"), "--kubeconfig", os.environ["KUBECONFIG"],
              "--resync-seconds", "1", "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1",
-             "--namespace", "e2e-*", *self.extra_args],
+             "--namespace", NS_GLOB, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_until("operator metrics endpoint", self._answers, timeout=30)
@@ -148,11 +154,11 @@ def operator(tmp_path_factory) -> Iterator[Operator]:
 def dataplane(tmp_path_factory):
     """Stand-in, router and operator for the module's tests, watching only the test namespaces.
 
-    Only ``e2e-*``: a demo or benchmark on the same cluster has its own operator.
+    Only ``NS_GLOB`` (``e2e-*``): a demo or benchmark on the same cluster has its own operator.
     """
     from dataplane import DataPlane
 
-    dp = DataPlane(tmp_path_factory.mktemp("dataplane"), namespace="e2e-*")
+    dp = DataPlane(tmp_path_factory.mktemp("dataplane"), namespace=NS_GLOB)
     dp.start()
     yield dp
     dp.stop()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from conftest import kget, kubectl, scrape, wait_until
+from conftest import NS_GLOB, kget, kubectl, scrape, wait_until
 
 from dataplane import DataPlane, PlanRecorder
 from inferstack.standin.fixtures import FIXTURES
@@ -64,7 +64,7 @@ class GoldenDataPlane(DataPlane):
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory) -> Iterator[GoldenDataPlane]:
-    dp = GoldenDataPlane(tmp_path_factory.mktemp("golden"), namespace="e2e-*")
+    dp = GoldenDataPlane(tmp_path_factory.mktemp("golden"), namespace=NS_GLOB)
     dp.start()
     yield dp
     dp.stop()

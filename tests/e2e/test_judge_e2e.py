@@ -18,7 +18,7 @@ import json
 import signal
 
 import pytest
-from conftest import kget, kubectl, scrape, wait_until
+from conftest import NS_GLOB, kget, kubectl, scrape, wait_until
 
 from dataplane import Load
 from scenario import FLUENT_WRONG_PROMPT, GOOD_PROMPT, judged_stack, with_prompt
@@ -29,7 +29,7 @@ def judged(tmp_path_factory):
     """The data plane with a judge stand-in beside the model stand-in."""
     from dataplane import DataPlane
 
-    dp = DataPlane(tmp_path_factory.mktemp("judged"), namespace="e2e-*", judge=True)
+    dp = DataPlane(tmp_path_factory.mktemp("judged"), namespace=NS_GLOB, judge=True)
     dp.start()
     yield dp
     dp.stop()

@@ -14,7 +14,7 @@ import json
 import threading
 import uuid
 
-from conftest import Operator, kubectl, wait_until
+from conftest import PREFIX, Operator, kubectl, wait_until
 
 STACK = {
     "apiVersion": "inferstack.dev/v1alpha1",
@@ -26,7 +26,7 @@ STACK = {
 
 def churn(stop: threading.Event) -> None:
     while not stop.is_set():
-        name = f"e2e-churn-{uuid.uuid4().hex[:6]}"
+        name = f"{PREFIX}-churn-{uuid.uuid4().hex[:6]}"
         kubectl("create", "namespace", name, check=False)
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 

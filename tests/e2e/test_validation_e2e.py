@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, kget, kubectl, wait_until
+from conftest import PREFIX, REPO, kget, kubectl, wait_until
 
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -27,7 +27,7 @@ from cel_cases import SCHEMA, Refused
 @pytest.fixture(scope="module")
 def ns() -> Iterator[str]:
     """One namespace for the module: refused objects leave nothing behind."""
-    name = f"e2e-cel-{uuid.uuid4().hex[:8]}"
+    name = f"{PREFIX}-cel-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
