@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from conftest import NS_GLOB, kget, kubectl, scrape, wait_until
+from conftest import NS_GLOB, PREFIX, kget, kubectl, scrape, wait_until
 
 from dataplane import DataPlane, PlanRecorder
 from inferstack.standin.fixtures import FIXTURES
@@ -72,7 +72,7 @@ def plane(tmp_path_factory) -> Iterator[GoldenDataPlane]:
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Iterator[JobRunner]:
-    with JobRunner(tmp_path_factory.mktemp("jobrunner")) as r:
+    with JobRunner(tmp_path_factory.mktemp("jobrunner"), prefix=f"{PREFIX}-") as r:
         yield r
     assert not r.errors, r.errors
 
