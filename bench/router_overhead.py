@@ -220,16 +220,15 @@ def judge_counts(router_url: str) -> dict[str, float]:
     return counts
 
 
-def wait_judged(router_url: str, timeout: float = 30.0) -> None:
-    """Until the judge counters stop moving (the queue has drained)."""
+def wait_judged(router_url: str, timeout: float = 30.0, quiet: float = 1.0) -> None:
+    """Until the judge counters have not moved for ``quiet`` seconds (the queue has drained)."""
     deadline = time.monotonic() + timeout
-    last = judge_counts(router_url)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
+    last, since = judge_counts(router_url), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.1)
         now = judge_counts(router_url)
-        if now == last:
-            return
-        last = now
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen:
