@@ -26,7 +26,7 @@ import aiohttp
 from inferstack.core import golden
 from inferstack.core.trafficplan import RevisionBundle
 from inferstack.router.bundle import apply_bundle
-from inferstack.router.errors import UpstreamError
+from inferstack.router.errors import UpstreamError, redact
 from inferstack.router.proxy import parse_answer, read_bounded, send
 
 log = logging.getLogger("inferstack.golden")
@@ -69,7 +69,9 @@ async def run_case(
         try:
             text = await ask(session, limits[role], bundle, case, request_id, config.request_timeout_seconds)
         except Exception as e:  # an error, never a score
-            return None, f"{role}: {type(e).__name__}: {e}"[:300]
+            # The report lands in the Job's status: the model server's words, never the endpoint's token.
+            what = redact(e.detail, bundle.api_key) if isinstance(e, UpstreamError) else str(e)
+            return None, f"{role}: {type(e).__name__}: {what}"[:300]
         return golden.passes(case, text), ""
 
     (cand, e1), (stab, e2) = await asyncio.gather(one("candidate", config.candidate), one("stable", config.stable))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,11 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferstack.api.v1alpha1 import OTHER_SLICE
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
-from inferstack.router import proxy
+from inferstack.router import proxy, requests
 from inferstack.router.assignment import Role, choose
 from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
-from inferstack.router.cache import ResponseCache, cache_key, cacheable
-from inferstack.router.errors import UpstreamError, classify, error_response
+from inferstack.router.cache import CacheMemory, ResponseCache, cache_key, cacheable
+from inferstack.router.errors import UpstreamError, classify, error_response, redact
 from inferstack.router.evaluators import Evaluators
 from inferstack.router.feedback import HEADER as RESPONSE_ID_HEADER
 from inferstack.router.feedback import FeedbackEndpoint
@@ -32,6 +33,10 @@ from inferstack.router.shadow import ShadowMirror, mirror, record_checked_answer
 log = logging.getLogger(__name__)
 
 
+class SlowClient(Exception):
+    """A streaming client left the stream unread for longer than --stream-write-timeout."""
+
+
 class Router:
     def __init__(self, store: PlanStore, settings: RouterSettings, metrics: RouterMetrics) -> None:
         self.store = store
@@ -40,6 +45,13 @@ class Router:
         self.slices = SliceLabels(settings.slices)
         self.shadow = ShadowMirror(settings.shadow_queue_limit, metrics)
         self.caches: dict[str, ResponseCache] = {}
+        # One byte budget for every stack's cache: plans set entries, the router's flags set bytes.
+        self.cache_memory = CacheMemory(settings.cache_max_bytes)
+        self.limits = requests.Limits(
+            max_body_bytes=settings.max_request_bytes, max_depth=settings.max_json_depth,
+            max_output_tokens=settings.max_output_tokens,
+        )
+        self.streams = 0  # client-facing streams open now (--max-concurrent-streams)
         # Per stack: its evaluators compiled per revision (compiling per answer would be waste).
         self.evaluators: dict[str, dict[str, Evaluators]] = {}
         # POST /v1/feedback, and the signed response id on every answer (router/feedback.py).
@@ -65,7 +77,7 @@ class Router:
         namespace, _, stack = key.partition("/")
         self.judges.plan_changed(key, plan)
         if plan is None:
-            self.caches.pop(key, None)
+            self._drop_cache(key)
             self.evaluators.pop(key, None)
             self.metrics.plan_serial.remove(namespace, stack)
             return
@@ -75,11 +87,19 @@ class Router:
         self.evaluators[key] = {b.revision: Evaluators.compile(plan.evaluation.evaluators, b.tools) for b in bundles}
         cache = self.caches.get(key)
         if not plan.response_cache.enabled:
-            self.caches.pop(key, None)
+            self._drop_cache(key)
         elif cache is None or cache.max_entries != plan.response_cache.max_entries:
             # Entries are keyed by revision and cache namespace, so keeping the
             # cache across plan changes can never serve another revision's answer.
-            self.caches[key] = ResponseCache(plan.response_cache.max_entries)
+            self._drop_cache(key)
+            self.caches[key] = ResponseCache(
+                plan.response_cache.max_entries, self.settings.cache_max_entry_bytes, memory=self.cache_memory
+            )
+
+    def _drop_cache(self, key: str) -> None:
+        cache = self.caches.pop(key, None)
+        if cache is not None:
+            cache.clear()  # its bytes go back to the router's budget
 
     # -------------------------------------------------------------- handlers
 
@@ -110,20 +130,34 @@ class Router:
         return web.json_response({"object": "list", "data": data})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "/v1/chat/completions", chat=True)
+        return await self._accept(request, "/v1/chat/completions", chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "/v1/completions", chat=False)
+        return await self._accept(request, "/v1/completions", chat=False)
+
+    async def _accept(self, request: web.Request, path: str, *, chat: bool) -> web.StreamResponse:
+        """Validate the body (router/requests.py) and hold a stream slot, before anything is forwarded."""
+        try:
+            body = await requests.read_request(request, self.limits, chat=chat)
+        except requests.RequestError as err:
+            return err.response()
+        if not body.get("stream"):
+            return await self._handle(request, path, body, chat=chat)
+        if self.streams >= self.settings.max_concurrent_streams:
+            self.metrics.streams_refused.inc()
+            return error_response(
+                429, f"this router serves {self.settings.max_concurrent_streams} streams at once; retry later",
+                "rate_limit_exceeded", {"Retry-After": "1"},
+            )
+        self.streams += 1
+        try:
+            return await self._handle(request, path, body, chat=chat)
+        finally:
+            self.streams -= 1
 
     # ---------------------------------------------------------------- proxy
 
-    async def _handle(self, request: web.Request, path: str, *, chat: bool) -> web.StreamResponse:
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return error_response(400, "the request body is not valid JSON", "invalid_json")
-        if not isinstance(body, dict):
-            return error_response(400, "the request body must be a JSON object", "invalid_json")
+    async def _handle(self, request: web.Request, path: str, body: dict[str, Any], *, chat: bool) -> web.StreamResponse:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return error_response(400, "`model` must name a stack: <name> or <namespace>/<name>", "missing_model")
@@ -211,7 +245,7 @@ class Router:
                 # Nothing reached the candidate, so a retry on stable cannot run the request twice.
                 self.metrics.fallbacks.labels(plan.namespace, plan.stack, bundle.revision).inc()
                 return await self._serve(request, plan, "stable", plan.stable, path, body, tenant, slice_, request_id, chat=chat)
-            return error_response(err.status, err.message, err.kind, headers)
+            return self._failed(err, labels, bundle, headers)
 
         # Closing (not releasing) on every exit drops the backend connection when
         # the answer was not read to the end, which makes vLLM abort the generation.
@@ -221,9 +255,17 @@ class Router:
             return await self._whole(response, labels, headers, body, started, cache, key, plan)
         except UpstreamError as err:
             self.metrics.record_error(labels, err.kind)
-            return error_response(err.status, err.message, err.kind, headers)
+            return self._failed(err, labels, bundle, headers)
         finally:
             response.close()
+
+    @staticmethod
+    def _failed(err: UpstreamError, labels: Labels, bundle: RevisionBundle, headers: dict[str, str]) -> web.Response:
+        """The client gets a generic message and the request id; the log the details, never the endpoint's token."""
+        request_id = headers["x-request-id"]
+        log.warning("request %s to %s/%s revision %s: %s: %s", redact(request_id), labels.namespace, labels.stack,
+                    labels.revision, err.kind, redact(err.detail, bundle.api_key))
+        return error_response(err.status, f"{err.message} (request id {request_id})", err.kind, headers)
 
     async def _whole(
         self, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str], body: dict[str, Any],
@@ -234,6 +276,9 @@ class Router:
         if response.status != 200:
             # A backend 4xx is the client's problem (bad parameters): pass it on as is.
             self.metrics.record_error(labels, f"upstream_{response.status // 100}xx")
+            bundle_key = next((b.api_key for b in (plan.stable, plan.candidate) if b and b.revision == labels.revision), None)
+            if bundle_key and bundle_key.encode() in data:  # a hosted endpoint's 401 quoting the key
+                data = data.replace(bundle_key.encode(), b"<redacted>")
             return web.Response(body=data, status=response.status, headers={**headers, "Content-Type": content_type})
         answer = proxy.parse_answer(data)
         self._record(plan, labels, body, answer, started, ttft=None, request_id=headers["x-request-id"])
@@ -256,12 +301,21 @@ class Router:
         await out.prepare(request)
         observer = proxy.SSEObserver()
         ttft = None
+        transport = request.transport
         try:
             async for chunk in response.content.iter_any():
                 if ttft is None:
                     ttft = time.perf_counter() - started
                 observer.feed(chunk)
-                await out.write(chunk)
+                if transport is None or transport.get_write_buffer_size() + len(chunk) > 16 * 1024:
+                    # The client may be behind: bound how long it may leave the stream unread.
+                    await self._write_bounded(out, chunk, request)
+                else:
+                    await out.write(chunk)  # stays under the buffer's high-water mark (64 KiB): cannot block
+        except SlowClient:
+            # Disconnected; returning closes the upstream response, so the model server aborts the generation.
+            self.metrics.record_error(labels, "client_timeout")
+            return out
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, ConnectionResetError):  # the client went away
                 self.metrics.record_error(labels, "client_disconnect")
@@ -270,7 +324,10 @@ class Router:
             # an error event, which the openai client raises as an APIError.
             err = classify(exc)
             self.metrics.record_error(labels, err.kind)
-            event = {"error": {"message": err.message, "type": "upstream_error", "code": err.kind}}
+            log.warning("request %s to %s/%s revision %s: %s mid-stream: %s", redact(headers["x-request-id"]), labels.namespace,
+                        labels.stack, labels.revision, err.kind, redact(err.detail))
+            message = f"{err.message} (request id {headers['x-request-id']})"
+            event = {"error": {"message": message, "type": "upstream_error", "code": err.kind}}
             await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
             await out.write_eof()
             return out
@@ -280,6 +337,15 @@ class Router:
         await out.write_eof()
         self._record(plan, labels, body, observer.finish(), started, ttft=ttft, request_id=headers["x-request-id"])
         return out
+
+    async def _write_bounded(self, out: web.StreamResponse, chunk: bytes, request: web.Request) -> None:
+        try:
+            async with asyncio.timeout(self.settings.stream_write_timeout):
+                await out.write(chunk)
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()  # drop what it never read: no buffer held for it
+            raise SlowClient from None
 
     def _record(
         self, plan: TrafficPlan, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float,
@@ -306,7 +372,7 @@ def build_app(
     for plan in store.plans():
         router.plan_changed(plan.key, plan)
 
-    app = web.Application(client_max_size=settings.max_request_bytes)
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[requests.json_errors])
     app[ROUTER] = router
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]

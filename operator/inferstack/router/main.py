@@ -32,6 +32,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--slice-header", default="x-inferstack-slice", help="Request header naming the traffic slice.")
     p.add_argument("--slices", default="", help="Comma-separated slice allowlist; others become 'other'.")
+    lim = p.add_argument_group("limits (hostile input never grows memory or label values)")
+    lim.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024, help="Largest request body; more is a 413.")
+    lim.add_argument("--max-json-depth", type=int, default=64, help="Deepest JSON nesting of a request body; deeper is a 400.")
+    lim.add_argument("--max-output-tokens", type=int, default=131_072, help="Ceiling of max_tokens / max_completion_tokens.")
+    lim.add_argument("--cache-max-bytes", type=int, default=64 * 1024 * 1024,
+                     help="Bytes held by all response caches of this router together (least recently used evicted first).")
+    lim.add_argument("--cache-max-entry-bytes", type=int, default=256 * 1024, help="A larger answer is not cached.")
+    lim.add_argument("--max-concurrent-streams", type=int, default=1024, help="Client-facing streams at once; more get a 429.")
+    lim.add_argument("--stream-write-timeout", type=float, default=30.0,
+                     help="Seconds a streamed write may wait for a client that stopped reading before it is disconnected.")
     p.add_argument("--no-candidate-fallback", action="store_true", help="Do not retry candidate connect errors on stable.")
     p.add_argument(
         "--feedback-key-file",
@@ -54,6 +64,13 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
         slice_header=args.slice_header,
         slices=tuple(s.strip() for s in args.slices.split(",") if s.strip()),
         candidate_fallback=not args.no_candidate_fallback,
+        max_request_bytes=args.max_request_bytes,
+        max_json_depth=args.max_json_depth,
+        max_output_tokens=args.max_output_tokens,
+        cache_max_bytes=args.cache_max_bytes,
+        cache_max_entry_bytes=args.cache_max_entry_bytes,
+        max_concurrent_streams=args.max_concurrent_streams,
+        stream_write_timeout=args.stream_write_timeout,
         feedback_keys=keys_from(args.feedback_key_file),
         feedback_seen_limit=args.feedback_seen_limit,
     )

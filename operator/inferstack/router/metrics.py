@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -11,7 +10,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Revision labels: namespace, stack, revision, role (stable|candidate|shadow), slice.
 LABELS = ("namespace", "stack", "revision", "role", "slice")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-_SLICE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 
 
 class Labels(NamedTuple):
@@ -23,33 +21,23 @@ class Labels(NamedTuple):
 
 
 class SliceLabels:
-    """Maps a client's slice header to a bounded set of label values.
+    """Maps a client's slice header to a label value from a declared list, never from the client.
 
-    With an allowlist, anything else is "other". Without one, the first
-    ``max_distinct`` well-formed values seen are kept and later ones become
-    "other": a client cannot blow up the series count either way.
+    The allowlist is the router's ``--slices``, set by the platform team. A
+    declared value is its own label; any other value is "other", and no header
+    (or no allowlist at all) is "default". Nothing is learnt from traffic: a
+    client can neither add a series nor push a real slice out of the list.
     """
 
-    def __init__(self, allowlist: Iterable[str] = (), max_distinct: int = 32, default: str = "default") -> None:
+    def __init__(self, allowlist: Iterable[str] = (), default: str = "default") -> None:
         self.allowlist = frozenset(allowlist)
-        self.max_distinct = max_distinct
         self.default = default
-        self._seen: set[str] = set()
 
     def label(self, header_value: str | None) -> str:
         value = (header_value or "").strip()
-        if not value:
+        if not value or not self.allowlist:
             return self.default
-        if self.allowlist:
-            return value if value in self.allowlist else "other"
-        if not _SLICE_PATTERN.match(value):
-            return "other"
-        if value in self._seen:
-            return value
-        if len(self._seen) >= self.max_distinct:
-            return "other"
-        self._seen.add(value)
-        return value
+        return value if value in self.allowlist else "other"
 
 
 class RouterMetrics:
@@ -118,6 +106,9 @@ class RouterMetrics:
         self.plan_errors = Counter("inferstack_router_plan_errors", "Plans rejected as malformed.", ("source",), registry=r)
         self.plan_serial = Gauge("inferstack_router_plan_serial", "Serial of the plan in force.", ("namespace", "stack"), registry=r)
         self.shadow_inflight = Gauge("inferstack_router_shadow_inflight", "Mirrored requests in flight.", registry=r)
+        self.streams_refused = Counter(
+            "inferstack_router_streams_refused", "Streamed requests refused (429): --max-concurrent-streams were open.", registry=r
+        )
 
     def record_answer(
         self,

@@ -101,7 +101,10 @@ async def send(
             detail = ""
         finally:
             response.close()
-        raise UpstreamError("upstream_5xx", 502, f"model server answered HTTP {response.status}: {detail}".strip())
+        # The body may echo the request (its Authorization header too): the log
+        # gets it, redacted by the caller; the client a generic message.
+        raise UpstreamError("upstream_5xx", 502, "the model server failed to answer",
+                            f"HTTP {response.status}: {detail}".strip())
     return response
 
 

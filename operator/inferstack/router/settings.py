@@ -11,9 +11,15 @@ class RouterSettings:
     connect_timeout: float = 5.0
     shadow_queue_limit: int = 256  # mirrors in flight; more are dropped and counted
     slice_header: str = "x-inferstack-slice"
-    slices: tuple[str, ...] = ()  # allowlist of slice label values; empty: first 32 seen
+    slices: tuple[str, ...] = ()  # allowlist of slice label values; others "other", none at all "default"
     candidate_fallback: bool = True  # retry a candidate connect error once on stable
-    max_request_bytes: int = 8 * 1024 * 1024
+    max_request_bytes: int = 8 * 1024 * 1024  # a larger body is a JSON 413 (router/requests.py)
+    max_json_depth: int = 64  # a body nested deeper is a 400
+    max_output_tokens: int = 131_072  # ceiling of a request's max_tokens / max_completion_tokens
+    cache_max_bytes: int = 64 * 1024 * 1024  # all response caches of this router together
+    cache_max_entry_bytes: int = 256 * 1024  # a larger answer is not cached
+    max_concurrent_streams: int = 1024  # client-facing streams at once; more get a 429
+    stream_write_timeout: float = 30.0  # seconds a streamed write may wait for a client that stopped reading
     max_response_bytes: int = 16 * 1024 * 1024  # non-streamed answers are read whole; bound them
     max_connections: int = 1024  # to all backends together
     judge_queue_limit: int = 256  # judge jobs waiting; more are dropped and counted

@@ -82,7 +82,7 @@ async def test_models_health_and_readiness(make_plan, router_client) -> None:
 
 async def test_unknown_and_malformed_requests_get_openai_errors(make_plan, router_client) -> None:
     client = await router_client(make_plan())
-    resp = await client.post("/v1/chat/completions", json={"model": "nope", "messages": []})
+    resp = await client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]})
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "model_not_found"
     resp = await client.post("/v1/chat/completions", data=b"{not json")

@@ -1,0 +1,310 @@
+"""Client requests checked before anything is forwarded: size, nesting, and the OpenAI request shape.
+
+:func:`read_request` is called once at the top of the router's handling of
+``/v1/chat/completions`` and ``/v1/completions``. It reads the body with its
+own bound (a JSON 413 past it, never aiohttp's plain text), parses it with a
+nesting bound (a 400, never a ``RecursionError``), and checks the fields the
+router and a model server rely on, each refusal an OpenAI-style 400 naming the
+field in ``param``. Fields it does not know pass through untouched: vLLM has
+many extensions, and the model server judges those.
+
+The checks are cheap on purpose: this is on every request's path. Nothing is
+copied, and the nesting walk is skipped when the body has too few brackets to
+be deep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from inferstack.router.errors import error_response
+
+log = logging.getLogger(__name__)
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may be; the router's command line sets them."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_depth: int = 64  # JSON nesting: the body object is depth 1
+    max_messages: int = 4096  # chat messages, completion prompts, content parts per message
+    max_output_tokens: int = 131_072  # ceiling of max_tokens / max_completion_tokens
+    max_n: int = 128  # choices per request (OpenAI's own ceiling)
+    max_tools: int = 512
+    max_stop: int = 64
+
+
+class RequestError(Exception):
+    """A refused request: an OpenAI-style ``invalid_request_error`` naming the field."""
+
+    def __init__(self, status: int, message: str, param: str | None, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, self.code, param=self.param)
+
+
+def _refuse(param: str | None, message: str, code: str = "invalid_value") -> RequestError:
+    return RequestError(400, message, param, code)
+
+
+# ------------------------------------------------------------------ reading
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, reading no more than ``limit`` bytes of it: past that, a JSON 413."""
+    too_large = RequestError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(data: bytes, max_depth: int) -> dict[str, Any]:
+    """A JSON object nested at most ``max_depth`` deep (NaN and Infinity are not JSON)."""
+    try:
+        body = json.loads(data, parse_constant=_no_constants)
+    except RecursionError:
+        raise _refuse(None, f"the request body is nested deeper than {max_depth} levels", "too_deep") from None
+    except ValueError:  # also UnicodeDecodeError, and integers too long to convert
+        raise _refuse(None, "the request body is not valid JSON", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise _refuse(None, "the request body must be a JSON object", "invalid_json")
+    # A body with fewer brackets than the limit cannot be nested deeper (brackets in strings only overcount).
+    if data.count(b"[") + data.count(b"{") > max_depth and _deeper_than(body, max_depth):
+        raise _refuse(None, f"the request body is nested deeper than {max_depth} levels", "too_deep")
+    return body
+
+
+def _deeper_than(body: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if type(value) is dict else value
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+async def read_request(request: web.Request, limits: Limits, *, chat: bool) -> dict[str, Any]:
+    """The request's body, read, parsed and checked; :class:`RequestError` when it is refused."""
+    body = parse_body(await read_body(request, limits.max_body_bytes), limits.max_depth)
+    validate(body, limits, chat=chat)
+    return body
+
+
+# ----------------------------------------------------------------- checking
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int subclass, and true is no count
+
+
+def _is_number(value: Any) -> bool:
+    return (type(value) is int or type(value) is float) and math.isfinite(value)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _expect(param: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise _refuse(param, f"`{param}` must be {expected}, not {_type_name(value)}", "invalid_type")
+
+
+def _int_in(param: str, value: Any, low: int, high: int) -> None:
+    _expect(param, value, _is_int(value), "an integer")
+    if not low <= value <= high:
+        raise _refuse(param, f"`{param}` must be between {low} and {high}")
+
+
+def _number_in(param: str, value: Any, low: float, high: float) -> None:
+    _expect(param, value, _is_number(value), "a number")
+    if not low <= value <= high:
+        raise _refuse(param, f"`{param}` must be between {low:g} and {high:g}")
+
+
+def _string_list(param: str, value: Any, most: int) -> None:
+    _expect(param, value, type(value) is list, "a string or an array of strings")
+    if len(value) > most:
+        raise _refuse(param, f"`{param}` may have at most {most} items")
+    for i, item in enumerate(value):
+        _expect(f"{param}[{i}]", item, type(item) is str, "a string")
+
+
+def _check_optional(body: dict[str, Any], limits: Limits, *, chat: bool) -> None:
+    """The usual optional fields, when present (null stands for "not set", as the OpenAI API takes it)."""
+    get = body.get
+    for name in ("max_tokens", "max_completion_tokens"):
+        if get(name) is not None:
+            _int_in(name, body[name], 1, limits.max_output_tokens)
+    if get("n") is not None:
+        _int_in("n", body["n"], 1, limits.max_n)
+    if get("best_of") is not None:
+        _int_in("best_of", body["best_of"], 1, limits.max_n)
+    if get("temperature") is not None:
+        _number_in("temperature", body["temperature"], 0, 2)
+    if get("top_p") is not None:
+        _number_in("top_p", body["top_p"], 0, 1)
+    for name in ("presence_penalty", "frequency_penalty"):
+        if get(name) is not None:
+            _number_in(name, body[name], -2, 2)
+    for name in ("stream", "parallel_tool_calls", "store", "echo"):
+        if get(name) is not None:
+            _expect(name, body[name], type(body[name]) is bool, "a boolean")
+    for name in ("stream_options", "response_format", "logit_bias", "metadata"):
+        if get(name) is not None:
+            _expect(name, body[name], type(body[name]) is dict, "an object")
+    if get("seed") is not None:
+        _expect("seed", body["seed"], _is_int(body["seed"]), "an integer")
+    for name in ("user", "suffix"):
+        if get(name) is not None:
+            _expect(name, body[name], type(body[name]) is str, "a string")
+    stop = get("stop")
+    if stop is not None and type(stop) is not str:
+        _string_list("stop", stop, limits.max_stop)
+    if get("tools") is not None:
+        tools = body["tools"]
+        _expect("tools", tools, type(tools) is list, "an array of objects")
+        if len(tools) > limits.max_tools:
+            raise _refuse("tools", f"`tools` may have at most {limits.max_tools} items")
+        for i, tool in enumerate(tools):
+            _expect(f"tools[{i}]", tool, type(tool) is dict, "an object")
+    choice = get("tool_choice")
+    if choice is not None:
+        _expect("tool_choice", choice, type(choice) is str or type(choice) is dict, "a string or an object")
+    logprobs = get("logprobs")
+    if logprobs is not None:
+        if chat:
+            _expect("logprobs", logprobs, type(logprobs) is bool, "a boolean")
+        else:
+            _int_in("logprobs", logprobs, 0, 20)
+    if get("top_logprobs") is not None:
+        _int_in("top_logprobs", body["top_logprobs"], 0, 20)
+
+
+def _check_messages(messages: Any, limits: Limits) -> None:
+    if messages is None:
+        raise _refuse("messages", "`messages` is required", "missing_required_parameter")
+    _expect("messages", messages, type(messages) is list, "an array of message objects")
+    if not messages:
+        raise _refuse("messages", "`messages` must not be empty")
+    if len(messages) > limits.max_messages:
+        raise _refuse("messages", f"`messages` may have at most {limits.max_messages} items")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        _expect(where, message, type(message) is dict, "an object")
+        role = message.get("role")
+        _expect(f"{where}.role", role, type(role) is str, "a string")
+        if role not in CHAT_ROLES:
+            raise _refuse(f"{where}.role", f"`{where}.role` must be one of {', '.join(sorted(CHAT_ROLES))}")
+        content = message.get("content")
+        if content is None:
+            # Only an assistant turn that called tools may carry no content.
+            if role != "assistant" or not (message.get("tool_calls") or message.get("function_call")):
+                raise _refuse(f"{where}.content", f"`{where}.content` is required", "missing_required_parameter")
+        elif type(content) is list:
+            if len(content) > limits.max_messages:
+                raise _refuse(f"{where}.content", f"`{where}.content` may have at most {limits.max_messages} parts")
+            for j, part in enumerate(content):
+                _expect(f"{where}.content[{j}]", part, type(part) is dict, "an object")
+                kind = part.get("type")
+                _expect(f"{where}.content[{j}].type", kind, type(kind) is str, "a string")
+        elif type(content) is not str:
+            _expect(f"{where}.content", content, False, "a string, an array of content parts or null")
+        if message.get("name") is not None:
+            _expect(f"{where}.name", message["name"], type(message["name"]) is str, "a string")
+        if message.get("tool_call_id") is not None:
+            _expect(f"{where}.tool_call_id", message["tool_call_id"], type(message["tool_call_id"]) is str, "a string")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            _expect(f"{where}.tool_calls", calls, type(calls) is list, "an array of objects")
+            for j, call in enumerate(calls):
+                _expect(f"{where}.tool_calls[{j}]", call, type(call) is dict, "an object")
+
+
+def _check_prompt(prompt: Any, limits: Limits) -> None:
+    if prompt is None:
+        raise _refuse("prompt", "`prompt` is required", "missing_required_parameter")
+    if type(prompt) is str:
+        return
+    expected = "a string, an array of strings or an array of token ids"
+    _expect("prompt", prompt, type(prompt) is list, expected)
+    if not prompt:
+        raise _refuse("prompt", "`prompt` must not be empty")
+    if len(prompt) > limits.max_messages:
+        raise _refuse("prompt", f"`prompt` may have at most {limits.max_messages} items")
+    for i, item in enumerate(prompt):
+        if type(item) is str:
+            continue
+        if _is_int(item):
+            if item < 0:
+                raise _refuse(f"prompt[{i}]", "a token id must not be negative")
+            continue
+        # A batch of token-id prompts: [[1, 2], [3]].
+        _expect(f"prompt[{i}]", item, type(item) is list, "a string, a token id or an array of token ids")
+        for token in item:
+            _expect(f"prompt[{i}]", token, _is_int(token) and token >= 0, "an array of token ids")
+
+
+def validate(body: dict[str, Any], limits: Limits, *, chat: bool) -> None:
+    """Refuse a body that is not an OpenAI request for its endpoint (chat or completions)."""
+    model = body.get("model")
+    if model is None:
+        raise RequestError(400, "`model` must name a stack: <name> or <namespace>/<name>", "model", "missing_model")
+    _expect("model", model, type(model) is str, "a string")
+    if not model or len(model) > 512:
+        raise RequestError(400, "`model` must name a stack: <name> or <namespace>/<name>", "model", "missing_model")
+    if chat:
+        _check_messages(body.get("messages"), limits)
+    else:
+        _check_prompt(body.get("prompt"), limits)
+    _check_optional(body, limits, chat=chat)
+
+
+# --------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every refusal aiohttp itself makes (unknown path, wrong method, body too large) as OpenAI-style JSON.
+
+    An exception no handler expected is a JSON 500 that says nothing of its cause; the log has it.
+    """
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        code = "request_too_large" if exc.status == 413 else None
+        return error_response(exc.status, exc.reason, code, headers)
+    except Exception as exc:
+        log.error("unexpected %s handling %s %s", type(exc).__name__, request.method, request.path, exc_info=exc)
+        return error_response(500, "internal error in the router", "internal")

@@ -1,0 +1,232 @@
+"""router/requests.py: which bodies are forwarded, and the exact refusal of every other one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from inferstack.router.requests import Limits, RequestError, parse_body, validate
+from inferstack.router.settings import RouterSettings
+
+LIMITS = Limits(max_output_tokens=4096)
+USER = {"role": "user", "content": "Where is my parcel?"}
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "support", "messages": [USER], **fields}
+
+
+def completion(**fields: Any) -> dict[str, Any]:
+    return {"model": "support", "prompt": "Once upon a time", **fields}
+
+
+ACCEPTED_CHAT = [
+    chat(),
+    chat(messages=[{"role": "system", "content": "Be brief."}, USER]),
+    chat(messages=[{"role": "developer", "content": "Be brief."}, USER]),
+    chat(messages=[USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                                  "function": {"name": "f", "arguments": "{}"}}]},
+                   {"role": "tool", "tool_call_id": "c1", "content": "42"}]),
+    chat(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                {"type": "image_url", "image_url": {"url": "data:,"}}]}]),
+    chat(messages=[{"role": "user", "content": "hi", "name": "ann"}]),
+    chat(messages=[{"role": "function", "name": "f", "content": "{}"}]),
+    chat(max_tokens=1, max_completion_tokens=4096, n=2, temperature=0, top_p=1, stream=True,
+         stream_options={"include_usage": True}, stop=["\n", "END"], seed=-7, user="u-1",
+         presence_penalty=-2, frequency_penalty=2.0, logprobs=True, top_logprobs=3, parallel_tool_calls=False),
+    chat(stop="END", tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto",
+         response_format={"type": "json_object"}, logit_bias={"50256": -100}),
+    chat(tool_choice={"type": "function", "function": {"name": "f"}}),
+    chat(max_tokens=None, temperature=None, stop=None, tools=None, user=None),  # null is "not set"
+    chat(guided_json={"type": "object"}, top_k=5, repetition_penalty=1.1, chat_template_kwargs={"x": 1}),  # vLLM's own
+    chat(model="team-a/support"),
+]
+
+ACCEPTED_COMPLETIONS = [
+    completion(),
+    completion(prompt=["a", "b"]),
+    completion(prompt=[1, 2, 3]),
+    completion(prompt=[[1, 2], [3]]),
+    completion(logprobs=5, echo=True, best_of=2, suffix="!", max_tokens=16),
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_CHAT)
+def test_chat_bodies_that_are_forwarded(body: dict[str, Any]) -> None:
+    validate(body, LIMITS, chat=True)
+
+
+@pytest.mark.parametrize("body", ACCEPTED_COMPLETIONS)
+def test_completion_bodies_that_are_forwarded(body: dict[str, Any]) -> None:
+    validate(body, LIMITS, chat=False)
+
+
+REFUSED_CHAT = [
+    ({"messages": [USER]}, "model", "missing_model"),
+    (chat(model=42), "model", "invalid_type"),
+    (chat(model=""), "model", "missing_model"),
+    (chat(model="x" * 513), "model", "missing_model"),
+    ({"model": "support"}, "messages", "missing_required_parameter"),  # never silently fixed
+    (chat(messages=None), "messages", "missing_required_parameter"),
+    (chat(messages="hello"), "messages", "invalid_type"),
+    (chat(messages=42), "messages", "invalid_type"),
+    (chat(messages={"role": "user"}), "messages", "invalid_type"),
+    (chat(messages=[]), "messages", "invalid_value"),
+    (chat(messages=[USER] * 4097), "messages", "invalid_value"),
+    (chat(messages=["hello"]), "messages[0]", "invalid_type"),
+    (chat(messages=[USER, {"content": "hi"}]), "messages[1].role", "invalid_type"),
+    (chat(messages=[{"role": "root", "content": "hi"}]), "messages[0].role", "invalid_value"),
+    (chat(messages=[{"role": 1, "content": "hi"}]), "messages[0].role", "invalid_type"),
+    (chat(messages=[{"role": "user"}]), "messages[0].content", "missing_required_parameter"),
+    (chat(messages=[{"role": "user", "content": None}]), "messages[0].content", "missing_required_parameter"),
+    (chat(messages=[{"role": "assistant", "content": None}]), "messages[0].content", "missing_required_parameter"),
+    (chat(messages=[{"role": "user", "content": 42}]), "messages[0].content", "invalid_type"),
+    (chat(messages=[{"role": "user", "content": {"text": "hi"}}]), "messages[0].content", "invalid_type"),
+    (chat(messages=[{"role": "user", "content": ["hi"]}]), "messages[0].content[0]", "invalid_type"),
+    (chat(messages=[{"role": "user", "content": [{"text": "hi"}]}]), "messages[0].content[0].type", "invalid_type"),
+    (chat(messages=[{"role": "user", "content": "hi", "name": 3}]), "messages[0].name", "invalid_type"),
+    (chat(messages=[{"role": "tool", "content": "x", "tool_call_id": 3}]), "messages[0].tool_call_id", "invalid_type"),
+    (chat(messages=[{"role": "assistant", "content": None, "tool_calls": "f"}]), "messages[0].tool_calls", "invalid_type"),
+    (chat(max_tokens=0), "max_tokens", "invalid_value"),
+    (chat(max_tokens=-1), "max_tokens", "invalid_value"),
+    (chat(max_tokens=4097), "max_tokens", "invalid_value"),  # over the configured ceiling
+    (chat(max_tokens="10"), "max_tokens", "invalid_type"),
+    (chat(max_tokens=1.5), "max_tokens", "invalid_type"),
+    (chat(max_tokens=True), "max_tokens", "invalid_type"),
+    (chat(max_completion_tokens=10**30), "max_completion_tokens", "invalid_value"),
+    (chat(n=0), "n", "invalid_value"),
+    (chat(n=129), "n", "invalid_value"),
+    (chat(temperature="hot"), "temperature", "invalid_type"),
+    (chat(temperature=2.5), "temperature", "invalid_value"),
+    (chat(temperature=-0.1), "temperature", "invalid_value"),
+    (chat(top_p=1.5), "top_p", "invalid_value"),
+    (chat(presence_penalty=3), "presence_penalty", "invalid_value"),
+    (chat(stream="yes"), "stream", "invalid_type"),
+    (chat(stream=1), "stream", "invalid_type"),
+    (chat(stream_options=True), "stream_options", "invalid_type"),
+    (chat(stop=5), "stop", "invalid_type"),
+    (chat(stop=["a", 5]), "stop[1]", "invalid_type"),
+    (chat(stop=["a"] * 65), "stop", "invalid_value"),
+    (chat(tools={"type": "function"}), "tools", "invalid_type"),
+    (chat(tools=["f"]), "tools[0]", "invalid_type"),
+    (chat(tool_choice=3), "tool_choice", "invalid_type"),
+    (chat(response_format="json"), "response_format", "invalid_type"),
+    (chat(seed="7"), "seed", "invalid_type"),
+    (chat(seed=1.0), "seed", "invalid_type"),
+    (chat(user=7), "user", "invalid_type"),
+    (chat(logprobs=3), "logprobs", "invalid_type"),
+    (chat(top_logprobs=21), "top_logprobs", "invalid_value"),
+    (chat(logit_bias=[1]), "logit_bias", "invalid_type"),
+]
+
+REFUSED_COMPLETIONS = [
+    ({"model": "support"}, "prompt", "missing_required_parameter"),
+    (completion(prompt=42), "prompt", "invalid_type"),
+    (completion(prompt={"text": "x"}), "prompt", "invalid_type"),
+    (completion(prompt=[]), "prompt", "invalid_value"),
+    (completion(prompt=[-1]), "prompt[0]", "invalid_value"),
+    (completion(prompt=[1.5]), "prompt[0]", "invalid_type"),
+    (completion(prompt=[[1, "a"]]), "prompt[0]", "invalid_type"),
+    (completion(prompt=[None]), "prompt[0]", "invalid_type"),
+    (completion(logprobs=True), "logprobs", "invalid_type"),
+    (completion(logprobs=21), "logprobs", "invalid_value"),
+    (completion(echo="no"), "echo", "invalid_type"),
+]
+
+
+@pytest.mark.parametrize(("body", "param", "code"), REFUSED_CHAT)
+def test_chat_refusals_name_the_field(body: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(RequestError) as info:
+        validate(body, LIMITS, chat=True)
+    assert (info.value.status, info.value.param, info.value.code) == (400, param, code)
+
+
+@pytest.mark.parametrize(("body", "param", "code"), REFUSED_COMPLETIONS)
+def test_completion_refusals_name_the_field(body: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(RequestError) as info:
+        validate(body, LIMITS, chat=False)
+    assert (info.value.status, info.value.param, info.value.code) == (400, param, code)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"\xff\xfe{", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"hello"', "invalid_json"),
+        (b"null", "invalid_json"),
+        (b'{"model": "m", "temperature": NaN}', "invalid_json"),
+        (b'{"model": "m", "temperature": Infinity}', "invalid_json"),
+        (b'{"x": ' + b"1" * 5000 + b"}", "invalid_json"),  # past Python's int digits limit
+        (b'{"x": ' + b"[" * 64 + b"]" * 64 + b"}", "too_deep"),  # 65 levels
+        (b"[" * 100_000 + b"]" * 100_000, "too_deep"),  # would be a RecursionError
+        (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "too_deep"),
+    ],
+)
+def test_unparseable_and_deep_bodies(data: bytes, code: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_body(data, 64)
+    assert (info.value.status, info.value.param, info.value.code) == (400, None, code)
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_brackets_in_strings_do_not_count() -> None:
+    body = parse_body(b'{"x": ' + b"[" * 63 + b"]" * 63 + b"}", 64)  # 64 levels
+    assert isinstance(body["x"], list)
+    text = json.dumps({"model": "m", "messages": [{"role": "user", "content": "[[[[{{{{" * 1000}]}).encode()
+    assert parse_body(text, 64)["model"] == "m"
+
+
+def test_limits_follow_the_settings() -> None:
+    settings = RouterSettings()
+    assert (settings.max_json_depth, settings.max_request_bytes) == (64, 8 * 1024 * 1024)
+    assert Limits().max_output_tokens == settings.max_output_tokens
+
+
+# ------------------------------------------------------------- through the router
+
+
+async def test_router_refuses_before_forwarding(make_plan, router_client, stable_server) -> None:
+    from inferstack.standin.app import RECEIVED
+
+    client = await router_client(make_plan(candidate=False))
+    received = stable_server.app[RECEIVED]
+    for body in ({"model": "support"}, {"model": "support", "messages": "hello"}, {"model": "support", "messages": 42}):
+        resp = await client.post("/v1/chat/completions", json=body)
+        assert resp.status == 400, body
+        error = (await resp.json())["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == "messages", error
+    resp = await client.post("/v1/chat/completions", data=b'{"model": "support", "messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}")
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "too_deep"
+    assert len(received) == 0  # nothing reached the model server
+    resp = await client.post("/v1/chat/completions", json={"model": "support", "messages": [USER]})
+    assert resp.status == 200 and len(received) == 1
+
+
+async def test_router_body_limit_is_a_json_413(make_plan, router_client) -> None:
+    client = await router_client(make_plan(candidate=False), settings=RouterSettings(upstream_timeout=5, max_request_bytes=1024))
+    resp = await client.post("/v1/chat/completions", json={"model": "support", "messages": [{"role": "user", "content": "x" * 2000}]})
+    assert resp.status == 413
+    assert (await resp.json())["error"] == {
+        "message": "the request body is larger than 1024 bytes", "type": "invalid_request_error",
+        "code": "request_too_large", "param": None,
+    }
+
+    async def chunks():  # no Content-Length: the bound holds while reading
+        for _ in range(10):
+            yield b" " * 200
+
+    resp = await client.post("/v1/chat/completions", data=chunks())
+    assert resp.status == 413 and (await resp.json())["error"]["code"] == "request_too_large"
+
+
+async def test_unknown_paths_and_methods_are_json_too(make_plan, router_client) -> None:
+    client = await router_client(make_plan(candidate=False))
+    resp = await client.post("/v1/embeddings", json={})
+    assert resp.status == 404 and (await resp.json())["error"]["type"] == "invalid_request_error"
+    resp = await client.get("/v1/chat/completions")
+    assert resp.status == 405 and "POST" in resp.headers["Allow"]
+    assert "error" in await resp.json()
