@@ -18,7 +18,8 @@ from inferstack.api.v1alpha1 import OTHER_SLICE
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
 from inferstack.router import proxy, requests
 from inferstack.router.assignment import Role, choose
-from inferstack.router.bundle import DEFAULT_TENANT, apply_bundle
+from inferstack.router.auth import Authenticator, ModelNotAllowed, forbidden, identity_of, resolve, visible
+from inferstack.router.bundle import apply_bundle
 from inferstack.router.cache import CacheMemory, ResponseCache, cache_key, cacheable
 from inferstack.router.errors import UpstreamError, classify, error_response, redact
 from inferstack.router.evaluators import Evaluators
@@ -38,8 +39,10 @@ class SlowClient(Exception):
 
 
 class Router:
-    def __init__(self, store: PlanStore, settings: RouterSettings, metrics: RouterMetrics) -> None:
+    def __init__(self, store: PlanStore, settings: RouterSettings, metrics: RouterMetrics, auth: Authenticator) -> None:
         self.store = store
+        # Who calls (router/auth.py): a key's namespace bounds what it sees, its tenant the caches.
+        self.auth = auth
         self.settings = settings
         self.metrics = metrics
         self.slices = SliceLabels(settings.slices)
@@ -109,13 +112,15 @@ class Router:
     async def readyz(self, request: web.Request) -> web.Response:
         if len(self.store) == 0:
             return web.json_response({"status": "no traffic plan loaded"}, status=503)
+        if not self.auth.ready:
+            return web.json_response({"status": "API keys not listed yet"}, status=503)
         return web.json_response({"status": "ready", "stacks": len(self.store)})
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def models(self, request: web.Request) -> web.Response:
-        plans = self.store.plans()
+        plans = visible(identity_of(request), self.store.plans())  # only what the caller may call
         names = [p.stack for p in plans]
         data = [
             {
@@ -161,16 +166,20 @@ class Router:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return error_response(400, "`model` must name a stack: <name> or <namespace>/<name>", "missing_model")
+        identity = identity_of(request)
         try:
-            plan = self.store.resolve(model)
-        except UnknownModel:
+            plan = resolve(identity, self.store, model)
+        except UnknownModel:  # also a stack of another namespace than the key's: the same answer
             return error_response(404, f"The model `{model}` does not exist.", "model_not_found")
+        except ModelNotAllowed:
+            self.auth.refused("model_not_allowed")
+            return forbidden(model)
         except AmbiguousModel as exc:
             return error_response(400, str(exc), "ambiguous_model")
 
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         route = choose(plan, request.headers, request_id)
-        tenant = request.headers.get(plan.tenant_header, "").strip() or DEFAULT_TENANT
+        tenant = identity.tenant  # from the key or the trusted proxy, never from a header a client sets
         slice_ = self._slice(plan, request.headers)
         if route.shadow is not None:
             self.judges.expect_pair(plan, request_id)
@@ -190,7 +199,7 @@ class Router:
 
     def _mirror(
         self, plan: TrafficPlan, bundle: RevisionBundle, path: str, body: dict[str, Any],
-        tenant: str, slice_: str, request_id: str, *, chat: bool,
+        tenant: str | None, slice_: str, request_id: str, *, chat: bool,
     ) -> None:
         assert self.session is not None
         labels = Labels(plan.namespace, plan.stack, bundle.revision, "shadow", slice_)
@@ -207,7 +216,7 @@ class Router:
 
     async def _serve(
         self, request: web.Request, plan: TrafficPlan, role: Role, bundle: RevisionBundle, path: str,
-        body: dict[str, Any], tenant: str, slice_: str, request_id: str, *, chat: bool,
+        body: dict[str, Any], tenant: str | None, slice_: str, request_id: str, *, chat: bool,
     ) -> web.StreamResponse:
         assert self.session is not None
         started = time.perf_counter()
@@ -225,8 +234,9 @@ class Router:
         upstream_body = apply_bundle(body, bundle, tenant, chat=chat)
         stream = bool(body.get("stream"))
 
-        cache = self.caches.get(plan.key) if cacheable(body) else None
-        key = cache_key(tenant, bundle.cache_namespace, bundle.revision, upstream_body) if cache is not None else ""
+        # No tenant (--auth none): no one's cached answer, and none kept for anyone.
+        cache = self.caches.get(plan.key) if tenant is not None and cacheable(body) else None
+        key = cache_key(tenant or "", bundle.cache_namespace, bundle.revision, upstream_body) if cache is not None else ""
         if cache is not None:
             hit = cache.get(key)
             if hit is not None:
@@ -363,25 +373,31 @@ def build_app(
     settings: RouterSettings | None = None,
     sources: Sequence[PlanSource] = (),
     metrics: RouterMetrics | None = None,
+    auth: Authenticator | None = None,
 ) -> web.Application:
+    """The client-facing app (the OpenAI API, every request authenticated); health and
+    metrics are on another port: :func:`build_admin_app`."""
     settings = settings or RouterSettings()
     metrics = metrics or RouterMetrics()
     store = store if store is not None else PlanStore()
-    router = Router(store, settings, metrics)
+    auth = auth or Authenticator.from_settings(settings, metrics.registry)
+    router = Router(store, settings, metrics, auth)
     store.add_listener(router.plan_changed)
     for plan in store.plans():
         router.plan_changed(plan.key, plan)
 
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[requests.json_errors])
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[requests.json_errors, auth.middleware()])
     app[ROUTER] = router
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await router.open()
+        await auth.start()
         for source in sources:
             await source.start(store)
         yield
         for source in sources:
             await source.stop()
+        await auth.stop()
         await router.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -389,7 +405,29 @@ def build_app(
     app.router.add_post("/v1/completions", router.completions)
     app.router.add_get("/v1/models", router.models)
     app.router.add_post("/v1/feedback", router.feedback.handle)
+    return app
+
+
+def build_admin_app(router: Router) -> web.Application:
+    """Liveness, readiness and metrics, unauthenticated, for the kubelet and Prometheus only:
+    served on ``--metrics-port``, never on the clients' port."""
+    app = web.Application()
     app.router.add_get("/healthz", router.healthz)
     app.router.add_get("/readyz", router.readyz)
     app.router.add_get("/metrics", router.metrics_handler)
     return app
+
+
+def serve_admin(app: web.Application, host: str, port: int) -> None:
+    """Serve :func:`build_admin_app` on ``host:port`` while ``app`` runs (``port`` 0: not at all)."""
+    if not port:
+        return
+
+    async def admin(app: web.Application):  # type: ignore[no-untyped-def]
+        runner = web.AppRunner(build_admin_app(app[ROUTER]), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        yield
+        await runner.cleanup()
+
+    app.cleanup_ctx.append(admin)

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import secrets
 from typing import Any
 
 from inferstack.core.trafficplan import RevisionBundle
 
-DEFAULT_TENANT = "default"
 
-
-def cache_salt(tenant: str, cache_namespace: str) -> str:
+def cache_salt(tenant: str | None, cache_namespace: str) -> str:
     """vLLM's ``cache_salt``: prefix-cache blocks are only shared between equal salts.
 
     Tenant and cache namespace together mean no tenant reads another's cached
-    prefix (a timing side channel) and no revision reuses another's.
+    prefix (a timing side channel) and no revision reuses another's. The tenant
+    is the authenticated one (router/auth.py). No tenant (``--auth none``): a
+    random salt per request, which shares no prefix with anyone.
     """
+    if tenant is None:
+        return secrets.token_hex(32)
     return hashlib.sha256(f"{tenant}\x00{cache_namespace}".encode()).hexdigest()
 
 
-def apply_bundle(body: dict[str, Any], bundle: RevisionBundle, tenant: str, *, chat: bool) -> dict[str, Any]:
+def apply_bundle(body: dict[str, Any], bundle: RevisionBundle, tenant: str | None, *, chat: bool) -> dict[str, Any]:
     """A new body for ``bundle``'s backend; ``body`` itself is left untouched (shadows reuse it)."""
     out = copy.copy(body)
     out["model"] = bundle.served_model

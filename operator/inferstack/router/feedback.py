@@ -40,9 +40,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from inferstack.api.v1alpha1 import Evaluator
 from inferstack.core.durations import parse_seconds
+from inferstack.router.auth import ANONYMOUS, Identity, ModelNotAllowed, authorize, identity_of
 from inferstack.router.errors import error_response
 from inferstack.router.metrics import Labels, RouterMetrics
-from inferstack.router.plansource import PlanStore
+from inferstack.router.plansource import PlanStore, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class FeedbackEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
-            evaluator, ref, score = self._accept(await _read_bounded(request))
+            evaluator, ref, score = self._accept(await _read_bounded(request), identity_of(request))
         except Refused as r:
             self.counters.refused.labels(r.reason).inc()
             return error_response(r.status, r.message, r.code)
@@ -328,7 +329,7 @@ class FeedbackEndpoint:
         self.counters.recorded.labels(ref.namespace, ref.stack, evaluator).inc()
         return web.json_response({"status": "recorded", "evaluator": evaluator})
 
-    def _accept(self, data: bytes | None) -> tuple[str, ResponseRef, float]:
+    def _accept(self, data: bytes | None, identity: Identity = ANONYMOUS) -> tuple[str, ResponseRef, float]:
         if data is None:
             raise Refused(413, "too_large", f"the feedback body is larger than {MAX_BODY_BYTES} bytes", "request_too_large")
         try:
@@ -351,9 +352,16 @@ class FeedbackEndpoint:
         except InvalidId as e:
             raise Refused(400, e.reason, e.message, "invalid_response_id") from None
 
+        gone = Refused(404, "unknown_stack", f"the stack `{ref.key}` of this response no longer exists", "model_not_found")
+        try:  # a key gives feedback only on answers of stacks it may call
+            authorize(identity, ref.namespace, ref.stack)
+        except UnknownModel:  # another namespace: as if the stack did not exist
+            raise gone from None
+        except ModelNotAllowed:
+            raise Refused(403, "not_allowed", f"this API key may not call the stack `{ref.key}`", "model_not_allowed") from None
         plan = self.store.get(ref.key)
         if plan is None:
-            raise Refused(404, "unknown_stack", f"the stack `{ref.key}` of this response no longer exists", "model_not_found")
+            raise gone
         evaluator = self._evaluator(plan.evaluation.evaluators, name, ref.key)
         assert evaluator.feedback is not None
         age = self.clock() - ref.issued

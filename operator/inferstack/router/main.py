@@ -8,8 +8,10 @@ import logging
 from aiohttp import web
 
 from inferstack.eventloop import event_loop
-from inferstack.router.app import build_app
+from inferstack.router.app import build_app, serve_admin
+from inferstack.router.auth import AUTH_MODES, DEFAULT_MAX_KEYS_PER_NAMESPACE, Authenticator, KeySource
 from inferstack.router.feedback import keys_from
+from inferstack.router.keysource import FileKeySource, KubeKeySource
 from inferstack.router.metrics import RouterMetrics
 from inferstack.router.plansource import FilePlanSource, PlanSource
 from inferstack.router.settings import RouterSettings
@@ -18,7 +20,18 @@ from inferstack.router.settings import RouterSettings
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="inferstack-router", description="OpenAI-compatible router that applies traffic plans.")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="The OpenAI API (clients).")
+    p.add_argument("--metrics-port", type=int, default=9091, help="/metrics, /healthz and /readyz (kubelet, Prometheus); 0: off.")
+    p.add_argument("--metrics-host", help="Address of --metrics-port; default: --host.")
+    auth = p.add_argument_group("client authentication (docs/router.md, \"Authentication\")")
+    auth.add_argument("--auth", choices=AUTH_MODES, default="api-keys",
+                      help="api-keys: Authorization: Bearer <key> from key Secrets; trusted-proxy: the user from a header "
+                      "set by a proxy in --trusted-proxy-cidrs; none: no authentication and no tenant (development only).")
+    auth.add_argument("--api-key-file", help="Keys from this JSON file instead of key Secrets (local runs and tests).")
+    auth.add_argument("--max-keys-per-namespace", type=int, default=DEFAULT_MAX_KEYS_PER_NAMESPACE,
+                      help="Key Secrets honoured per namespace; more are ignored and counted.")
+    auth.add_argument("--trusted-proxy-cidrs", default="", help="trusted-proxy: comma-separated networks of the proxy (required).")
+    auth.add_argument("--trusted-proxy-tenant-header", default="", help="trusted-proxy: header naming the user, e.g. x-forwarded-user (required).")
     src = p.add_argument_group("plan sources (the Kubernetes API unless --plan-file is given)")
     src.add_argument("--plan-file", help="A plan JSON file or a directory of them, polled (local runs and tests).")
     src.add_argument("--plan-poll-interval", type=float, default=0.5, help="Seconds between --plan-file polls.")
@@ -78,6 +91,10 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
 
 def sources_from(args: argparse.Namespace, metrics: RouterMetrics) -> list[PlanSource]:
     if args.plan_file:
+        auth=args.auth,
+        trusted_proxy_cidrs=tuple(c.strip() for c in args.trusted_proxy_cidrs.split(",") if c.strip()),
+        trusted_proxy_tenant_header=args.trusted_proxy_tenant_header.strip(),
+        max_keys_per_namespace=args.max_keys_per_namespace,
         return [FilePlanSource(args.plan_file, metrics, interval=args.plan_poll_interval)]
     from inferstack.router.kubesource import KubePlanSource  # the kubernetes client is slow to import
 
@@ -88,7 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = RouterMetrics()
-    app = build_app(settings=settings_from(args), sources=sources_from(args, metrics), metrics=metrics)
+    settings = settings_from(args)
+    try:
+        auth = Authenticator.from_settings(settings, metrics.registry)
+    except ValueError as exc:
+        raise SystemExit(f"inferstack-router: {exc}") from None
+    auth.sources = key_sources_from(args, auth)
+    app = build_app(settings=settings, sources=sources_from(args, metrics), metrics=metrics, auth=auth)
+    serve_admin(app, args.metrics_host or args.host, args.metrics_port)
     # handler_cancellation: a client that disconnects cancels its handler, and
     # with it the backend request, instead of letting the GPU finish for nobody.
     web.run_app(

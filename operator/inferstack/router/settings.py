@@ -28,3 +28,8 @@ class RouterSettings:
     # share them. Empty: a random key of this process (feedback only on this replica).
     feedback_keys: tuple[bytes, ...] = field(default=(), repr=False)
     feedback_seen_limit: int = 65_536  # response ids remembered to refuse duplicate feedback
+    # Client authentication (router/auth.py): api-keys (default), trusted-proxy or none (development only).
+    auth: str = "api-keys"
+    trusted_proxy_cidrs: tuple[str, ...] = ()  # trusted-proxy: peers whose tenant header is believed
+    trusted_proxy_tenant_header: str = ""
+    max_keys_per_namespace: int = 1000

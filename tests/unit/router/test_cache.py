@@ -1,6 +1,7 @@
 import pytest
 
 from inferstack.router.app import ROUTER
+from inferstack.router.auth import Authenticator
 from inferstack.router.cache import ResponseCache, cache_key, cacheable
 
 
@@ -80,9 +81,12 @@ async def test_new_revision_and_rollback_never_serve_another_revisions_entry(mak
     assert await ask() == ("rev-a", "hit", "model-a")
 
 
-async def test_cache_is_per_tenant(make_plan, router_client) -> None:
-    client = await router_client(make_plan(candidate=False, responseCache={"enabled": True}))
+async def test_cache_is_per_tenant_and_the_tenant_is_the_keys(make_plan, make_keys, router_client) -> None:
+    """Two keys are two tenants whatever x-tenant-id says (the attacker's side: tests/unit/router/test_auth.py)."""
+    auth = Authenticator("api-keys", make_keys(("isk_acme", "team-a", "acme", "*"), ("isk_globex", "team-a", "globex", "*")))
+    client = await router_client(make_plan(candidate=False, responseCache={"enabled": True}), auth=auth)
     body = {"model": "support", "temperature": 0, "messages": [{"role": "user", "content": "Who are you?"}]}
-    first = await client.post("/v1/chat/completions", json=body, headers={"x-tenant-id": "acme"})
-    other = await client.post("/v1/chat/completions", json=body, headers={"x-tenant-id": "globex"})
-    assert (first.headers["x-inferstack-cache"], other.headers["x-inferstack-cache"]) == ("miss", "miss")
+    first = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer isk_acme"})
+    other = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer isk_globex", "x-tenant-id": "acme"})
+    again = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer isk_acme"})
+    assert [r.headers["x-inferstack-cache"] for r in (first, other, again)] == ["miss", "miss", "hit"]

@@ -71,13 +71,17 @@ async def test_streaming_is_passed_through(make_plan, router_client) -> None:
 
 async def test_models_health_and_readiness(make_plan, router_client) -> None:
     empty = await router_client()
-    assert (await empty.get("/readyz")).status == 503
-    assert (await empty.get("/healthz")).status == 200
+    assert (await empty.admin.get("/readyz")).status == 503
+    assert (await empty.admin.get("/healthz")).status == 200
     client = await router_client(make_plan())
-    assert (await client.get("/readyz")).status == 200
+    assert (await client.admin.get("/readyz")).status == 200
     models = await (await client.get("/v1/models")).json()
     assert [m["id"] for m in models["data"]] == ["support"]
-    assert "inferstack_router_plan_serial" in await (await client.get("/metrics")).text()
+    assert "inferstack_router_plan_serial" in await (await client.admin.get("/metrics")).text()
+    # Not on the clients' port: there, with or without a key, they do not exist.
+    for path in ("/metrics", "/healthz", "/readyz"):
+        assert (await client.get(path)).status == 404
+        assert (await client.get(path, headers={"Authorization": ""})).status == 401
 
 
 async def test_unknown_and_malformed_requests_get_openai_errors(make_plan, router_client) -> None:
