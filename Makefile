@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create the virtualenv and install the project with dev tools
 
 ##@ Development
-manifests: install ## Generate the CRD in crds/ (and the chart's copy) from the pydantic API types
+manifests: install ## Generate the CRDs in crds/ (and the chart's copies) from the pydantic API types
 	$(PY) -m inferstack.api.crdgen
-	cp crds/inferstack.dev_inferencestacks.yaml charts/inferstack/crds/
+	cp crds/inferstack.dev_inferencestacks.yaml crds/inferstack.dev_trafficplans.yaml charts/inferstack/crds/
 
 check-manifests: install ## Fail when crds/ differs from the API types
 	$(PY) -m inferstack.api.crdgen --check

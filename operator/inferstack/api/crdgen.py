@@ -1,4 +1,4 @@
-"""Generate the InferenceStack CRD from the pydantic types.
+"""Generate the CRDs (InferenceStack, TrafficPlan) from the pydantic types.
 
     python -m inferstack.api.crdgen            # write crds/
     python -m inferstack.api.crdgen --check    # exit 1 when crds/ has drifted
@@ -23,8 +23,10 @@ from pydantic import BaseModel
 
 from inferstack import GROUP, KIND, PLURAL, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec, InferenceStackStatus
+from inferstack.core.trafficplan import PLAN_KIND, PLAN_PLURAL, TrafficPlan
 
-CRD_PATH = Path("crds") / f"{GROUP}_{PLURAL}.yaml"
+CRD_DIR = Path("crds")
+CRD_PATH = CRD_DIR / f"{GROUP}_{PLURAL}.yaml"
 
 # Keys of JSON Schema that a structural schema does not accept or that add noise.
 _DROP = {"title", "$defs", "additionalProperties"}
@@ -189,27 +191,115 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+PLAN_PRINTER_COLUMNS = [
+    {"name": "Stack", "type": "string", "jsonPath": ".spec.stack"},
+    {"name": "Serial", "type": "integer", "jsonPath": ".spec.serial"},
+    {"name": "Stable", "type": "string", "jsonPath": ".spec.stable.revision"},
+    {"name": "Candidate", "type": "string", "jsonPath": ".spec.candidate.revision"},
+    {"name": "Weight", "type": "integer", "jsonPath": ".spec.candidateWeight", "description": "Percent of users on the candidate"},
+    {"name": "Shadow", "type": "integer", "jsonPath": ".spec.shadowPercent", "description": "Percent of requests mirrored"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _without_cel(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_cel(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    return {k: _without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+
+
+def build_plan_crd() -> dict[str, Any]:
+    """The TrafficPlan CRD: ``spec`` is the plan the router reads (``inferstack.core.trafficplan.TrafficPlan``).
+
+    Its own resource so that RBAC can tell it apart from ConfigMaps: only the
+    operator's ServiceAccount may write it (the chart's aggregated roles give
+    namespace users view only). The CEL rules of the evaluators are left out:
+    the operator builds a plan from a stack the API server validated already.
+    The fields the router fills in memory (``apiKey``, ``judgeApiKeys``) are
+    left out too, so a token can never be stored in a plan.
+    """
+    spec = _without_cel(openapi_schema(TrafficPlan))
+    for bundle in ("stable", "candidate"):
+        del spec["properties"][bundle]["properties"]["apiKey"]
+    del spec["properties"]["evaluation"]["properties"]["judgeApiKeys"]
+    spec["description"] = "Where the stack's requests go; written by the operator only."
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLAN_PLURAL}.{GROUP}",
+            "annotations": {"inferstack.dev/generated-by": "python -m inferstack.api.crdgen; do not edit"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": PLAN_KIND,
+                "listKind": f"{PLAN_KIND}List",
+                "plural": PLAN_PLURAL,
+                "singular": PLAN_KIND.lower(),
+                "shortNames": ["tplan"],
+                "categories": ["inferstack"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": PLAN_PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A stack's traffic plan. The router obeys it only when the live InferenceStack of the same name and UID controls it.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_all() -> dict[Path, str]:
+    """Every generated CRD file by its path under crds/."""
+    out = {}
+    for crd in (build_crd(), build_plan_crd()):
+        names = crd["spec"]["names"]
+        out[CRD_DIR / f"{crd['spec']['group']}_{names['plural']}.yaml"] = yaml.safe_dump(crd, sort_keys=False, width=100)
+    return out
+
+
 def render() -> str:
-    return yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+    return render_all()[CRD_PATH]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="fail when the committed CRD differs")
-    parser.add_argument("--out", type=Path, default=CRD_PATH)
+    parser.add_argument("--check", action="store_true", help="fail when a committed CRD differs")
+    parser.add_argument("--out", type=Path, default=CRD_DIR, help="directory of the CRD files")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(args.out), "generated"))
-            print(f"\n{args.out} is out of date: run `make manifests` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
-    return 0
+    drifted = 0
+    for rel, text in render_all().items():
+        path = args.out / rel.name
+        if args.check:
+            current = path.read_text() if path.exists() else ""
+            if current != text:
+                sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), text.splitlines(True), str(path), "generated"))
+                print(f"\n{path} is out of date: run `make manifests` and commit it", file=sys.stderr)
+                drifted = 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return drifted
 
 
 if __name__ == "__main__":

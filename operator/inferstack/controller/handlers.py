@@ -2,7 +2,8 @@
 
 Design:
 
-* Owned Deployments, ControllerRevisions and traffic plans are indexed from
+* Owned Deployments, ControllerRevisions and traffic plans (TrafficPlans, and
+  the plan ConfigMaps of older releases, to delete them) are indexed from
   kopf's watch streams, so a reconcile pass reads memory, not the API server.
 * Each stack has one loop (``StackLoop``) that runs ``reconcile_once``
   serially (no two passes for one stack ever race). It wakes on any event of the stack or of
@@ -43,9 +44,12 @@ from inferstack.core.status import INVALID_SPEC, Problem, one_line
 from inferstack.core.trafficplan import (
     PLAN_KEY,
     PLAN_LABEL,
-    build_traffic_plan_configmap,
+    PLAN_PLURAL,
+    build_traffic_plan,
+    controller_uid,
     parse_current,
     plan_differs,
+    plan_name,
     traffic_plan,
 )
 
@@ -99,9 +103,36 @@ def revision_index(namespace, labels, body, **_):
     return {(namespace, labels.get(objects.LABEL_STACK)): (data.get("hash"), body.get("revision", 0), data.get(objects.REVISION_DATA_KEY))}
 
 
-@kopf.index("", "v1", "configmaps", labels={PLAN_LABEL: "true"})
-def plan_index(namespace, labels, body, **_):
-    return {(namespace, labels.get(objects.LABEL_STACK)): (body.get("data") or {}).get(PLAN_KEY)}
+@dataclass(frozen=True)
+class PlanSeen:
+    """A plan object as the watch saw it: whose it is, and the serial the next write must exceed."""
+
+    name: str
+    uid: str
+    owner_uid: str | None  # the controlling InferenceStack's UID
+    serial: int
+    spec_json: str | None = None  # TrafficPlans only
+
+
+def _serial(plan: dict[str, Any] | None) -> int:
+    try:
+        return int((plan or {}).get("serial") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+@kopf.index(GROUP, VERSION, PLAN_PLURAL)
+def plan_index(namespace, name, body, spec, **_):
+    meta = body["metadata"]
+    return {(namespace, spec.get("stack")): PlanSeen(name, meta.get("uid", ""), controller_uid(meta), _serial(spec), json.dumps(dict(spec)))}
+
+
+@kopf.index("", "v1", "configmaps", labels={PLAN_LABEL: "true", **OWNED})
+def legacy_plan_index(namespace, name, labels, body, **_):
+    """Plan ConfigMaps written by an older release: deleted once the stack's TrafficPlan exists."""
+    meta = body["metadata"]
+    current = parse_current((body.get("data") or {}).get(PLAN_KEY))
+    return {(namespace, labels.get(objects.LABEL_STACK)): PlanSeen(name, meta.get("uid", ""), controller_uid(meta), current.serial if current else 0)}
 
 
 @kopf.index("batch", "v1", "jobs", labels={**OWNED, objects.LABEL_COMPONENT: golden.COMPONENT})
@@ -112,12 +143,33 @@ def golden_job_index(namespace, name, labels, status, **_):
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("apps", "v1", "controllerrevisions", labels=OWNED)
 @kopf.on.event("batch", "v1", "jobs", labels={**OWNED, objects.LABEL_COMPONENT: golden.COMPONENT})
-@kopf.on.event("", "v1", "configmaps", labels={PLAN_LABEL: "true"})
+@kopf.on.event(GROUP, VERSION, PLAN_PLURAL, labels=OWNED)  # type: ignore[arg-type]
 def owned_object_changed(namespace, labels, **_):
     poke(namespace, labels.get(objects.LABEL_STACK))
 
 
-def observe(key: tuple[str, str], deployment_index, revision_index, plan_index) -> tuple[Observed, dict[str, dict]]:
+@dataclass(frozen=True)
+class PlansSeen:
+    """The stack's own TrafficPlan (None when it has none, or one another stack of that name owned),
+    the serial a new plan must exceed, and the stack's plan ConfigMaps from an older release."""
+
+    current_json: str | None
+    floor_serial: int
+    legacy: tuple[PlanSeen, ...]
+
+
+def plans_seen(key: tuple[str, str], uid: str, plan_index, legacy_plan_index) -> PlansSeen:
+    name = plan_name(key[1])
+    plans = [p for p in plan_index.get(key, []) if p.name == name]
+    own = next((p for p in plans if p.owner_uid == uid), None)
+    # Ours only if it carries this stack's UID: a plan left by a deleted stack of
+    # the same name is rewritten (and re-owned) at once, its serial carried on.
+    legacy = tuple(p for p in legacy_plan_index.get(key, []) if p.name == name and p.owner_uid == uid)
+    floor = max((p.serial for p in (*plans, *legacy)), default=0)
+    return PlansSeen(own.spec_json if own else None, floor, legacy)
+
+
+def observe(key: tuple[str, str], deployment_index, revision_index, plans: PlansSeen) -> tuple[Observed, dict[str, dict]]:
     deployments = {rev: st for rev, st in deployment_index.get(key, []) if rev}
     revisions: dict[str, int] = {}
     parts: dict[str, dict] = {}
@@ -125,8 +177,7 @@ def observe(key: tuple[str, str], deployment_index, revision_index, plan_index) 
         if rev:
             revisions[rev] = int(number)
             parts[rev] = data or {}
-    plans = list(plan_index.get(key, []))
-    return Observed(deployments=deployments, revisions=revisions, plan_json=plans[0] if plans else None), parts
+    return Observed(deployments=deployments, revisions=revisions, plan_json=plans.current_json), parts
 
 
 # ----------------------------------------------------------------- reconcile
@@ -226,8 +277,13 @@ async def run_analysis(spec: InferenceStackSpec, meta: dict[str, Any], status: d
     return Analysis(state.candidate, now, tuple(verdicts), window_start=now - window)
 
 
-def desired_plan(meta, spec, decision: Decision, parts: dict[str, dict], current_json: str | None):
-    """The traffic plan the decision asks for, or None when the current one already says it."""
+def desired_plan(meta, spec, decision: Decision, parts: dict[str, dict], current_json: str | None, floor_serial: int = 0):
+    """The traffic plan the decision asks for, or None when the current one already says it.
+
+    Its serial exceeds every plan of the stack seen (``floor_serial``: an older
+    release's ConfigMap, a plan a deleted stack of that name left), so serials
+    only grow, across upgrades too.
+    """
     t = decision.traffic
     if not t.stable or t.stable not in parts:
         return None
@@ -235,7 +291,8 @@ def desired_plan(meta, spec, decision: Decision, parts: dict[str, dict], current
     current = parse_current(current_json)
     plan = traffic_plan(
         meta, spec, Runtime.config, (t.stable, parts[t.stable]), candidate,
-        candidate_weight=t.candidate_weight, shadow_percent=t.shadow_percent, serial=current.serial + 1 if current else 1,
+        candidate_weight=t.candidate_weight, shadow_percent=t.shadow_percent,
+        serial=max(current.serial if current else 0, floor_serial) + 1,
     )  # fmt: skip
     return plan if plan_differs(current, plan) else None
 
@@ -260,7 +317,8 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     now = datetime.now(UTC)
-    observed, parts = observe(key, *indexes[:3])
+    plans = plans_seen(key, meta.get("uid", ""), indexes[2], indexes[4] if len(indexes) > 4 else {})
+    observed, parts = observe(key, indexes[0], indexes[1], plans)
     try:
         spec, refs = await read_spec(kube, body)
     except (InvalidSpec, ApiException) as e:
@@ -293,8 +351,15 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
         return PassResult(problem=api_problem(e, "writing the status"))
     step = "writing the traffic plan"
     try:
-        if (plan := desired_plan(meta, spec, decision, parts, observed.plan_json)) is not None:
-            await kube.write_plan(build_traffic_plan_configmap(body, plan.model_dump_json(by_alias=True)))
+        written = False
+        if (plan := desired_plan(meta, spec, decision, parts, observed.plan_json, plans.floor_serial)) is not None:
+            await kube.write_plan(build_traffic_plan(body, plan))
+            written = True
+        if plans.legacy and (written or observed.plan_json is not None):
+            # Only once the TrafficPlan exists, so a router never finds no plan.
+            step = "deleting the plan ConfigMap of an older release"
+            for legacy in plans.legacy:
+                await kube.delete_legacy_plan(meta["namespace"], legacy.name, legacy.uid)
         if spec.traffic.provider == TrafficProvider.GATEWAY_API and decision.traffic.stable:
             # After the status, like the plan; a no-op when the route already says it.
             step = "applying the HTTPRoute"
@@ -407,7 +472,7 @@ def _rv(body: dict[str, Any]) -> int:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
-async def stack_changed(type, body, namespace, name, deployment_index, revision_index, plan_index, golden_job_index, **_):
+async def stack_changed(type, body, namespace, name, deployment_index, revision_index, plan_index, golden_job_index, legacy_plan_index, **_):
     key = (namespace, name)
     loop = Runtime.loops.get(key)
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
@@ -417,7 +482,7 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
         return
     snapshot = copy.deepcopy(dict(body))
     if loop is None:
-        Runtime.loops[key] = StackLoop(key, snapshot, (deployment_index, revision_index, plan_index, golden_job_index))
+        Runtime.loops[key] = StackLoop(key, snapshot, (deployment_index, revision_index, plan_index, golden_job_index, legacy_plan_index))
     else:
         loop.update(snapshot)
         loop.wake.set()

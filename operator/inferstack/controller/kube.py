@@ -18,8 +18,11 @@ from inferstack import GROUP, PLURAL, VERSION
 from inferstack.controller.metrics import API_WRITES
 from inferstack.core import objects
 from inferstack.core.status import Problem, one_line
+from inferstack.core.trafficplan import PLAN_PLURAL
 
 log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "inferstack-operator"
 
 
 def api_problem(exc: ApiException, doing: str) -> Problem:
@@ -135,15 +138,27 @@ class Kube:
         return out
 
     async def write_plan(self, manifest: dict[str, Any]) -> None:
-        """One write: replace the plan's data (create on first use)."""
+        """One write: server-side apply of the whole TrafficPlan (creates it on first use).
+
+        Forced: the operator is the only writer a plan may have, so a field
+        another manager touched is taken back rather than a conflict.
+        """
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        API_WRITES.labels(ns, "TrafficPlan", "patch").inc()
+        API_WRITES.labels(ns, "TrafficPlan", "apply").inc()
+        await self._call(
+            self.custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLAN_PLURAL, name, manifest,
+            field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
+        )  # fmt: skip
+
+    async def delete_legacy_plan(self, namespace: str, name: str, uid: str) -> None:
+        """Delete a plan ConfigMap of an older release; the uid precondition deletes exactly the one we saw."""
+        API_WRITES.labels(namespace, "ConfigMap", "delete").inc()
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
         try:
-            await self._call(self.core.patch_namespaced_config_map, name, ns, {"data": manifest["data"]})
+            await self._call(self.core.delete_namespaced_config_map, name, namespace, body=options)
         except ApiException as e:
-            if e.status != 404:
+            if e.status not in (404, 409):  # gone already, or replaced by another object of that name
                 raise
-            await self._call(self.core.create_namespaced_config_map, ns, manifest)
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch .status; returns the object as the API server now has it."""

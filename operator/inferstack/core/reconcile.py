@@ -42,7 +42,7 @@ class Observed:
 
     deployments: dict[str, DeploymentState] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)  # hash -> ControllerRevision.revision
-    plan_json: str | None = None  # data of the current traffic-plan ConfigMap
+    plan_json: str | None = None  # spec (JSON) of the stack's own TrafficPlan
 
 
 @dataclass

@@ -1,12 +1,16 @@
 """The traffic plan: the one object that says where a stack's requests go.
 
-The operator writes one plan per stack (a ConfigMap labelled
-``inferstack.dev/traffic-plan``, key ``plan.json``) and the router watches it.
-A switch of traffic, bundle and cache namespace is therefore one write of one
-object, which is what makes a rollback atomic.
+The operator writes one plan per stack, a ``TrafficPlan`` custom resource
+(``trafficplans.inferstack.dev``, named ``<stack>-traffic``, controlled by its
+InferenceStack) whose ``spec`` is the plan, and the router watches it. A
+switch of traffic, bundle and cache namespace is therefore one write of one
+object, which is what makes a rollback atomic. A custom resource rather than a
+ConfigMap: namespace users can write ConfigMaps (the aggregated ``edit`` role
+grants them), and a plan decides where prompts go and which Secret becomes a
+bearer token, so only the operator may write one.
 
 Everything about the plan is here, and all of it is pure: its schema (the
-JSON the router reads, field names in camelCase), the ConfigMap it is stored
+JSON the router reads, field names in camelCase), the object it is stored
 in, and how the operator builds it from the revisions' parts and decides
 whether the plan in force must be rewritten. Where the router gets plans from
 is :mod:`inferstack.router.plansource`; which users a candidate weight selects
@@ -15,17 +19,22 @@ is :mod:`inferstack.router.assignment`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
+from inferstack import GROUP, VERSION
 from inferstack.api.v1alpha1 import Evaluator, InferenceStackSpec
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.durations import parse_duration
 from inferstack.core.revision import cache_namespace, digest
 
+PLAN_KIND = "TrafficPlan"
+PLAN_PLURAL = "trafficplans"
+# The plan ConfigMaps of releases before the TrafficPlan resource: the operator
+# deletes the ones it owns, and the router never obeys any of them.
 PLAN_LABEL = "inferstack.dev/traffic-plan"
 PLAN_KEY = "plan.json"
 
@@ -62,7 +71,10 @@ class RevisionBundle(_Model):
     prompt_version: str = ""
     prompt_hash: str = ""
     system_prompt: str | None = None
-    tools: list[dict] = Field(default_factory=list)
+    # Tool schemas are free-form JSON: kept whole in the CRD, not pruned to {}.
+    tools: list[Annotated[dict, WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})]] = Field(
+        default_factory=list
+    )
     api_key_secret_ref: SecretRef | None = Field(
         None, description="Secret (in the plan's namespace) with the bearer token of an external endpoint."
     )
@@ -118,17 +130,34 @@ class TrafficPlan(_Model):
         return f"{self.namespace}/{self.stack}"
 
 
-# ------------------------------------------------------------ the ConfigMap
+# ------------------------------------------------------- the TrafficPlan object
+
+# Filled in memory by the router, never written: the CRD has no such fields,
+# so the API server refuses a plan that carries a token.
+IN_MEMORY_ONLY: dict[str, Any] = {"stable": {"api_key"}, "candidate": {"api_key"}, "evaluation": {"judge_api_keys"}}
 
 
 def plan_name(stack: str) -> str:
     return f"{stack}-traffic"
 
 
-def build_traffic_plan_configmap(stack: dict[str, Any], plan_json: str) -> dict[str, Any]:
+def plan_spec(plan: TrafficPlan) -> dict[str, Any]:
+    """The plan as the object's ``spec``: no nulls (the API server prunes them) and no tokens."""
+    return plan.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=IN_MEMORY_ONLY)
+
+
+def build_traffic_plan(stack: dict[str, Any], plan: TrafficPlan) -> dict[str, Any]:
+    """The stack's TrafficPlan: its controller ownerReference (name and UID) is what the router trusts."""
     meta = objects.metadata(stack, plan_name(stack["metadata"]["name"]), None, "traffic-plan")
-    meta["labels"][PLAN_LABEL] = "true"
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {PLAN_KEY: plan_json}}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": PLAN_KIND, "metadata": meta, "spec": plan_spec(plan)}
+
+
+def controller_uid(meta: dict[str, Any]) -> str | None:
+    """UID of the InferenceStack that controls an object, from its ownerReferences; None when none does."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == "InferenceStack" and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return ref.get("uid")
+    return None
 
 
 # --------------------------------------------------------------- building
@@ -156,7 +185,7 @@ def revision_bundle(
         prompt_hash=digest(parts["prompt"])[:12],
         system_prompt=parts["prompt"].get("system"),
         tools=[{"type": "function", "function": d} for d in tools.get("definitions") or []],
-        # Only a reference: plans are ConfigMaps, and a token never goes into one.
+        # Only a reference: every namespace user may read plans (the view role), and a token never goes into one.
         api_key_secret_ref=SecretRef(**endpoint["apiKeySecretRef"]) if endpoint and endpoint.get("apiKeySecretRef") else None,
     )
 
