@@ -1,91 +1,278 @@
-"""Plans from ConfigMaps through the Kubernetes API (list + watch), not from a mounted volume.
+"""Plans from TrafficPlan objects through the Kubernetes API (list + watch), not a mounted volume.
 
-A mounted ConfigMap reaches the pod only after kubelet's sync period (up to a
+A mounted volume reaches the pod only after kubelet's sync period (up to a
 minute), which would make a rollback slow; a watch sees the write at once.
 
-The official client is synchronous, so list+watch runs in a daemon thread and
-hands every change to the event loop with ``call_soon_threadsafe``: the
-:class:`PlanStore` is only ever touched from the loop's thread.
+The router obeys a plan only when :func:`inferstack.router.planowner.refusal`
+says so: a TrafficPlan its live InferenceStack controls (name and UID). So it
+watches two resources: TrafficPlans, and InferenceStacks as metadata only
+(their UIDs; never their specs). Optionally (``legacy_configmaps``) it also
+watches the metadata of ConfigMaps with the old plan label, only to count and
+log them as ignored: it never reads their data.
+
+The official client is synchronous, so each list+watch runs in a daemon thread
+and hands every change to the event loop with ``call_soon_threadsafe``: the
+:class:`TrustedPlans` table and the :class:`PlanStore` are only ever touched
+from the loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import logging
 import os
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from inferstack.core.trafficplan import PLAN_KEY, PLAN_LABEL
+from inferstack import GROUP, PLURAL, VERSION
+from inferstack.core.trafficplan import PLAN_LABEL, PLAN_PLURAL, TrafficPlan
 from inferstack.router.metrics import RouterMetrics
+from inferstack.router.planowner import EXPLAIN, LIVE_REASONS, Ignored, refusal, structural_refusal
 from inferstack.router.plansource import PlanError, PlanStore, parse_plan
 
 log = logging.getLogger(__name__)
 
+# Ask for PartialObjectMetadata: the router needs stacks' UIDs and ConfigMaps'
+# names, not their contents. Plain JSON after the comma if a server cannot.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+REMEMBERED = 4096  # objects remembered as logged/counted; then forgotten (at worst logged again)
 
-class ConfigMapPlans:
-    """Turns ConfigMap snapshots and events into store changes; runs on the loop thread.
+Key = tuple[str, str]  # (namespace, name)
 
-    A ConfigMap whose plan does not parse is rejected whole and the last good
-    plan from it stays in force. A plan must name the ConfigMap's own
-    namespace: otherwise anyone allowed to write ConfigMaps in one namespace
-    could redirect another namespace's traffic.
+
+@dataclass
+class PlanObject:
+    """A TrafficPlan as last seen, and the plan its spec holds (None: it did not parse)."""
+
+    meta: dict[str, Any]
+    stack: Any
+    namespace: Any
+    plan: TrafficPlan | None
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "resourceVersion", "ownerReferences")
+    return {k: copy.deepcopy(meta[k]) for k in keep if k in meta}
+
+
+class TrustedPlans:
+    """Turns TrafficPlans, InferenceStacks and old plan ConfigMaps into store changes; runs on the loop thread.
+
+    A plan is obeyed only while :func:`refusal` accepts it against the live
+    stacks; a plan that stops being accepted (its stack deleted, or created
+    again with a new UID) is withdrawn at once. Until the first list of stacks
+    has arrived nothing is decided, so a start-up race ignores nothing.
+
+    Ignored objects are counted once per object version and reason, and logged
+    once per object and reason, with no contents. The two reasons that depend
+    on the stacks' watch (``stack_missing``, ``uid_mismatch``) are counted only
+    when they still hold ``confirm_after`` seconds later: the plan of a stack
+    just created may arrive before the stack does, and must not raise an alarm.
+
+    A TrafficPlan whose spec does not parse or validate is rejected whole
+    (``plan_errors_total``) and the last good plan from it stays in force.
     """
 
-    def __init__(self, store: PlanStore, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        store: PlanStore,
+        metrics: RouterMetrics,
+        *,
+        confirm_after: float = 5.0,
+        later: Callable[[float, Callable[[], None]], Any] | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
-        self._keys: dict[str, str] = {}  # ConfigMap namespace/name -> plan key
+        self.confirm_after = confirm_after
+        self._later = later or (lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
+        self.stacks: dict[Key, str] = {}  # live InferenceStacks: (namespace, name) -> uid
+        self.stacks_listed = False
+        self.objects: dict[Key, PlanObject] = {}  # TrafficPlans seen, by (namespace, object name)
+        # TrafficPlans whose plan is in the store -> (its plan key, the owner UID it was accepted with)
+        self.in_force: dict[Key, tuple[str, str]] = {}
+        self._configmaps: set[Key] = set()
+        self._counted: set[tuple[str, str, str]] = set()
+        self._logged: set[tuple[str, str, str]] = set()
 
-    def upsert(self, namespace: str, name: str, data: dict[str, str] | None) -> None:
-        source = f"{namespace}/{name}"
-        try:
-            text = (data or {}).get(PLAN_KEY)
-            if text is None:
-                raise PlanError(f"no {PLAN_KEY} key")
-            plan = parse_plan(text)
-            if plan.namespace != namespace:
-                raise PlanError(f"plan names namespace {plan.namespace!r} but lives in {namespace!r}")
-        except PlanError as exc:
-            log.error("rejected plan in ConfigMap %s, keeping the last good plan: %s", source, exc)
-            self.metrics.plan_errors.labels(source).inc()
+    # ------------------------------------------------------------ stacks
+
+    def stack_upsert(self, namespace: str, name: str, uid: str) -> None:
+        self.stacks[(namespace, name)] = uid
+        self._decide_stack(namespace, name)
+
+    def stack_delete(self, namespace: str, name: str) -> None:
+        self.stacks.pop((namespace, name), None)
+        self._decide_stack(namespace, name)
+
+    def stacks_replace(self, items: list[tuple[str, str, str]]) -> None:
+        self.stacks = {(ns, name): uid for ns, name, uid in items}
+        self.stacks_listed = True
+        for key in list(self.objects):
+            self._decide(key)
+
+    def _decide_stack(self, namespace: str, name: str) -> None:
+        for key, obj in list(self.objects.items()):
+            if key[0] == namespace and obj.stack == name:
+                self._decide(key)
+
+    # ------------------------------------------------------------- plans
+
+    def plan_upsert(self, obj: dict[str, Any]) -> None:
+        meta = _meta(obj)
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        raw = obj.get("spec")
+        spec: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        plan: TrafficPlan | None = None
+        if structural_refusal(meta, spec.get("stack"), spec.get("namespace")) is None:
+            try:
+                plan = parse_plan(json.dumps(spec))
+            except PlanError as exc:
+                log.error("rejected TrafficPlan %s/%s, keeping the last good plan: %s", *key, exc)
+                self.metrics.plan_errors.labels(f"{key[0]}/{key[1]}").inc()
+                if key in self.objects:
+                    return
+        self.objects[key] = PlanObject(meta, spec.get("stack"), spec.get("namespace"), plan)
+        self._decide(key)
+
+    def plan_delete(self, namespace: str, name: str) -> None:
+        self.objects.pop((namespace, name), None)
+        self._withdraw((namespace, name))
+
+    def plans_replace(self, items: list[dict[str, Any]]) -> None:
+        """A fresh list: apply every item, forget TrafficPlans deleted while we were not watching."""
+        present = {((o.get("metadata") or {}).get("namespace", ""), (o.get("metadata") or {}).get("name", "")) for o in items}
+        for key in list(self.objects):
+            if key not in present:
+                self.plan_delete(*key)
+        for obj in items:
+            self.plan_upsert(obj)
+
+    def _decide(self, key: Key) -> None:
+        if not self.stacks_listed:
             return
-        old = self._keys.get(source)
-        if old is not None and old != plan.key:
-            self.store.remove(old)
-        self._keys[source] = plan.key
-        self.store.apply(plan)
+        obj = self.objects.get(key)
+        if obj is None:
+            return
+        live = self.stacks.get((key[0], obj.stack)) if isinstance(obj.stack, str) else None
+        reason = refusal(obj.meta, obj.stack, obj.namespace, live)
+        if reason is not None:
+            self._withdraw(key)
+            if reason in LIVE_REASONS:
+                version = obj.meta.get("resourceVersion", "")
+                self._later(self.confirm_after, lambda: self._confirm(key, version, reason))
+            else:
+                self._ignored("TrafficPlan", key, obj.meta, reason)
+            return
+        if obj.plan is None:
+            return  # accepted, but it never parsed: nothing to serve from it
+        owner = live or ""
+        if self.in_force.get(key, (obj.plan.key, owner))[1] != owner:
+            # The stack was created again: its plans start a new serial sequence.
+            self.store.remove(obj.plan.key)
+        if self.store.apply(obj.plan):
+            self.in_force[key] = (obj.plan.key, owner)
 
-    def delete(self, namespace: str, name: str) -> None:
-        key = self._keys.pop(f"{namespace}/{name}", None)
-        if key is not None and key not in self._keys.values():
-            self.store.remove(key)
+    def _confirm(self, key: Key, version: str, reason: Ignored) -> None:
+        obj = self.objects.get(key)
+        if obj is None or obj.meta.get("resourceVersion", "") != version:
+            return  # deleted or changed meanwhile: that version is decided again
+        live = self.stacks.get((key[0], obj.stack)) if isinstance(obj.stack, str) else None
+        if refusal(obj.meta, obj.stack, obj.namespace, live) == reason:
+            self._ignored("TrafficPlan", key, obj.meta, reason)
 
-    def replace_all(self, items: list[tuple[str, str, dict[str, str] | None]]) -> None:
-        """A fresh list: apply every item, forget ConfigMaps deleted while we were not watching."""
-        present = {f"{ns}/{name}" for ns, name, _ in items}
-        for source in list(self._keys):
-            if source not in present:
-                ns, _, name = source.partition("/")
-                self.delete(ns, name)
-        for ns, name, data in items:
-            self.upsert(ns, name, data)
+    def _withdraw(self, key: Key) -> None:
+        if (held := self.in_force.pop(key, None)) is not None:
+            self.store.remove(held[0])
+
+    # --------------------------------------------- old plan ConfigMaps
+
+    def configmap_upsert(self, obj: dict[str, Any]) -> None:
+        meta = _meta(obj)
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        self._configmaps.add(key)
+        self._ignored("ConfigMap", key, meta, Ignored.CONFIGMAP)
+
+    def configmap_delete(self, namespace: str, name: str) -> None:
+        self._configmaps.discard((namespace, name))
+
+    def configmaps_replace(self, items: list[dict[str, Any]]) -> None:
+        self._configmaps.clear()
+        for obj in items:
+            self.configmap_upsert(obj)
+
+    # ------------------------------------------------------------ alarms
+
+    def _ignored(self, kind: str, key: Key, meta: dict[str, Any], reason: Ignored) -> None:
+        if len(self._counted) >= REMEMBERED:
+            self._counted.clear()
+        if len(self._logged) >= REMEMBERED:
+            self._logged.clear()
+        version = (meta.get("uid", ""), meta.get("resourceVersion", ""), reason.value)
+        if version not in self._counted:
+            self._counted.add(version)
+            self.metrics.plans_ignored.labels(reason.value).inc()
+        if (logged := (kind, f"{key[0]}/{key[1]}", reason.value)) not in self._logged:
+            self._logged.add(logged)
+            # Names only: the object's contents (URLs, Secret names) are an attacker's words.
+            log.warning("ignoring %s %s/%s (%s): %s", kind, key[0], key[1], reason.value, EXPLAIN[reason])
 
 
-def default_api(kubeconfig: str | None, in_cluster: bool) -> client.CoreV1Api:
+def default_api(kubeconfig: str | None, in_cluster: bool) -> client.ApiClient:
     cfg = client.Configuration()
     if in_cluster or (kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST")):
         config.load_incluster_config(client_configuration=cfg)
     else:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    return client.CoreV1Api(client.ApiClient(cfg))
+    return client.ApiClient(cfg)
+
+
+# The list calls, one resource each. The bound method itself, never a wrapper:
+# Watch reads its signature to learn what it returns.
+
+
+def stacks_call(api: client.ApiClient, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    custom = client.CustomObjectsApi(api)
+    headers = {"_headers": {"Accept": METADATA_ONLY}}
+    if namespace:
+        return custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL), headers
+    return custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL), headers
+
+
+def plans_call(api: client.ApiClient, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    custom = client.CustomObjectsApi(api)
+    if namespace:
+        return custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLAN_PLURAL), {}
+    return custom.list_cluster_custom_object, (GROUP, VERSION, PLAN_PLURAL), {}
+
+
+def configmaps_call(api: client.ApiClient, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    core = client.CoreV1Api(api)
+    kwargs = {"label_selector": PLAN_LABEL, "_headers": {"Accept": METADATA_ONLY}}
+    if namespace:
+        return core.list_namespaced_config_map, (namespace,), kwargs
+    return core.list_config_map_for_all_namespaces, (), kwargs
+
+
+@dataclass
+class Feed:
+    """One resource to list and watch, and where its changes go on the loop thread."""
+
+    name: str
+    call: Callable[[client.ApiClient, str | None], tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+    replace: Callable[[list[dict[str, Any]]], None]
+    upsert: Callable[[dict[str, Any]], None]
+    delete: Callable[[str, str], None]
+    prepare: Callable[[client.ApiClient, dict[str, Any]], dict[str, Any]] = lambda api, obj: obj  # in the thread
 
 
 class KubePlanSource:
@@ -96,37 +283,58 @@ class KubePlanSource:
         namespace: str | None = None,
         kubeconfig: str | None = None,
         in_cluster: bool = False,
-        api_factory: Callable[[], client.CoreV1Api] | None = None,
+        legacy_configmaps: bool = False,
+        api_factory: Callable[[], client.ApiClient] | None = None,
         watch_timeout: int = 300,
         backoff: tuple[float, float] = (0.5, 30.0),
+        confirm_after: float = 5.0,
     ) -> None:
         self.metrics = metrics
         self.namespace = namespace
+        self.legacy_configmaps = legacy_configmaps
         self._api_factory = api_factory or (lambda: default_api(kubeconfig, in_cluster))
         self.watch_timeout = watch_timeout
         self.backoff_min, self.backoff_max = backoff
+        self.confirm_after = confirm_after
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watch: watch.Watch | None = None
+        self._threads: list[threading.Thread] = []
+        self._watches: list[watch.Watch] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._plans: ConfigMapPlans | None = None
+        self.plans: TrustedPlans | None = None
 
     async def start(self, store: PlanStore) -> None:
         self._loop = asyncio.get_running_loop()
-        self._plans = ConfigMapPlans(store, self.metrics)
-        self._thread = threading.Thread(target=self._run, name="kube-plan-source", daemon=True)
-        self._thread.start()
+        plans = self.plans = TrustedPlans(store, self.metrics, confirm_after=self.confirm_after)
+
+        def stacks_replace(items: list[dict[str, Any]]) -> None:
+            plans.stacks_replace([(m.get("namespace", ""), m.get("name", ""), m.get("uid", "")) for m in map(_meta, items)])
+
+        def stack_upsert(obj: dict[str, Any]) -> None:
+            m = _meta(obj)
+            plans.stack_upsert(m.get("namespace", ""), m.get("name", ""), m.get("uid", ""))
+
+        feeds = [
+            Feed("stacks", stacks_call, stacks_replace, stack_upsert, plans.stack_delete),
+            Feed("plans", plans_call, plans.plans_replace, plans.plan_upsert, plans.plan_delete, self._with_secrets),
+        ]
+        if self.legacy_configmaps:
+            feeds.append(Feed("legacy plan configmaps", configmaps_call, plans.configmaps_replace, plans.configmap_upsert, plans.configmap_delete))
+        for feed in feeds:
+            thread = threading.Thread(target=self._run, args=(feed,), name=f"kube-{feed.name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        # The thread may be blocked in a read until the watch times out; it is a
-        # daemon and touches nothing once stopped, so do not wait long for it.
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 1.0)
+        for w in list(self._watches):
+            w.stop()
+        # A thread may be blocked in a read until its watch times out; they are
+        # daemons and touch nothing once stopped, so do not wait long for them.
+        loop = asyncio.get_running_loop()
+        for thread in self._threads:
+            await loop.run_in_executor(None, thread.join, 1.0)
 
-    # ------------------------------------------------------------ the thread
+    # ----------------------------------------------------------- threads
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -135,63 +343,101 @@ class KubePlanSource:
         except RuntimeError:  # loop closed: the router is shutting down
             self._stop.set()
 
-    def _list_call(self, api: client.CoreV1Api) -> tuple[Callable[..., Any], tuple[str, ...]]:
-        # The bound method itself, not a wrapper: Watch reads its docstring to
-        # learn the type to deserialize events into.
-        if self.namespace:
-            return api.list_namespaced_config_map, (self.namespace,)
-        return api.list_config_map_for_all_namespaces, ()
-
-    def _run(self) -> None:
+    def _run(self, feed: Feed) -> None:
         delay = self.backoff_min
-        api: client.CoreV1Api | None = None
+        api: client.ApiClient | None = None
         resource_version: str | None = None
         while not self._stop.is_set():
             try:
                 if api is None:
                     api = self._api_factory()
                 if resource_version is None:
-                    resource_version = self._list(api)
-                resource_version = self._watch_from(api, resource_version)
+                    resource_version = self._list(api, feed)
+                resource_version = self._watch_from(api, feed, resource_version)
                 delay = self.backoff_min
             except ApiException as exc:
                 if exc.status == 410:  # our resourceVersion is too old: list again, at once
-                    log.info("plan watch expired (410), re-listing")
+                    log.info("%s watch expired (410), re-listing", feed.name)
                     resource_version = None
                     continue
-                log.warning("plan watch failed (HTTP %s), keeping the last good plans: %s", exc.status, exc.reason)
+                log.warning("%s watch failed (HTTP %s), keeping the last good plans: %s", feed.name, exc.status, exc.reason)
                 self._stop.wait(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, self.backoff_max)
             except Exception as exc:
                 # The API server is unreachable or the config is bad: keep serving
                 # the plans we have and retry with backoff.
-                log.warning("plan watch failed, keeping the last good plans: %r", exc)
+                log.warning("%s watch failed, keeping the last good plans: %r", feed.name, exc)
                 self._stop.wait(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, self.backoff_max)
 
-    def _with_secrets(self, api: client.CoreV1Api, namespace: str, data: dict[str, str] | None) -> dict[str, str] | None:
+    def _list(self, api: client.ApiClient, feed: Feed) -> str:
+        fn, args, kwargs = feed.call(api, self.namespace)
+        resp = fn(*args, **kwargs, _request_timeout=30, _preload_content=False)
+        body = json.loads(resp.data)
+        items = [feed.prepare(api, obj) for obj in body.get("items") or []]
+        self._post(feed.replace, items)
+        return str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+    def _watch_from(self, api: client.ApiClient, feed: Feed, resource_version: str) -> str:
+        w = watch.Watch()
+        self._watches.append(w)
+        fn, args, kwargs = feed.call(api, self.namespace)
+        try:
+            # timeout_seconds makes the server end the watch cleanly and the client
+            # raise 410 itself instead of retrying silently; _request_timeout bounds
+            # a dead connection that the server never closes.
+            stream = w.stream(
+                fn, *args, **kwargs,
+                resource_version=resource_version, timeout_seconds=self.watch_timeout, allow_watch_bookmarks=True,
+                _request_timeout=self.watch_timeout + 30,
+            )  # fmt: skip
+            for event in stream:
+                if self._stop.is_set():
+                    w.stop()
+                    break
+                obj = event.get("raw_object") or {}  # the JSON as sent: the same dicts as a list's items
+                meta = obj.get("metadata") or {}
+                if meta.get("resourceVersion"):
+                    resource_version = meta["resourceVersion"]
+                if event.get("type") in ("ADDED", "MODIFIED"):
+                    self._post(feed.upsert, feed.prepare(api, obj))
+                elif event.get("type") == "DELETED":
+                    self._post(feed.delete, meta.get("namespace", ""), meta.get("name", ""))
+        finally:
+            self._watches.remove(w)
+        return resource_version
+
+    def _with_secrets(self, api: client.ApiClient, obj: dict[str, Any]) -> dict[str, Any]:
         """Fill each bundle's apiKey from its apiKeySecretRef, here in the watch thread (a blocking read).
 
-        Only Secrets of the plan's own namespace are read. A token that cannot
-        be read leaves the plan as it is, without a token: parse_plan then
-        rejects it whole (``apiKey`` missing where a ref is set) and the last
-        good plan stays in force. Tokens are re-read whenever the plan changes.
+        Only for a plan that could be trusted (its name, namespace and
+        controller say so; the live UID is checked on the loop), and only
+        Secrets of the plan's own namespace are read: a plan names a Secret by
+        name and key, never by namespace. A token that cannot be read leaves
+        the plan without a token: parse_plan then rejects it whole (``apiKey``
+        missing where a ref is set) and the last good plan stays in force.
+        Tokens are re-read whenever the plan changes.
         """
-        text = (data or {}).get(PLAN_KEY)
-        if not text or "apiKeySecretRef" not in text:
-            return data
+        meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace", "")
+        spec = obj.get("spec")
+        if not isinstance(spec, dict) or structural_refusal(meta, spec.get("stack"), spec.get("namespace")) is not None:
+            return obj
+        if "apiKeySecretRef" not in json.dumps(spec):
+            return obj
+        core = client.CoreV1Api(api)
+        spec = copy.deepcopy(spec)
         try:
-            plan = json.loads(text)
             for role in ("stable", "candidate"):
-                bundle = plan.get(role) or {}
+                bundle = spec.get(role) or {}
                 ref = bundle.get("apiKeySecretRef")
                 if ref:
-                    secret = api.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
+                    secret = core.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
                     raw = (secret.data or {}).get(ref["key"])
                     if raw is None:
                         raise KeyError(f"Secret {namespace}/{ref['name']} has no key {ref['key']!r}")
                     bundle["apiKey"] = base64.b64decode(raw).decode().strip()
-            evaluation = plan.get("evaluation") or {}
+            evaluation = spec.get("evaluation") or {}
             keys = evaluation.setdefault("judgeApiKeys", {})
             for ev in evaluation.get("evaluators") or []:
                 ref = ((ev.get("judge") or {}).get("endpoint") or {}).get("apiKeySecretRef")
@@ -199,7 +445,7 @@ class KubePlanSource:
                     # A judge token that cannot be read is not the plan's fault:
                     # serve the plan, and let that judge's calls count as errors.
                     try:
-                        secret = api.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
+                        secret = core.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
                         raw = (secret.data or {}).get(ref.get("key", "api-key"))
                         if raw is not None:
                             keys[ev["name"]] = base64.b64decode(raw).decode().strip()
@@ -207,46 +453,5 @@ class KubePlanSource:
                         log.error("plan in %s: cannot read judge %s's token: HTTP %s", namespace, ev.get("name"), exc.status)
         except (ApiException, KeyError, ValueError, TypeError) as exc:
             log.error("plan in %s: cannot read an endpoint token: %s", namespace, exc)
-            return data
-        return {**(data or {}), PLAN_KEY: json.dumps(plan)}
-
-    def _list(self, api: client.CoreV1Api) -> str:
-        fn, args = self._list_call(api)
-        result = fn(*args, label_selector=PLAN_LABEL, _request_timeout=30)
-        items = [(cm.metadata.namespace, cm.metadata.name, self._with_secrets(api, cm.metadata.namespace, cm.data)) for cm in result.items]
-        assert self._plans is not None
-        self._post(self._plans.replace_all, items)
-        return str(result.metadata.resource_version)
-
-    def _watch_from(self, api: client.CoreV1Api, resource_version: str) -> str:
-        assert self._plans is not None
-        self._watch = w = watch.Watch()
-        # timeout_seconds makes the server end the watch cleanly and the client
-        # raise 410 itself instead of retrying silently; _request_timeout bounds
-        # a dead connection that the server never closes.
-        fn, args = self._list_call(api)
-        stream = w.stream(
-            fn,
-            *args,
-            label_selector=PLAN_LABEL,
-            resource_version=resource_version,
-            timeout_seconds=self.watch_timeout,
-            allow_watch_bookmarks=True,
-            _request_timeout=self.watch_timeout + 30,
-        )
-        for event in stream:
-            if self._stop.is_set():
-                w.stop()
-                break
-            obj = event["object"]
-            kind = event["type"]
-            meta = getattr(obj, "metadata", None)
-            if meta is None:
-                continue
-            if meta.resource_version:
-                resource_version = meta.resource_version
-            if kind in ("ADDED", "MODIFIED"):
-                self._post(self._plans.upsert, meta.namespace, meta.name, self._with_secrets(api, meta.namespace, obj.data))
-            elif kind == "DELETED":
-                self._post(self._plans.delete, meta.namespace, meta.name)
-        return resource_version
+            return obj
+        return {**obj, "spec": spec}

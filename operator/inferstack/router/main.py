@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--kubeconfig", help="Kubeconfig file; default: in-cluster config, else ~/.kube/config.")
     src.add_argument("--in-cluster", action="store_true", help="Use the pod's service account (the default inside a pod).")
     src.add_argument("--namespace", help="Watch plans in this namespace only; default: all namespaces.")
+    src.add_argument(
+        "--count-legacy-plans", action="store_true",
+        help="Also watch the metadata of ConfigMaps labelled inferstack.dev/traffic-plan (the old plan kind), only to log "
+        "and count them as ignored (plans_ignored_total{reason=\"configmap\"}); needs list/watch on configmaps.",
+    )  # fmt: skip
     p.add_argument("--shadow-queue-limit", type=int, default=256, help="Mirrored requests in flight before new ones are dropped.")
     p.add_argument("--judge-queue-limit", type=int, default=256, help="Judge jobs waiting before new ones are dropped.")
     p.add_argument("--judge-workers", type=int, default=8, help="Judge calls in flight at once.")
@@ -98,7 +103,8 @@ def sources_from(args: argparse.Namespace, metrics: RouterMetrics) -> list[PlanS
         return [FilePlanSource(args.plan_file, metrics, interval=args.plan_poll_interval)]
     from inferstack.router.kubesource import KubePlanSource  # the kubernetes client is slow to import
 
-    return [KubePlanSource(metrics, namespace=args.namespace, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster)]
+    return [KubePlanSource(metrics, namespace=args.namespace, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster,
+                           legacy_configmaps=args.count_legacy_plans)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -104,6 +104,10 @@ class RouterMetrics:
             registry=r,
         )
         self.plan_errors = Counter("inferstack_router_plan_errors", "Plans rejected as malformed.", ("source",), registry=r)
+        # reason: inferstack.router.planowner.Ignored, a fixed set (never a name from the object).
+        self.plans_ignored = Counter(
+            "inferstack_router_plans_ignored", "Plan objects not obeyed: not a TrafficPlan its live stack controls.", ("reason",), registry=r
+        )
         self.plan_serial = Gauge("inferstack_router_plan_serial", "Serial of the plan in force.", ("namespace", "stack"), registry=r)
         self.shadow_inflight = Gauge("inferstack_router_shadow_inflight", "Mirrored requests in flight.", registry=r)
         self.streams_refused = Counter(

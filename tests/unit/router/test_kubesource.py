@@ -1,12 +1,15 @@
 """KubePlanSource against a small fake API server speaking the list/watch protocol.
 
-The official client really talks HTTP to it (from the source's thread), so
-the resourceVersion, 410 and reconnect handling is exercised end to end.
+The official client really talks HTTP to it (from the source's threads), so
+the resourceVersion, 410 and reconnect handling is exercised end to end, for
+the three feeds: TrafficPlans, InferenceStacks (metadata only) and, when asked,
+ConfigMaps with the old plan label (metadata only, counted, never obeyed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -19,76 +22,79 @@ from aiohttp.test_utils import TestServer
 from kubernetes import client
 
 from inferstack.core.trafficplan import PLAN_KEY, PLAN_LABEL
-from inferstack.router.kubesource import ConfigMapPlans, KubePlanSource
+from inferstack.router.kubesource import KubePlanSource
 from inferstack.router.metrics import RouterMetrics
 from inferstack.router.plansource import PlanStore
 
+UID = "uid-support-1"
 
-def plan_data(serial: int, namespace: str = "team-a", stack: str = "support", **extra: Any) -> dict[str, str]:
-    plan = {
+
+def plan_spec(serial: int, namespace: str = "team-a", stack: str = "support", **extra: Any) -> dict[str, Any]:
+    return {
         "stack": stack,
         "namespace": namespace,
         "serial": serial,
         "stable": {"revision": f"rev-{serial}", "url": "http://127.0.0.1:1", "servedModel": "m", "cacheNamespace": "c"},
         **extra,
     }
-    return {PLAN_KEY: json.dumps(plan)}
 
 
-class FakeKube:
-    """ConfigMaps in memory with resourceVersions, watch streams, compaction (410) and outages."""
+def owner(stack: str = "support", uid: str = UID, **over: Any) -> list[dict[str, Any]]:
+    ref = {"apiVersion": "inferstack.dev/v1alpha1", "kind": "InferenceStack", "name": stack, "uid": uid, "controller": True}
+    return [{**ref, **over}]
 
-    def __init__(self) -> None:
-        self.rv = 100
+
+class Resource:
+    """One resource's objects with resourceVersions, watch streams and compaction (410)."""
+
+    def __init__(self, api: FakeKube, kind: str, label: str | None = None) -> None:
+        self.api, self.kind, self.label = api, kind, label
         self.oldest = 0  # watches from before this resourceVersion get 410 Gone
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.history: list[tuple[int, str, dict[str, Any]]] = []
-        self.changed = asyncio.Condition()
-        self.down = False
         self.lists = 0
+        self.accepts: list[str] = []
 
-    async def _notify(self) -> None:
-        async with self.changed:
-            self.changed.notify_all()
-
-    async def put(self, namespace: str, name: str, data: dict[str, str], labelled: bool = True) -> None:
-        self.rv += 1
+    async def put(self, namespace: str, name: str, **fields: Any) -> dict[str, Any]:
+        self.api.rv += 1
         kind = "MODIFIED" if (namespace, name) in self.objects else "ADDED"
-        labels = {PLAN_LABEL: name} if labelled else {}
-        obj = {"apiVersion": "v1", "kind": "ConfigMap", "data": data,
-               "metadata": {"name": name, "namespace": namespace, "resourceVersion": str(self.rv), "labels": labels}}
+        meta = {"name": name, "namespace": namespace, "resourceVersion": str(self.api.rv), "uid": f"uid-{name}-{self.api.rv}",
+                "labels": {self.label: "true"} if self.label else {}}
+        meta.update(fields.pop("metadata", {}))
+        obj = {"kind": self.kind, "metadata": meta, **fields}
         self.objects[(namespace, name)] = obj
-        self.history.append((self.rv, kind, obj))
-        await self._notify()
+        self.history.append((self.api.rv, kind, obj))
+        await self.api.notify()
+        return obj
 
     async def delete(self, namespace: str, name: str) -> None:
-        self.rv += 1
+        self.api.rv += 1
         obj = self.objects.pop((namespace, name))
-        obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
-        self.history.append((self.rv, "DELETED", obj))
-        await self._notify()
+        obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.api.rv)}}
+        self.history.append((self.api.rv, "DELETED", obj))
+        await self.api.notify()
 
     async def compact(self) -> None:
-        self.oldest = self.rv + 1
+        self.oldest = self.api.rv + 1
         self.history.clear()
-        await self._notify()
+        await self.api.notify()
 
-    async def set_down(self, down: bool) -> None:
-        self.down = down
-        await self._notify()
-
-    def _visible(self, obj: dict[str, Any], namespace: str | None) -> bool:
-        return PLAN_LABEL in obj["metadata"]["labels"] and namespace in (None, obj["metadata"]["namespace"])
+    def _visible(self, obj: dict[str, Any], namespace: str | None, selector: str | None) -> bool:
+        if selector and selector not in obj["metadata"]["labels"]:
+            return False
+        return namespace in (None, obj["metadata"]["namespace"])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.down:
+        api = self.api
+        self.accepts.append(request.headers.get("Accept", ""))
+        if api.down:
             return web.json_response({"kind": "Status", "code": 503, "message": "down"}, status=503)
         namespace = request.match_info.get("ns")
+        selector = request.query.get("labelSelector")
         if request.query.get("watch", "").lower() not in ("true", "1"):
             self.lists += 1
-            items = [o for o in self.objects.values() if self._visible(o, namespace)]
-            return web.json_response({"kind": "ConfigMapList", "apiVersion": "v1",
-                                      "metadata": {"resourceVersion": str(self.rv)}, "items": items})
+            items = [o for o in self.objects.values() if self._visible(o, namespace, selector)]
+            return web.json_response({"kind": f"{self.kind}List", "metadata": {"resourceVersion": str(api.rv)}, "items": items})
         since = int(request.query.get("resourceVersion", "0"))
         deadline = time.monotonic() + float(request.query.get("timeoutSeconds", "30"))
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -99,31 +105,73 @@ class FakeKube:
             await resp.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
             return resp
         oldest = self.oldest
-        while time.monotonic() < deadline and not self.down and self.oldest == oldest:
+        while time.monotonic() < deadline and not api.down and self.oldest == oldest:
             for rv, kind, obj in list(self.history):
-                if rv > since and self._visible(obj, namespace):
+                if rv > since and self._visible(obj, namespace, selector):
                     await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
                     since = rv
-            async with self.changed:
+            async with api.changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), timeout=max(0.01, deadline - time.monotonic()))
+                    await asyncio.wait_for(api.changed.wait(), timeout=max(0.01, deadline - time.monotonic()))
         return resp
+
+
+class FakeKube:
+    """InferenceStacks, TrafficPlans, labelled ConfigMaps and Secrets in memory, with outages."""
+
+    def __init__(self) -> None:
+        self.rv = 100
+        self.changed = asyncio.Condition()
+        self.down = False
+        self.stacks = Resource(self, "InferenceStack")
+        self.plans = Resource(self, "TrafficPlan")
+        self.configmaps = Resource(self, "ConfigMap", label=PLAN_LABEL)
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.secret_reads: list[tuple[str, str]] = []
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def set_down(self, down: bool) -> None:
+        self.down = down
+        await self.notify()
+
+    async def stack(self, name: str = "support", uid: str = UID, namespace: str = "team-a") -> None:
+        await self.stacks.put(namespace, name, metadata={"uid": uid})
+
+    async def plan(self, serial: int, name: str = "support-traffic", namespace: str = "team-a",
+                   owners: list[dict[str, Any]] | None = None, spec: dict[str, Any] | None = None) -> None:
+        await self.plans.put(namespace, name, metadata={"ownerReferences": owner() if owners is None else owners},
+                             spec=spec if spec is not None else plan_spec(serial, namespace=namespace))
+
+    async def secret(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        self.secret_reads.append(key)
+        if key not in self.secrets:
+            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[key].items()}
+        return web.json_response({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": key[1], "namespace": key[0]}, "data": data})
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeKube, str]]:
     kube = FakeKube()
     app = web.Application()
-    app.router.add_get("/api/v1/namespaces/{ns}/configmaps", kube.handle)
-    app.router.add_get("/api/v1/configmaps", kube.handle)
+    crd = "/apis/inferstack.dev/v1alpha1"
+    for resource, plural in ((kube.stacks, "inferencestacks"), (kube.plans, "trafficplans")):
+        app.router.add_get(f"{crd}/namespaces/{{ns}}/{plural}", resource.handle)
+        app.router.add_get(f"{crd}/{plural}", resource.handle)
+    app.router.add_get("/api/v1/namespaces/{ns}/configmaps", kube.configmaps.handle)
+    app.router.add_get("/api/v1/configmaps", kube.configmaps.handle)
+    app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", kube.secret)
     async with TestServer(app) as server:
         yield kube, str(server.make_url("")).rstrip("/")
 
 
-def api_for(url: str) -> Callable[[], client.CoreV1Api]:
-    def make() -> client.CoreV1Api:
-        cfg = client.Configuration(host=url)
-        return client.CoreV1Api(client.ApiClient(cfg))
+def api_for(url: str) -> Callable[[], client.ApiClient]:
+    def make() -> client.ApiClient:
+        return client.ApiClient(client.Configuration(host=url))
 
     return make
 
@@ -135,56 +183,72 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def source(url: str, metrics: RouterMetrics, **kwargs: Any) -> KubePlanSource:
+    kwargs = {"namespace": "team-a", "watch_timeout": 2, "backoff": (0.05, 0.2), "confirm_after": 0.2, **kwargs}
+    return KubePlanSource(metrics, api_factory=api_for(url), **kwargs)
+
+
 @pytest.fixture
 async def running(fake) -> AsyncIterator[tuple[FakeKube, PlanStore, RouterMetrics]]:
     kube, url = fake
-    metrics = RouterMetrics()
-    store = PlanStore()
-    source = KubePlanSource(metrics, namespace="team-a", api_factory=api_for(url), watch_timeout=2, backoff=(0.05, 0.2))
-    await kube.put("team-a", "support-plan", plan_data(1))
-    await source.start(store)
+    metrics, store = RouterMetrics(), PlanStore()
+    src = source(url, metrics, legacy_configmaps=True)
+    await kube.stack()
+    await kube.plan(1)
+    await src.start(store)
     await until(lambda: store.get("team-a/support") is not None)
     yield kube, store, metrics
-    await source.stop()
+    await src.stop()
 
 
-def serial(store: PlanStore) -> int | None:
-    plan = store.get("team-a/support")
+def serial(store: PlanStore, key: str = "team-a/support") -> int | None:
+    plan = store.get(key)
     return plan.serial if plan else None
+
+
+def ignored(metrics: RouterMetrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("inferstack_router_plans_ignored_total", {"reason": reason}) or 0.0
 
 
 async def test_watch_applies_updates_and_ignores_older_serials(running) -> None:
     kube, store, _ = running
-    await kube.put("team-a", "support-plan", plan_data(3))
+    await kube.plan(3)
     await until(lambda: serial(store) == 3)
-    await kube.put("team-a", "support-plan", plan_data(2))
-    await kube.put("team-a", "other-plan", plan_data(1, stack="other"))  # an event after the stale one
+    await kube.plan(2)
+    await kube.stack("other", uid="uid-other")
+    await kube.plan(1, name="other-traffic", owners=owner("other", "uid-other"), spec=plan_spec(1, stack="other"))  # an event after the stale one
     await until(lambda: store.get("team-a/other") is not None)
     assert serial(store) == 3
 
 
+async def test_stacks_are_watched_as_metadata_only(running) -> None:
+    kube, _, _ = running
+    assert kube.stacks.accepts and all("as=PartialObjectMetadataList" in a for a in kube.stacks.accepts)
+    assert kube.configmaps.accepts and all("as=PartialObjectMetadataList" in a for a in kube.configmaps.accepts)
+
+
 async def test_malformed_plan_is_rejected_whole_and_last_good_kept(running) -> None:
     kube, store, metrics = running
-    await kube.put("team-a", "support-plan", {PLAN_KEY: json.dumps({**json.loads(plan_data(5)[PLAN_KEY]), "candidateWeight": 50})})
+    await kube.plan(5, spec=plan_spec(5, candidateWeight=50))
     await until(lambda: metrics.registry.get_sample_value(
-        "inferstack_router_plan_errors_total", {"source": "team-a/support-plan"}) == 1)
+        "inferstack_router_plan_errors_total", {"source": "team-a/support-traffic"}) == 1)
     assert serial(store) == 1
     assert store.get("team-a/support").candidate_weight == 0
 
 
-async def test_deleted_configmap_removes_the_stack(running) -> None:
+async def test_deleted_plan_removes_the_stack(running) -> None:
     kube, store, _ = running
-    await kube.delete("team-a", "support-plan")
+    await kube.plans.delete("team-a", "support-traffic")
     await until(lambda: len(store) == 0)
 
 
 async def test_410_gone_relists(running) -> None:
     kube, store, _ = running
-    lists = kube.lists
-    await kube.compact()  # ends the watch; its resourceVersion is now too old
-    await kube.put("team-a", "support-plan", plan_data(7))
+    lists = kube.plans.lists
+    await kube.plans.compact()  # ends the watch; its resourceVersion is now too old
+    await kube.plan(7)
     await until(lambda: serial(store) == 7)
-    assert kube.lists > lists
+    assert kube.plans.lists > lists
 
 
 async def test_api_server_outage_keeps_plans_and_recovers(running) -> None:
@@ -192,19 +256,104 @@ async def test_api_server_outage_keeps_plans_and_recovers(running) -> None:
     await kube.set_down(True)
     await asyncio.sleep(0.3)  # several failed retries happen during this window
     assert serial(store) == 1
-    await kube.put("team-a", "support-plan", plan_data(9))
+    await kube.plan(9)
     await kube.set_down(False)
     await until(lambda: serial(store) == 9)
 
 
-def test_configmap_plans_rules() -> None:
-    metrics = RouterMetrics()
-    store = PlanStore()
-    plans = ConfigMapPlans(store, metrics)
-    plans.upsert("team-a", "p", plan_data(1))
-    plans.upsert("team-a", "p", {"other": "x"})  # no plan key: rejected, last good kept
-    plans.upsert("team-b", "evil", plan_data(9, namespace="team-a"))  # cross-namespace: rejected
+@pytest.mark.parametrize(
+    ("owners", "reason"),
+    [
+        pytest.param([], "no_controller", id="no-owner"),
+        pytest.param(owner(controller=False), "no_controller", id="owner-not-controller"),
+        pytest.param(owner(uid="uid-guessed"), "uid_mismatch", id="wrong-uid"),
+        pytest.param(owner(kind="Deployment", apiVersion="apps/v1"), "wrong_owner", id="owner-not-a-stack"),
+    ],
+)
+async def test_a_forged_plan_is_ignored_counted_and_the_real_plan_keeps_serving(running, owners, reason) -> None:
+    kube, store, metrics = running
+    # Another object claiming the same stack (the real one is support-traffic)...
+    await kube.plan(99, name="support-traffic-x", owners=owners, spec=plan_spec(99))
+    await until(lambda: ignored(metrics, "wrong_name") == 1)
+    # ...and the real object rewritten by a forger with a higher serial.
+    await kube.plan(99, owners=owners)
+    await until(lambda: ignored(metrics, reason) == 1)
+    assert store.get("team-a/support") is None  # the forged version replaced the trusted one: nothing obeys it
+    await kube.plan(100)  # the operator takes its plan back
+    await until(lambda: serial(store) == 100)
+
+
+async def test_a_plan_naming_another_namespace_is_ignored(running) -> None:
+    kube, store, metrics = running
+    await kube.plan(50, name="evil-traffic", spec=plan_spec(50, namespace="team-b", stack="evil"), owners=owner("evil"))
+    await until(lambda: ignored(metrics, "wrong_namespace") == 1)
+    assert [p.key for p in store.plans()] == ["team-a/support"] and serial(store) == 1
+
+
+async def test_a_stack_deleted_or_created_again_withdraws_its_plan(running) -> None:
+    kube, store, metrics = running
+    await kube.stacks.delete("team-a", "support")
+    await until(lambda: store.get("team-a/support") is None)
+    await until(lambda: ignored(metrics, "stack_missing") == 1)  # still there after the grace: counted
+    await kube.stack(uid="uid-support-2")  # same name, new object
+    await until(lambda: ignored(metrics, "uid_mismatch") == 1)
+    assert store.get("team-a/support") is None
+    # The operator re-owns the plan; a new stack's serials may start lower than the old one's.
+    await kube.plan(1, owners=owner(uid="uid-support-2"), spec=plan_spec(1))
+    await until(lambda: serial(store) == 1)
+
+
+async def test_a_plan_that_arrives_before_its_stack_is_not_an_alarm(running) -> None:
+    kube, store, metrics = running
+    await kube.plan(1, name="new-traffic", owners=owner("new", "uid-new"), spec=plan_spec(1, stack="new"))
+    await asyncio.sleep(0.05)
+    await kube.stack("new", uid="uid-new")
+    await until(lambda: store.get("team-a/new") is not None)
+    await asyncio.sleep(0.4)  # past confirm_after
+    assert ignored(metrics, "stack_missing") == 0
+
+
+async def test_old_plan_configmaps_are_counted_never_obeyed(running) -> None:
+    kube, store, metrics = running
+    data = {PLAN_KEY: json.dumps(plan_spec(1000))}
+    await kube.configmaps.put("team-a", "support-traffic", data=data, metadata={"ownerReferences": owner()})
+    await until(lambda: ignored(metrics, "configmap") == 1)
+    await kube.configmaps.put("team-a", "support-traffic", data=data)  # a new version counts again
+    await until(lambda: ignored(metrics, "configmap") == 2)
     assert serial(store) == 1
-    assert metrics.registry.get_sample_value("inferstack_router_plan_errors_total", {"source": "team-b/evil"}) == 1
-    plans.replace_all([("team-a", "q", plan_data(2, stack="q"))])  # p vanished while not watching
-    assert [p.key for p in store.plans()] == ["team-a/q"]
+
+
+async def test_nothing_is_decided_before_stacks_are_listed(fake) -> None:
+    kube, url = fake
+    metrics, store = RouterMetrics(), PlanStore()
+    await kube.plan(1)
+    await kube.set_down(True)
+    src = source(url, metrics)
+    await src.start(store)
+    await asyncio.sleep(0.3)
+    assert src.plans is not None and not src.plans.stacks_listed and len(store) == 0
+    await kube.stack()
+    await kube.set_down(False)
+    await until(lambda: serial(store) == 1)
+    assert sum(ignored(metrics, r) for r in ("stack_missing", "uid_mismatch")) == 0
+    await src.stop()
+
+
+async def test_tokens_come_from_the_plans_namespace_only_for_trusted_plans(fake) -> None:
+    kube, url = fake
+    metrics, store = RouterMetrics(), PlanStore()
+    kube.secrets[("team-a", "hosted-key")] = {"api-key": "sk-real"}
+    ref = {"apiKeySecretRef": {"name": "hosted-key", "key": "api-key"}}
+    hosted = plan_spec(1)
+    hosted["stable"] = {**hosted["stable"], **ref}
+    await kube.stack()
+    await kube.plan(1, spec=hosted)
+    # A plan no stack controls never makes the router read a Secret.
+    await kube.plan(1, name="loot-traffic", owners=[], spec={**hosted, "stack": "loot"})
+    src = source(url, metrics)
+    await src.start(store)
+    await until(lambda: serial(store) == 1)
+    assert store.get("team-a/support").stable.api_key == "sk-real"
+    await until(lambda: ignored(metrics, "no_controller") == 1)
+    assert kube.secret_reads == [("team-a", "hosted-key")]
+    await src.stop()
