@@ -23,6 +23,7 @@ import yaml
 
 from inferstack import GROUP, PLURAL
 from inferstack.core.config import OperatorConfig
+from inferstack.core.trafficplan import PLAN_PLURAL
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "inferstack"
@@ -74,15 +75,23 @@ def test_chart_yaml():
     assert f'version = "{chart["appVersion"]}"' in pyproject, "appVersion must follow the package version"
 
 
-def test_crd_copy_is_the_generated_crd():
+CRD_FILES = ["inferstack.dev_inferencestacks.yaml", "inferstack.dev_trafficplans.yaml"]
+
+
+@pytest.mark.parametrize("name", CRD_FILES)
+def test_crd_copy_is_the_generated_crd(name):
     """Helm installs crds/ of the chart; it must be byte-identical to crds/ (make manifests copies it)."""
-    generated = ROOT / "crds" / "inferstack.dev_inferencestacks.yaml"
+    generated = ROOT / "crds" / name
     copy = CHART / "crds" / generated.name
     assert copy.exists(), f"missing {copy.relative_to(ROOT)}: copy {generated.relative_to(ROOT)} there"
     assert copy.read_bytes() == generated.read_bytes(), (
         f"{copy.relative_to(ROOT)} differs from {generated.relative_to(ROOT)}: run make manifests"
     )
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [generated.name]
+
+
+def test_the_chart_carries_every_crd_and_nothing_else():
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == CRD_FILES
+    assert sorted(p.name for p in (ROOT / "crds").iterdir()) == CRD_FILES
 
 
 def values() -> dict[str, Any]:
@@ -235,16 +244,21 @@ def client_calls(path: Path) -> set[Permission]:
         needed.add((group, resource, VERBS[verb]))
         if verb == "list" and re.search(r"watch\.Watch\(\)", text):
             needed.add((group, resource, "watch"))
-    # Custom objects: the resource is named in the same function (PLURAL or a literal plural).
-    for body in re.split(r"\n    (?:async )?def ", text):
+    # Custom objects: the resource is named in the same function (PLAN_PLURAL,
+    # PLURAL or a literal plural); functions and methods alike.
+    for body in re.split(r"\n(?:    )?(?:async )?def ", text):
         for verb, status in CUSTOM_CALL.findall(body):
-            if "PLURAL" in body:
+            if "PLAN_PLURAL" in body:
+                group, resource = GROUP, PLAN_PLURAL
+            elif re.search(r"\bPLURAL\b", body):
                 group, resource = GROUP, PLURAL
             elif '"httproutes"' in body:
                 group, resource = "gateway.networking.k8s.io", "httproutes"
             else:
                 pytest.fail(f"{path.name}: a custom object call on a resource this test cannot name")
             needed.add((group, resource + ("/status" if status else ""), VERBS[verb]))
+            if verb == "list" and re.search(r"watch\.Watch\(\)", text):
+                needed.add((group, resource, "watch"))
     return needed
 
 
@@ -258,6 +272,8 @@ def kopf_watches(path: Path) -> set[Permission]:
         needed |= {(group, resource, "list"), (group, resource, "watch")}
     if re.search(r"@kopf\.on\.event\(GROUP, VERSION, PLURAL\)", text):
         needed |= {(GROUP, PLURAL, "list"), (GROUP, PLURAL, "watch")}
+    if re.search(r"@kopf\.(?:index|on\.event)\(GROUP, VERSION, PLAN_PLURAL\b", text):
+        needed |= {(GROUP, PLAN_PLURAL, "list"), (GROUP, PLAN_PLURAL, "watch")}
     if "kopf.event(" in text:
         needed.add(("", "events", "create"))
     return needed
@@ -291,7 +307,11 @@ def test_scans_find_the_calls_we_know_of():
         ("apps", "deployments", "create"),
         ("apps", "deployments/scale", "patch"),
         ("apps", "controllerrevisions", "create"),
-        ("", "configmaps", "patch"),
+        (GROUP, "trafficplans", "patch"),
+        (GROUP, "trafficplans", "watch"),
+        ("", "configmaps", "get"),
+        ("", "configmaps", "delete"),
+        ("", "configmaps", "watch"),
         ("", "services", "delete"),
         ("", "events", "create"),
         ("gateway.networking.k8s.io", "httproutes", "update"),
@@ -300,7 +320,14 @@ def test_scans_find_the_calls_we_know_of():
         ("batch", "jobs", "watch"),
         ("", "pods", "list"),
     } <= operator_needs()
-    assert {("", "configmaps", "list"), ("", "configmaps", "watch")} <= router_needs()
+    assert {
+        (GROUP, "trafficplans", "list"),
+        (GROUP, "trafficplans", "watch"),
+        (GROUP, PLURAL, "list"),
+        (GROUP, PLURAL, "watch"),
+        ("", "secrets", "get"),
+        ("", "configmaps", "list"),  # --count-legacy-plans only
+    } <= router_needs()
 
 
 def test_operator_clusterrole_grants_every_call():
@@ -321,12 +348,52 @@ def test_operator_clusterrole_covers_the_brief_and_no_secrets():
         "prompts and tools come from ConfigMaps"
     )
     assert not any(verb in ("*", "deletecollection", "escalate", "bind") for _, _, verb in rules)
+    # Plans are TrafficPlans now: the operator writes no ConfigMap, it only deletes its old plan ConfigMaps.
+    assert not {("", "configmaps", "create"), ("", "configmaps", "patch")} & rules
 
 
 def test_router_role_is_read_only():
-    rules = granted(skeleton((TEMPLATES / "router-rbac.yaml").read_text()), "x")  # kind is templated
+    docs = skeleton((TEMPLATES / "router-rbac.yaml").read_text())
+    rules = granted(docs, "x")  # kind is templated
     assert sorted(router_needs() - rules) == []
     assert {verb for _, _, verb in rules} <= {"get", "list", "watch"}
+    # The least-privilege option: Roles in router.rbac.secretNamespaces read Secrets and nothing else.
+    assert granted(docs, "Role") == {("", "secrets", "get")}
+
+
+def all_template_roles() -> list[dict[str, Any]]:
+    # Every template that holds RBAC objects is named *rbac* or *roles* (the others are not skeleton-parsable).
+    files = sorted({*TEMPLATES.glob("*rbac*.yaml"), *TEMPLATES.glob("*roles*.yaml")})
+    assert {p.name for p in TEMPLATES.glob("*.yaml") if re.search(r"^kind: .*Role", p.read_text(), re.M)} <= {p.name for p in files}
+    return [d for p in files for d in skeleton(p.read_text()) if d.get("rules")]
+
+
+def test_only_the_operator_may_write_trafficplans():
+    """A plan decides where prompts go and which Secret becomes a bearer token."""
+    writers = [
+        d["metadata"]["name"]
+        for d in all_template_roles()
+        if any((g, r, v) in granted([d], d["kind"]) for g in (GROUP,) for r in ("trafficplans", "*") for v in ("create", "update", "patch", "delete", "*"))
+    ]
+    assert writers == ["x-operator"]
+
+
+def test_aggregated_roles_let_users_write_stacks_and_only_read_plans():
+    docs = skeleton((TEMPLATES / "aggregate-roles.yaml").read_text())
+    by_aggregation = {
+        label.rsplit("-", 1)[-1]: granted([d], "ClusterRole")
+        for d in docs
+        for label, value in d["metadata"]["labels"].items()
+        if label.startswith("rbac.authorization.k8s.io/aggregate-to-") and value == "true"
+    }
+    assert set(by_aggregation) == {"edit", "admin", "view"}
+    for role in ("edit", "admin"):
+        rules = by_aggregation[role]
+        assert {(GROUP, PLURAL, v) for v in ("get", "list", "watch", "create", "update", "patch", "delete")} <= rules
+        assert {v for g, r, v in rules if r == "trafficplans"} == {"get", "list", "watch"}
+        assert not any(r == f"{PLURAL}/status" and v not in ("get", "list", "watch") for _, r, v in rules)
+    assert {v for _, _, v in by_aggregation["view"]} == {"get", "list", "watch"}
+    assert {(GROUP, "trafficplans", "get"), (GROUP, PLURAL, "list")} <= by_aggregation["view"]
 
 
 def test_rbac_check_fails_when_a_rule_is_missing():
@@ -335,7 +402,7 @@ def test_rbac_check_fails_when_a_rule_is_missing():
         if doc.get("kind") == "ClusterRole":
             doc["rules"] = [r for r in doc["rules"] if "configmaps" not in r["resources"]]
     missing = operator_needs() - granted(docs, "ClusterRole")
-    assert ("", "configmaps", "patch") in missing and ("", "configmaps", "list") in missing
+    assert ("", "configmaps", "delete") in missing and ("", "configmaps", "list") in missing
 
 
 # ------------------------------------------------------------- helm render
@@ -379,8 +446,10 @@ def test_helm_render_defaults():
     docs = render()
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     assert kinds == [
+        "ClusterRole/demo-inferstack-edit",
         "ClusterRole/demo-inferstack-operator",
         "ClusterRole/demo-inferstack-router",
+        "ClusterRole/demo-inferstack-view",
         "ClusterRoleBinding/demo-inferstack-operator",
         "ClusterRoleBinding/demo-inferstack-router",
         "ConfigMap/demo-inferstack-operator-config",
@@ -448,6 +517,41 @@ def test_helm_render_options():
     assert "--namespace=team-a" in router["spec"]["template"]["spec"]["containers"][0]["args"]
     docs = render("router.enabled=false")
     assert not any("router" in d["metadata"]["name"] for d in docs)
+
+
+@needs_helm
+def test_helm_render_router_rbac():
+    """Default: plans and stacks, nothing else. Secrets cluster-wide, or only in listed namespaces."""
+    def router_rules(docs, kind="ClusterRole"):
+        return granted([d for d in docs if d["kind"] == kind and d["metadata"]["name"] == "demo-inferstack-router"], kind)
+
+    def router_args(docs):
+        router = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))
+        return router["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    docs = render()
+    assert router_rules(docs) == {(GROUP, r, v) for r in ("trafficplans", PLURAL) for v in ("get", "list", "watch")}
+    assert "--count-legacy-plans" not in router_args(docs)
+
+    docs = render("router.rbac.readSecrets=true", "router.countLegacyPlans=true")
+    assert {("", "secrets", "get"), ("", "configmaps", "list"), ("", "configmaps", "watch")} <= router_rules(docs)
+    assert "--count-legacy-plans" in router_args(docs)
+    assert not any(d["kind"] in ("Role", "RoleBinding") for d in docs)
+
+    docs = render("router.rbac.readSecrets=true", "router.rbac.secretNamespaces={team-a,team-b}")
+    assert ("", "secrets", "get") not in router_rules(docs)
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
+    for ns in roles:
+        assert granted([roles[ns]], "Role") == {("", "secrets", "get")}
+        assert bindings[ns]["roleRef"]["name"] == roles[ns]["metadata"]["name"]
+        assert bindings[ns]["subjects"] == [
+            {"kind": "ServiceAccount", "name": "demo-inferstack-router", "namespace": "inferstack-system"}
+        ]
+
+    docs = render("rbac.aggregateToDefaultRoles=false")
+    assert not any(d["metadata"]["name"] in ("demo-inferstack-edit", "demo-inferstack-view") for d in docs)
 
 
 @needs_helm
