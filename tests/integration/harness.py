@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from inferstack.core.apikeys import generate_key, key_digest
 
 # free_port and http_ok are the e2e harness's; integration tests need no cluster, only these.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
@@ -35,12 +37,27 @@ class Proc:
     url: str
     port: int
     popen: subprocess.Popen
+    metrics_url: str = ""  # a router's /metrics, /healthz, /readyz port
+    keys: dict[str, str] = field(default_factory=dict)  # a router's API keys: namespace -> key for its every stack
+
+    @property
+    def key(self) -> str:
+        return next(iter(self.keys.values()))
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def metrics_target(self) -> str:
+        return self.metrics_url.removeprefix("http://")
 
 
 class Processes:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.started: list[subprocess.Popen] = []
+        self.keys: dict[str, str] = {}  # namespace -> API key, shared by this test's routers
 
     def spawn(self, name: str, module: str, args: list[str]) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("wb")
@@ -57,14 +74,22 @@ class Processes:
         wait_until(f"standin {model}", lambda: http_ok(url + "/health"), proc=popen)
         return Proc(url, port, popen)
 
-    def router(self, plan_path: Path, *extra: str) -> Proc:
-        port = free_port()
+    def router(self, plan_path: Path, *extra: str, namespaces: tuple[str, ...] = ("team-a",)) -> Proc:
+        """A router with API keys from a file: per namespace one key (tenant "tests", every stack),
+        the same for every router of this test, as replicas share key Secrets."""
+        port, metrics_port = free_port(), free_port()
+        for ns in namespaces:
+            self.keys.setdefault(ns, generate_key())
+        keys = self.logs / f"keys-{port}.json"
+        keys.write_text(json.dumps([{"namespace": ns, "name": "tests", "sha256": key_digest(key).hex(),
+                                     "tenant": "tests", "stacks": "*"} for ns, key in self.keys.items()]))  # fmt: skip
         popen = self.spawn(f"router-{port}", "inferstack.router.main",
-                           ["--host", "127.0.0.1", "--port", str(port), "--plan-file", str(plan_path),
-                            "--plan-poll-interval", "0.1", "--log-level", "WARNING", *extra])
-        url = f"http://127.0.0.1:{port}"
-        wait_until("router", lambda: http_ok(url + "/readyz"), proc=popen)
-        return Proc(url, port, popen)
+                           ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+                            "--plan-file", str(plan_path), "--api-key-file", str(keys),
+                            "--plan-poll-interval", "0.1", "--log-level", "WARNING", *extra])  # fmt: skip
+        metrics_url = f"http://127.0.0.1:{metrics_port}"
+        wait_until("router", lambda: http_ok(metrics_url + "/readyz"), proc=popen)
+        return Proc(f"http://127.0.0.1:{port}", port, popen, metrics_url, {ns: self.keys[ns] for ns in namespaces})
 
     def stop_all(self) -> None:
         for popen in self.started:

@@ -205,9 +205,10 @@ def test_gate_queries_in_the_docs_give_values_on_prometheus(procs, backends, pro
         # ways a candidate gets measured during a rollout.
         write_plan(plans / f"{ns}.{stack}.json",
                    plan(stable, candidate, namespace=ns, stack=stack, candidateWeight=50, shadowPercent=50))
-    router = procs.router(plans, "--slices", ",".join(slices))
-    prom = prometheus(f"127.0.0.1:{router.port}")
-    client = openai.OpenAI(base_url=router.url + "/v1", api_key="sk-test", max_retries=0)
+    router = procs.router(plans, "--slices", ",".join(slices), namespaces=tuple(sorted({ns for ns, _ in stacks})))
+    prom = prometheus(router.metrics_target)
+    # A key calls the stacks of its own namespace: one client per namespace.
+    clients = {ns: openai.OpenAI(base_url=router.url + "/v1", api_key=key, max_retries=0) for ns, key in router.keys.items()}
     questions = {f.slice: f.question for f in reversed(FIXTURES)}
 
     def traffic() -> None:
@@ -219,6 +220,7 @@ def test_gate_queries_in_the_docs_give_values_on_prometheus(procs, backends, pro
                         messages=[{"role": "user", "content": questions.get(slice_, "Who are you?")}],
                         extra_headers={"x-user-id": f"user-{user}", "x-inferstack-slice": slice_},
                     )
+                    client = clients[ns]
                     if user % 2:  # streamed too, so time-to-first-token has samples
                         for _ in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs):
                             pass
@@ -228,7 +230,7 @@ def test_gate_queries_in_the_docs_give_values_on_prometheus(procs, backends, pro
     # rate() and increase() need two samples of a series inside the window: let Prometheus
     # scrape every series once, then send the traffic the queries measure.
     def scraped_all() -> bool:
-        with urllib.request.urlopen(router.url + "/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(router.metrics_url + "/metrics", timeout=5) as resp:
             exported = sum(line.startswith(b"inferstack_router_check_total{") for line in resp)
         result = run(prom, "count(inferstack_router_check_total)")[0]
         return bool(result) and int(result[0]["value"][1]) == exported

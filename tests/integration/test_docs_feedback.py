@@ -61,16 +61,16 @@ def test_the_python_example_runs_and_gets_the_documented_answers(procs, tmp_path
     })  # fmt: skip
     key = tmp_path / "key"
     key.write_text("a-docs-example-key-0123456789\n")
-    router = procs.router(path, "--feedback-key-file", str(key))
+    router = procs.router(path, "--feedback-key-file", str(key), namespaces=("default",))
 
     (example,) = blocks("python")
-    scope: dict = {"ROUTER": router.url}
+    scope: dict = {"ROUTER": router.url, "API_KEY": router.key}
     exec(compile(example, "docs/evaluation.md", "exec"), scope)  # the documented example, as written
     recorded, duplicate = (json.loads(b) for b in blocks("json"))
     assert scope["answer"] and scope["feedback"].status_code == 200
     assert scope["feedback"].json() == recorded
-    again = requests.post(f"{router.url}/v1/feedback", json={"response_id": scope["response_id"], "value": "down"}, timeout=5)
+    again = requests.post(f"{router.url}/v1/feedback", json={"response_id": scope["response_id"], "value": "down"}, headers=router.auth, timeout=5)
     assert again.status_code == 409 and again.json() == duplicate
-    metrics = requests.get(router.url + "/metrics", timeout=5).text
+    metrics = requests.get(router.metrics_url + "/metrics", timeout=5).text
     assert ('inferstack_eval_samples_total{evaluator="thumbs",namespace="default",revision="rev-a",role="stable",'
             'slice="billing",stack="support-bot"} 1.0') in metrics  # fmt: skip

@@ -34,7 +34,7 @@ def routers(procs, backends, tmp_path: Path):
 
 def test_feedback_on_an_answer_is_recorded_by_any_replica(routers) -> None:
     one, two = routers
-    client = openai.OpenAI(base_url=one.url + "/v1", api_key="sk-test", max_retries=0)
+    client = openai.OpenAI(base_url=one.url + "/v1", api_key=one.key, max_retries=0)
     answers = {}
     for user in (f"user-{i}" for i in range(40)):  # users on both revisions
         raw = client.chat.completions.with_raw_response.create(
@@ -47,15 +47,15 @@ def test_feedback_on_an_answer_is_recorded_by_any_replica(routers) -> None:
 
     # a user who likes the stable answers and dislikes the candidate's, posting to the other replica
     for revision, value in (("rev-a", "up"), ("rev-b", "down")):
-        resp = requests.post(two.url + "/v1/feedback", json={"response_id": answers[revision], "value": value}, timeout=5)
+        resp = requests.post(two.url + "/v1/feedback", json={"response_id": answers[revision], "value": value}, headers=two.auth, timeout=5)
         assert resp.status_code == 200 and resp.json() == {"status": "recorded", "evaluator": "thumbs"}
-    again = requests.post(two.url + "/v1/feedback", json={"response_id": answers["rev-b"], "value": "up"}, timeout=5)
+    again = requests.post(two.url + "/v1/feedback", json={"response_id": answers["rev-b"], "value": "up"}, headers=two.auth, timeout=5)
     assert again.status_code == 409 and again.json()["error"]["code"] == "duplicate_feedback"
     forged = answers["rev-b"][:-4] + ("AAAA" if not answers["rev-b"].endswith("AAAA") else "BBBB")
-    bad = requests.post(two.url + "/v1/feedback", json={"response_id": forged, "value": 1}, timeout=5)
+    bad = requests.post(two.url + "/v1/feedback", json={"response_id": forged, "value": 1}, headers=two.auth, timeout=5)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_response_id"
 
-    m = metrics(two.url)
+    m = metrics(two.metrics_url)
     for revision, role, score in (("rev-a", "stable", 1.0), ("rev-b", "candidate", 0.0)):
         labels = frozenset({"namespace": "team-a", "stack": "support", "revision": revision, "role": role,
                             "slice": "billing", "evaluator": "thumbs"}.items())  # fmt: skip
@@ -65,15 +65,15 @@ def test_feedback_on_an_answer_is_recorded_by_any_replica(routers) -> None:
     assert m[("inferstack_router_feedback_refused_total", frozenset({"reason": "duplicate"}.items()))] == 1
     assert m[("inferstack_router_feedback_refused_total", frozenset({"reason": "bad_signature"}.items()))] == 1
     # the replica that served the answers recorded none of it
-    assert not [k for k in metrics(one.url) if k[0] == "inferstack_eval_samples_total"]
+    assert not [k for k in metrics(one.metrics_url) if k[0] == "inferstack_eval_samples_total"]
 
 
 def test_streamed_answers_carry_a_response_id(routers) -> None:
     one, _ = routers
-    client = openai.OpenAI(base_url=one.url + "/v1", api_key="sk-test", max_retries=0)
+    client = openai.OpenAI(base_url=one.url + "/v1", api_key=one.key, max_retries=0)
     with client.chat.completions.with_streaming_response.create(
         model="support", messages=[{"role": "user", "content": "Do you ship to Canada?"}], stream=True,
     ) as resp:  # fmt: skip
         token = resp.headers["x-inferstack-response-id"]
         list(resp.iter_lines())
-    assert requests.post(one.url + "/v1/feedback", json={"response_id": token, "value": True}, timeout=5).status_code == 200
+    assert requests.post(one.url + "/v1/feedback", json={"response_id": token, "value": True}, headers=one.auth, timeout=5).status_code == 200

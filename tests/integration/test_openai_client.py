@@ -20,7 +20,7 @@ def router(procs, backends, tmp_path: Path):
 
 @pytest.fixture
 def client(router) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.url + "/v1", api_key="sk-test", max_retries=0)
+    return openai.OpenAI(base_url=router.url + "/v1", api_key=router.key, max_retries=0)
 
 
 def test_chat_non_streaming(client: openai.OpenAI) -> None:

@@ -66,9 +66,9 @@ def test_prometheus_scrapes_router_metrics_per_slice(procs, backends, prometheus
     path = tmp_path / "plan.json"
     write_plan(path, plan(stable, candidate, candidateWeight=50))
     router = procs.router(path, "--slices", "billing,shipping")
-    prom = prometheus(f"127.0.0.1:{router.port}")
+    prom = prometheus(router.metrics_target)
 
-    client = openai.OpenAI(base_url=router.url + "/v1", api_key="sk-test", max_retries=0)
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key=router.key, max_retries=0)
 
     def traffic(users: range) -> None:
         for i in users:

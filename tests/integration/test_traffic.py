@@ -8,19 +8,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .harness import plan, write_plan
+from .harness import Proc, plan, write_plan
 
 pytestmark = pytest.mark.timeout(90)
 
 USERS = [f"user-{i}" for i in range(60)]
 
 
-async def revisions(url: str) -> dict[str, str]:
+async def revisions(router: Proc) -> dict[str, str]:
     body = {"model": "support", "messages": [{"role": "user", "content": "Who are you?"}]}
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=router.auth) as session:
         out = {}
         for user in USERS:
-            async with session.post(url + "/v1/chat/completions", json=body, headers={"x-user-id": user}) as resp:
+            async with session.post(router.url + "/v1/chat/completions", json=body, headers={"x-user-id": user}) as resp:
                 assert resp.status == 200
                 out[user] = resp.headers["x-inferstack-revision"]
         return out
@@ -31,13 +31,13 @@ async def test_same_user_same_revision_on_two_routers(procs, backends, tmp_path:
     path = tmp_path / "plan.json"
     write_plan(path, plan(stable, candidate, candidateWeight=30))
     one, two = procs.router(path), procs.router(path)
-    first, second = await revisions(one.url), await revisions(two.url)
+    first, second = await revisions(one), await revisions(two)
     assert first == second
     assert set(first.values()) == {"rev-a", "rev-b"}  # both sides are exercised
     # Growing the weight keeps every canary user on the candidate.
     write_plan(path, plan(stable, candidate, serial=2, candidateWeight=60))
     deadline = time.monotonic() + 10
-    while (grown := await revisions(two.url)) == second:
+    while (grown := await revisions(two)) == second:
         assert time.monotonic() < deadline, "router did not pick up the new plan"
     assert {u for u, r in first.items() if r == "rev-b"} <= {u for u, r in grown.items() if r == "rev-b"}
 
@@ -62,7 +62,7 @@ async def test_plan_switches_under_load_fail_no_request(procs, backends, tmp_pat
                 ok = resp.status == 200 and ("[DONE]" in text if stream else '"choices"' in text)
                 outcomes[(resp.status if ok else -resp.status, resp.headers.get("x-inferstack-revision", ""))] += 1
 
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=router.auth) as session:
         tasks = [asyncio.create_task(worker(session, n)) for n in range(8)]
         # shadow, canary 5, 25, 100, then roll back: each one write of one file.
         steps = [dict(shadowPercent=50), dict(candidateWeight=5), dict(candidateWeight=25),

@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from inferstack.core.apikeys import Grant, KeySecretError, key_digest, parse_key_secret
 from inferstack.core.trafficplan import TrafficPlan
+from inferstack.router.errors import error_response
 from inferstack.router.plansource import PlanStore, UnknownModel
 from inferstack.router.settings import RouterSettings
 
@@ -82,14 +83,11 @@ class ModelNotAllowed(LookupError):
 
 
 def unauthorized(message: str = "Incorrect or missing API key: send `Authorization: Bearer <key>`.") -> web.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
-    return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
+    return error_response(401, message, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
 
 def forbidden(model: str) -> web.Response:
-    message = f"This API key may not call the model `{model[:128]}`."
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "model_not_allowed"}}
-    return web.json_response(body, status=403)
+    return error_response(403, f"This API key may not call the model `{model[:128]}`.", "model_not_allowed")
 
 
 # --------------------------------------------------------------------- keys
