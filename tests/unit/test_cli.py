@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,7 @@ import pytest
 
 from inferstack.cli import format as fmt
 from inferstack.cli import istack
+from inferstack.core.apikeys import API_KEY_LABEL, key_digest, parse_key_secret
 from inferstack.core.rollout import COMMAND_ANNOTATION, COMMAND_ID_ANNOTATION, Verb, parse_command
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -507,6 +509,52 @@ def test_api_errors_read_as_one_line():
     assert "not found in namespace 'x'" in istack.api_error(E(), args)
     E.status, E.reason = 403, "Forbidden"
     assert "forbidden" in istack.api_error(E(), args)
+
+
+class KeyClient(FakeClient):
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: list[tuple[str, dict]] = []
+
+    def create_secret(self, namespace, body):
+        self.secrets.append((namespace, body))
+
+
+def test_key_create_stores_only_the_hash_and_prints_the_key_once(capsys):
+    client = KeyClient()
+    args = istack.parser().parse_args(["key", "create", "ci-bot", "--tenant", "acme", "--stacks", "support,shop", "-n", "team-a"])
+    out = args.fn(client, args, NOW)
+    key = out.strip()
+    assert out == key + "\n" and key.startswith("isk_") and len(key) == 47  # stdout is the key alone, once
+    [(namespace, secret)] = client.secrets
+    assert namespace == "team-a" and secret["metadata"] == {"name": "ci-bot", "namespace": "team-a", "labels": {API_KEY_LABEL: "true"}}
+    assert secret["stringData"] == {"sha256": key_digest(key).hex(), "tenant": "acme", "stacks": "support,shop"}
+    assert key not in repr(secret)
+    digest, grant = parse_key_secret("team-a", {k: base64.b64encode(v.encode()).decode() for k, v in secret["stringData"].items()})
+    assert digest == key_digest(key) and grant.stacks == {"support", "shop"}  # what the router will read
+    err = capsys.readouterr().err
+    assert "printed once" in err and key not in err
+    args = istack.parser().parse_args(["key", "create", "other", "--tenant", "acme"])
+    args.namespace = "team-a"
+    assert args.fn(client, args, NOW) != out and client.secrets[-1][1]["stringData"]["stacks"] == "*"
+
+
+def test_key_create_refuses_a_bad_tenant_before_making_anything():
+    client = KeyClient()
+    args = istack.parser().parse_args(["key", "create", "k", "--tenant", "Acme Corp", "-n", "team-a"])
+    with pytest.raises(fmt.CliError, match="DNS label"):
+        args.fn(client, args, NOW)
+    assert client.secrets == []
+
+
+def test_key_create_api_errors():
+    class E:
+        status, reason = 409, "Conflict"
+
+    args = istack.parser().parse_args(["key", "create", "ci-bot", "--tenant", "acme", "-n", "team-a"])
+    assert "already exists" in istack.api_error(E(), args)
+    E.status = 403
+    assert "create` on secrets" in istack.api_error(E(), args)
 
 
 def test_an_evaluator_gate_shows_both_arms_and_the_interval_on_the_difference():

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.cli import format as fmt
+from inferstack.core.apikeys import ALL_STACKS, KeySecretError, generate_key, key_secret
 from inferstack.core.rollout import COMMAND_ID_ANNOTATION, Verb
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -94,6 +95,9 @@ class Client:
         items = self.apps.list_namespaced_controller_revision(namespace, label_selector=selector).items or []
         return [self._plain(r) for r in items]
 
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        self.core.create_namespaced_secret(namespace, body)
+
     def patch_stack(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         result = self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, patch, _content_type="application/merge-patch+json"
@@ -142,6 +146,23 @@ def cmd_undo(c: Client, args: argparse.Namespace, now: datetime) -> str:
     return send(c, args, Verb.UNDO, now, target)
 
 
+def cmd_key_create(c: Client, args: argparse.Namespace, now: datetime) -> str:
+    """A new API key: its Secret (hash, tenant, stacks) is created, the key printed once."""
+    key = generate_key()
+    try:
+        secret = key_secret(args.name, args.namespace, key, args.tenant, args.stacks)
+    except KeySecretError as e:
+        raise fmt.CliError(str(e)) from None
+    c.create_secret(args.namespace, secret)
+    stacks = "every stack" if args.stacks.strip() == ALL_STACKS else f"the stacks {args.stacks.strip()}"
+    print(
+        f"secret {args.namespace}/{args.name} created: tenant {args.tenant}, {stacks} of namespace {args.namespace}.\n"
+        "The key is printed once, below; only its SHA-256 is stored. Delete the Secret to revoke it.",
+        file=sys.stderr,
+    )
+    return key + "\n"
+
+
 def connection_flags(default: Any) -> argparse.ArgumentParser:
     """The flags kubectl users expect; accepted before or after the subcommand."""
     flags = argparse.ArgumentParser(add_help=False, argument_default=default)
@@ -180,6 +201,17 @@ def parser() -> argparse.ArgumentParser:
     )
     for name, (verb, help_) in SIMPLE_COMMANDS.items():
         add(name, help_, lambda c, a, now, verb=verb: send(c, a, verb, now))
+    key = sub.add_parser("key", help="client API keys of the router", description="Client API keys of the router (docs/router.md).")
+    key_sub = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
+    create = key_sub.add_parser(
+        "create", parents=[common], help="make a key for the stacks of a namespace: its Secret holds only its hash",
+        description="Make a key, create its Secret (label inferstack.dev/api-key) with the key's SHA-256, tenant and "
+        "stacks, and print the key once on stdout.",
+    )  # fmt: skip
+    create.add_argument("name", metavar="NAME", help="the Secret's name")
+    create.add_argument("--tenant", required=True, help="the tenant the key stands for (a DNS label); caches are per tenant")
+    create.add_argument("--stacks", default=ALL_STACKS, help="comma-separated stacks of the namespace it may call (default: * = all)")
+    create.set_defaults(fn=cmd_key_create)
     undo = add("undo", "make an earlier revision the candidate (rolled out through the steps)", cmd_undo)
     undo.add_argument(
         "--to", required=True, metavar="REV", help="revision hash, unique hash prefix or revision number"
@@ -210,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
 def api_error(e: Any, args: argparse.Namespace) -> str:
     """One line for an API error, with the likely fix for the common ones."""
     name = getattr(args, "name", None)
+    if getattr(args, "key_command", None):
+        if e.status == 409:
+            return f"secret {name!r} already exists in namespace {args.namespace!r}: choose another NAME (no key was made)"
+        if e.status == 403:
+            return f"forbidden: {e.reason}; making a key needs `create` on secrets in namespace {args.namespace!r}"
+        if e.status == 404:
+            return f"namespace {args.namespace!r} not found"
     if e.status == 404 and name:
         return f"inferencestack {name!r} not found in namespace {args.namespace!r} (try -n NAMESPACE or `kubectl istack list -A`)"
     if e.status == 404:
