@@ -285,7 +285,8 @@ def operator_needs() -> set[Permission]:
 
 
 def router_needs() -> set[Permission]:
-    return client_calls(OPERATOR_SRC / "router" / "kubesource.py")
+    router = OPERATOR_SRC / "router"
+    return client_calls(router / "kubesource.py") | client_calls(router / "keysource.py")
 
 
 def granted(documents: list[dict[str, Any]], kind: str) -> set[Permission]:
@@ -459,6 +460,7 @@ def test_helm_render_defaults():
         "Secret/demo-inferstack-router-feedback",
         "Service/demo-inferstack-operator-metrics",
         "Service/demo-inferstack-router",
+        "Service/demo-inferstack-router-metrics",
         "ServiceAccount/demo-inferstack-operator",
         "ServiceAccount/demo-inferstack-router",
     ]
@@ -485,6 +487,34 @@ def test_helm_render_defaults():
         "ClusterRole",
     )
     assert sorted(operator_needs() - rules) == []
+
+
+@needs_helm
+def test_helm_render_router_ports_and_auth():
+    """Clients get the OpenAI port only; probes and Prometheus use the metrics port; keys are on by default."""
+    docs = render("metrics.serviceMonitor.enabled=true")
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    container = by_name["Deployment", "demo-inferstack-router"]["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "metrics": 9091}
+    assert "--metrics-port=9091" in container["args"] and "--auth=api-keys" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert [p["name"] for p in by_name["Service", "demo-inferstack-router"]["spec"]["ports"]] == ["http"]
+    assert by_name["Service", "demo-inferstack-router-metrics"]["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert by_name["ServiceMonitor", "demo-inferstack-router"]["spec"]["endpoints"][0]["port"] == "metrics"
+    router_rules = granted([by_name["ClusterRole", "demo-inferstack-router"]], "ClusterRole")
+    assert {("", "secrets", "list"), ("", "secrets", "watch")} <= router_rules  # the key Secrets
+
+    proxied = render("router.auth.mode=trusted-proxy", "router.auth.trustedProxy.cidrs={10.0.0.0/8,fd00::/8}",
+                     "router.auth.trustedProxy.tenantHeader=x-forwarded-user")  # fmt: skip
+    router = next(d for d in proxied if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--trusted-proxy-cidrs=10.0.0.0/8,fd00::/8" in args and "--trusted-proxy-tenant-header=x-forwarded-user" in args
+    role = next(d for d in proxied if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("router"))
+    assert ("", "secrets", "list") not in granted([role], "ClusterRole")  # no keys, no Secrets listed
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        render("router.auth.mode=trusted-proxy", "router.auth.trustedProxy.tenantHeader=x-forwarded-user")
+    assert "trustedProxy.cidrs is required" in err.value.stderr
 
 
 @needs_helm
@@ -530,7 +560,8 @@ def test_helm_render_router_rbac():
         return router["spec"]["template"]["spec"]["containers"][0]["args"]
 
     docs = render()
-    assert router_rules(docs) == {(GROUP, r, v) for r in ("trafficplans", PLURAL) for v in ("get", "list", "watch")}
+    keys = {("", "secrets", "list"), ("", "secrets", "watch")}  # the API-key Secrets (router.auth.mode api-keys)
+    assert router_rules(docs) == {(GROUP, r, v) for r in ("trafficplans", PLURAL) for v in ("get", "list", "watch")} | keys
     assert "--count-legacy-plans" not in router_args(docs)
 
     docs = render("router.rbac.readSecrets=true", "router.countLegacyPlans=true")
