@@ -201,7 +201,7 @@ class DataPlane:
         self.procs["router"] = Proc(
             "router",
             [str(VENV_BIN / "inferstack-router"), "--host", "127.0.0.1", "--port", str(self.router_port),
-             "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), *ns_args],
+             "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), "--count-legacy-plans", *ns_args],
             self.log_dir, f"{self.router_url}/healthz",
         ).start()  # fmt: skip
         judge_target = [f"127.0.0.1:{self.judge_port}"] if self.judge else []
@@ -223,6 +223,14 @@ class DataPlane:
         )  # fmt: skip
         self.procs["operator"] = proc
         return proc.start()
+
+    def serves(self, key: str) -> bool:
+        """Whether the router has the plan of stack ``key`` (namespace/name): a stack can be Ready a moment before."""
+        try:
+            with urllib.request.urlopen(f"{self.router_url}/v1/models", timeout=2) as r:
+                return any(m.get("root") == key for m in json.loads(r.read())["data"])
+        except OSError:
+            return False
 
     def start_judge(self) -> Proc:
         """Start (or restart, on the same port) the judge stand-in."""
@@ -326,7 +334,7 @@ class Load:
 
 
 class PlanRecorder:
-    """Records every version of a stack's traffic plan, from a watch on the real API server.
+    """Records every version of a stack's TrafficPlan, from a watch on the real API server.
 
     Each entry is (serial, stable, candidate, candidate weight, shadow percent):
     the sequence of steps the router was told, in order, each exactly once.
@@ -336,7 +344,7 @@ class PlanRecorder:
         from kubernetes import client, config, watch
 
         self.namespace, self.name = namespace, f"{stack}-traffic"
-        self.api = client.CoreV1Api(config.new_client_from_config(os.environ["KUBECONFIG"]))
+        self.api = client.CustomObjectsApi(config.new_client_from_config(os.environ["KUBECONFIG"]))
         self.watch = watch.Watch()
         self.plans: list[tuple[int, str, str | None, int, int]] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -347,12 +355,11 @@ class PlanRecorder:
         while True:
             try:
                 for ev in self.watch.stream(
-                    self.api.list_namespaced_config_map, self.namespace,
+                    self.api.list_namespaced_custom_object, "inferstack.dev", "v1alpha1", self.namespace, "trafficplans",
                     field_selector=f"metadata.name={self.name}", timeout_seconds=300,
                 ):  # fmt: skip
-                    data = (ev["object"].data or {}).get("plan.json")
-                    if data:
-                        self._record(json.loads(data))
+                    if ev["type"] in ("ADDED", "MODIFIED") and (spec := ev["raw_object"].get("spec")):
+                        self._record(spec)
                 return
             except (ApiException, OSError):
                 time.sleep(0.2)

@@ -457,7 +457,7 @@ def main() -> int:
         dp.start()
         apply(namespace, manifest(GOOD_PROMPT, dp.judge_url))
         kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{STACK}", "--timeout=60s")
-        wait_for("the router serving the stack", lambda: _router_serves(dp), timeout=30)
+        wait_for("the router serving the stack", lambda: dp.serves(f"{namespace}/{STACK}"), timeout=30)
         status = Status(namespace)()
         print(f"   {STACK} Ready: stable {status['stableRevision']}, gates answer-quality (per slice, "
               f"-20% vs stable), p95-latency (<= {LATENCY_MAX_SECONDS:g}s) and {JUDGE_GATE_NAME} (a pairwise LLM "
@@ -530,16 +530,6 @@ def _stop_leftover_children() -> None:
                     os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-
-
-def _router_serves(dp: DataPlane) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{dp.router_url}/v1/models", timeout=2) as r:
-            return any(m["id"].split("/")[-1] == STACK for m in json.loads(r.read())["data"])
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

@@ -472,7 +472,11 @@ REFUSED: list[Refused] = [
     ),
     Refused(
         "evaluate-step-naming-a-rule",
-        stack(evaluation=EVAL, gates=[EGATE], rollout=steps({"evaluate": {"evaluators": ["no-refusal"]}}, {"canary": {"weight": 5}})),
+        stack(
+            evaluation={**GOLDEN_EVAL, "evaluators": [*GOLDEN_EVAL["evaluators"], *EVAL["evaluators"]]},
+            gates=[EGATE],
+            rollout=steps({"evaluate": {"evaluators": ["no-refusal"]}}, {"canary": {"weight": 5}}),
+        ),
         "spec.rollout.steps",
         "spec.rollout.steps[].evaluate.evaluators must name goldenSet evaluators of spec.evaluation.evaluators",
     ),

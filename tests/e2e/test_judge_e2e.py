@@ -55,15 +55,16 @@ def status(namespace: str) -> dict:
     return (kget("istack", "shop", namespace) or {}).get("status", {})
 
 
-def deploy(namespace: str, manifest: dict) -> str:
+def deploy(dp, namespace: str, manifest: dict) -> str:
     apply(namespace, manifest)
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+    wait_until("the router serving the stack", lambda: dp.serves(f"{namespace}/shop"))
     return status(namespace)["stableRevision"]
 
 
 def test_a_fluent_wrong_candidate_is_rolled_back_by_the_pairwise_judge_in_shadow(judged, namespace):
     manifest = stack(judged.judge_url, [copy.deepcopy(RULE_GATE), copy.deepcopy(PAIRWISE_GATE)])
-    stable = deploy(namespace, manifest)
+    stable = deploy(judged, namespace, manifest)
     with Load(judged.router_url, f"{namespace}/shop") as load:
         apply(namespace, with_prompt(manifest, FLUENT_WRONG_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
@@ -92,7 +93,7 @@ def test_a_fluent_wrong_candidate_is_rolled_back_by_the_pairwise_judge_in_shadow
 
 def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judge_returns(judged, namespace):
     manifest = stack(judged.judge_url, [copy.deepcopy({**PAIRWISE_GATE, "slices": ["general"]})])
-    deploy(namespace, manifest)
+    deploy(judged, namespace, manifest)
     judged.stop_judge()
     try:
         with Load(judged.router_url, f"{namespace}/shop") as load:
@@ -130,7 +131,7 @@ def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judg
 
 def test_the_operator_killed_while_the_judge_decides_resumes_and_rolls_back_once(judged, namespace):
     manifest = stack(judged.judge_url, [copy.deepcopy(PAIRWISE_GATE)])
-    stable = deploy(namespace, manifest)
+    stable = deploy(judged, namespace, manifest)
     with Load(judged.router_url, f"{namespace}/shop") as load:
         apply(namespace, with_prompt(manifest, FLUENT_WRONG_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
