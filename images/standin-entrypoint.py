@@ -15,8 +15,11 @@ from inferstack.standin.main import main
 
 RENAMED = {"--served-model-name": "--served-model"}
 KEPT = {"--port", "--latency-ms", "--ttft-ms", "--tokens-per-second", "--fail-rate", "--max-num-seqs"}
+# Stand-in switches kept as they are: with --judge the pod is a judge stand-in, so a
+# judge InferenceStack (an LLMJudge's `stack`) runs on a cluster without GPUs too.
+KEPT_SWITCHES = {"--judge", "--judge-position-bias"}
 # vLLM flags that take no value: never swallow the next flag as their value.
-SWITCHES = {"--enable-prefix-caching", "--no-enable-prefix-caching", "--trust-remote-code", "--enforce-eager"}
+SWITCHES = {"--enable-prefix-caching", "--no-enable-prefix-caching", "--trust-remote-code", "--enforce-eager", *KEPT_SWITCHES}
 
 
 def translate(argv: list[str]) -> list[str]:
@@ -30,7 +33,9 @@ def translate(argv: list[str]) -> list[str]:
         if takes_value:
             value = argv[i + 1]
         flag = RENAMED.get(flag, flag)
-        if flag in KEPT or flag in RENAMED.values():
+        if flag in KEPT_SWITCHES:
+            out.append(flag)
+        elif flag in KEPT or flag in RENAMED.values():
             out += [flag, value]
         i += 2 if takes_value else 1
     return out
