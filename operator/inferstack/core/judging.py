@@ -115,7 +115,7 @@ def conversation(body: Mapping[str, Any]) -> str:
         text = "\n".join(lines)
     else:
         prompt = body.get("prompt")
-        text = prompt if isinstance(prompt, str) else json.dumps(prompt)[:MAX_CONVERSATION_CHARS]
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt)
     return text[-MAX_CONVERSATION_CHARS:]
 
 
