@@ -56,7 +56,7 @@ def e2e_cluster() -> None:
         pytest.exit(f"refusing to run e2e against kube context {context!r}; only {EXPECTED_CONTEXT!r} (make cluster-up)", returncode=4)
     # The CRD under test is the one in this checkout.
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/inferencestacks.inferstack.dev", "--timeout=30s")
+    kubectl("wait", "--for=condition=Established", "crd/inferencestacks.inferstack.dev", "crd/trafficplans.inferstack.dev", "--timeout=30s")
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

@@ -63,7 +63,7 @@ def test_pause_resume_promote_full_and_undo_through_the_plugin(namespace, operat
     istack("-n", namespace, "undo", "cmd", "--to", first)
     st = wait_until("undone", lambda: (s := status(namespace)).get("stableRevision") == first and s)
     assert st.get("candidateRevision") is None and st["traffic"]["candidateWeight"] == 0
-    plan = json.loads(kget("configmap", "cmd-traffic", namespace)["data"]["plan.json"])
+    plan = kget("trafficplan", "cmd-traffic", namespace)["spec"]
     assert plan["stable"]["revision"] == first and plan.get("candidate") is None
     history = istack("-n", namespace, "history", "cmd")
     assert first in history and cand in history

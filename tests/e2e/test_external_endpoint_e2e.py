@@ -1,6 +1,6 @@
 """A hosted model: no GPU Deployment, and the endpoint's token comes from a Secret.
 
-The token is never written to the traffic plan (a ConfigMap); the router
+The token is never written to the traffic plan (a TrafficPlan); the router
 reads the Secret named in the plan and sends the token upstream.
 """
 
@@ -56,9 +56,9 @@ def test_hosted_model_gets_its_token_from_a_secret(namespace, operator, tmp_path
         kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/hosted", "--timeout=60s")
         assert json.loads(kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"] == []
 
-        plan_text = kget("configmap", "hosted-traffic", namespace)["data"]["plan.json"]
-        assert TOKEN not in plan_text, "a token must never be written into a ConfigMap"
-        assert json.loads(plan_text)["stable"]["apiKeySecretRef"] == {"name": "llm-key", "key": "api-key"}
+        plan = kget("trafficplan", "hosted-traffic", namespace)
+        assert TOKEN not in json.dumps(plan), "a token must never be written into a plan"
+        assert plan["spec"]["stable"]["apiKeySecretRef"] == {"name": "llm-key", "key": "api-key"}
 
         router_url = f"http://127.0.0.1:{router_port}"
         _, body = wait_until("an answer through the router", lambda: (r := ask(router_url, f"{namespace}/hosted"))[0] == 200 and r, timeout=30)

@@ -135,7 +135,7 @@ def test_b_worse_only_on_billing_is_rolled_back_then_f_gitops_revert_is_healthy(
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=30s")
     st = status(namespace, "shop")
     assert st["stableRevision"] == stable and st.get("candidateRevision") is None
-    current = json.loads(kget("configmap", "shop-traffic", namespace)["data"]["plan.json"])
+    current = kget("trafficplan", "shop-traffic", namespace)["spec"]
     assert current["serial"] == serial_before and current.get("candidate") is None
 
 

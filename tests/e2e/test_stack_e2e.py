@@ -76,7 +76,7 @@ def test_embedding_change_needs_a_new_index_version(namespace):
 
 def owned(namespace: str, stack: str) -> dict[str, list[dict]]:
     out = {}
-    for kind in ("deployments", "services", "controllerrevisions", "configmaps"):
+    for kind in ("deployments", "services", "controllerrevisions", "configmaps", "trafficplans"):
         items = json.loads(kubectl("get", kind, "-n", namespace, "-l", f"inferstack.dev/stack={stack}", "-o", "json").stdout)["items"]
         out[kind] = items
     return out
@@ -98,11 +98,12 @@ def test_example_becomes_ready_and_a_change_makes_exactly_one_revision(namespace
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
     name = manifest["metadata"]["name"]
 
-    # the three objects of the first revision; the only ConfigMap is the traffic plan
+    # the three objects of the first revision; no ConfigMap, and the only TrafficPlan is the stack's own
     revision_kinds = ("deployments", "services", "controllerrevisions")
     objs = wait_until("the first revision's objects", lambda: (o := owned(namespace, name)) and all(o[k] for k in revision_kinds) and o, timeout=60)
     assert len(objs["deployments"]) == len(objs["services"]) == len(objs["controllerrevisions"]) == 1
-    assert [c["metadata"]["name"] for c in objs["configmaps"]] in ([], [f"{name}-traffic"])
+    assert objs["configmaps"] == []
+    assert [p["metadata"]["name"] for p in objs["trafficplans"]] in ([], [f"{name}-traffic"])
     dep = objs["deployments"][0]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"

@@ -68,10 +68,14 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
 class TrustedPlans:
     """Turns TrafficPlans, InferenceStacks and old plan ConfigMaps into store changes; runs on the loop thread.
 
-    A plan is obeyed only while :func:`refusal` accepts it against the live
-    stacks; a plan that stops being accepted (its stack deleted, or created
-    again with a new UID) is withdrawn at once. Until the first list of stacks
-    has arrived nothing is decided, so a start-up race ignores nothing.
+    A plan is obeyed only when :func:`refusal` accepts it against the live
+    stacks. A new version that is refused (its owner removed or changed) is
+    ignored and the last good plan of that object stays in force, as for a
+    plan that does not parse: the operator rewrites its plan at its next pass.
+    The plan in force is withdrawn only when the stack it was accepted for is
+    gone (deleted, or created again with a new UID) or the object is deleted.
+    Until the first list of stacks has arrived nothing is decided, so a
+    start-up race ignores nothing.
 
     Ignored objects are counted once per object version and reason, and logged
     once per object and reason, with no contents. The two reasons that depend
@@ -98,8 +102,8 @@ class TrustedPlans:
         self.stacks: dict[Key, str] = {}  # live InferenceStacks: (namespace, name) -> uid
         self.stacks_listed = False
         self.objects: dict[Key, PlanObject] = {}  # TrafficPlans seen, by (namespace, object name)
-        # TrafficPlans whose plan is in the store -> (its plan key, the owner UID it was accepted with)
-        self.in_force: dict[Key, tuple[str, str]] = {}
+        # TrafficPlans whose plan is in the store -> (its plan key, its stack, the stack UID it was accepted for)
+        self.in_force: dict[Key, tuple[str, str, str]] = {}
         self._configmaps: set[Key] = set()
         self._counted: set[tuple[str, str, str]] = set()
         self._logged: set[tuple[str, str, str]] = set()
@@ -122,7 +126,7 @@ class TrustedPlans:
 
     def _decide_stack(self, namespace: str, name: str) -> None:
         for key, obj in list(self.objects.items()):
-            if key[0] == namespace and obj.stack == name:
+            if key[0] == namespace and (obj.stack == name or self.in_force.get(key, ("", "", ""))[1] == name):
                 self._decide(key)
 
     # ------------------------------------------------------------- plans
@@ -166,7 +170,8 @@ class TrustedPlans:
         live = self.stacks.get((key[0], obj.stack)) if isinstance(obj.stack, str) else None
         reason = refusal(obj.meta, obj.stack, obj.namespace, live)
         if reason is not None:
-            self._withdraw(key)
+            if (held := self.in_force.get(key)) is not None and self.stacks.get((key[0], held[1])) != held[2]:
+                self._withdraw(key)  # the stack that plan was accepted for is gone
             if reason in LIVE_REASONS:
                 version = obj.meta.get("resourceVersion", "")
                 self._later(self.confirm_after, lambda: self._confirm(key, version, reason))
@@ -176,11 +181,11 @@ class TrustedPlans:
         if obj.plan is None:
             return  # accepted, but it never parsed: nothing to serve from it
         owner = live or ""
-        if self.in_force.get(key, (obj.plan.key, owner))[1] != owner:
+        if self.in_force.get(key, ("", "", owner))[2] != owner:
             # The stack was created again: its plans start a new serial sequence.
-            self.store.remove(obj.plan.key)
+            self._withdraw(key)
         if self.store.apply(obj.plan):
-            self.in_force[key] = (obj.plan.key, owner)
+            self.in_force[key] = (obj.plan.key, obj.plan.stack, owner)
 
     def _confirm(self, key: Key, version: str, reason: Ignored) -> None:
         obj = self.objects.get(key)
