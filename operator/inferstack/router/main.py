@@ -91,20 +91,28 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
         stream_write_timeout=args.stream_write_timeout,
         feedback_keys=keys_from(args.feedback_key_file),
         feedback_seen_limit=args.feedback_seen_limit,
+        auth=args.auth,
+        trusted_proxy_cidrs=tuple(c.strip() for c in args.trusted_proxy_cidrs.split(",") if c.strip()),
+        trusted_proxy_tenant_header=args.trusted_proxy_tenant_header.strip(),
+        max_keys_per_namespace=args.max_keys_per_namespace,
     )
 
 
 def sources_from(args: argparse.Namespace, metrics: RouterMetrics) -> list[PlanSource]:
     if args.plan_file:
-        auth=args.auth,
-        trusted_proxy_cidrs=tuple(c.strip() for c in args.trusted_proxy_cidrs.split(",") if c.strip()),
-        trusted_proxy_tenant_header=args.trusted_proxy_tenant_header.strip(),
-        max_keys_per_namespace=args.max_keys_per_namespace,
         return [FilePlanSource(args.plan_file, metrics, interval=args.plan_poll_interval)]
     from inferstack.router.kubesource import KubePlanSource  # the kubernetes client is slow to import
 
     return [KubePlanSource(metrics, namespace=args.namespace, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster,
                            legacy_configmaps=args.count_legacy_plans)]
+
+
+def key_sources_from(args: argparse.Namespace, auth: Authenticator) -> list[KeySource]:
+    if auth.mode != "api-keys":
+        return []
+    if args.api_key_file:
+        return [FileKeySource(args.api_key_file, auth.keys, interval=args.plan_poll_interval)]
+    return [KubeKeySource(auth.keys, namespace=args.namespace, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster)]
 
 
 def main(argv: list[str] | None = None) -> None:
