@@ -42,8 +42,11 @@ from inferstack.router.plansource import PlanError, PlanStore, parse_plan
 log = logging.getLogger(__name__)
 
 # Ask for PartialObjectMetadata: the router needs stacks' UIDs and ConfigMaps'
-# names, not their contents. Plain JSON after the comma if a server cannot.
-METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+# names, not their contents. Plain JSON after the comma if a server cannot. A
+# list is a PartialObjectMetadataList; a watch must ask for the item type (the
+# API server sends an empty stream to a watch that asks for the list type).
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+METADATA_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 REMEMBERED = 4096  # objects remembered as logged/counted; then forgotten (at worst logged again)
 
 Key = tuple[str, str]  # (namespace, name)
@@ -232,7 +235,7 @@ class TrustedPlans:
             log.warning("ignoring %s %s/%s (%s): %s", kind, key[0], key[1], reason.value, EXPLAIN[reason])
 
 
-def default_api(kubeconfig: str | None, in_cluster: bool) -> client.ApiClient:
+def default_api_client(kubeconfig: str | None, in_cluster: bool) -> client.ApiClient:
     cfg = client.Configuration()
     if in_cluster or (kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST")):
         config.load_incluster_config(client_configuration=cfg)
@@ -241,28 +244,36 @@ def default_api(kubeconfig: str | None, in_cluster: bool) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
+def default_api(kubeconfig: str | None, in_cluster: bool) -> client.CoreV1Api:
+    """The core API alone (the key Secrets' source uses it)."""
+    return client.CoreV1Api(default_api_client(kubeconfig, in_cluster))
+
+
 # The list calls, one resource each. The bound method itself, never a wrapper:
 # Watch reads its signature to learn what it returns.
 
 
-def stacks_call(api: client.ApiClient, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def stacks_call(api: client.ApiClient, namespace: str | None, watching: bool) -> Call:
     custom = client.CustomObjectsApi(api)
-    headers = {"_headers": {"Accept": METADATA_ONLY}}
+    headers = {"_headers": {"Accept": METADATA_WATCH if watching else METADATA_LIST}}
     if namespace:
         return custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLURAL), headers
     return custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL), headers
 
 
-def plans_call(api: client.ApiClient, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+def plans_call(api: client.ApiClient, namespace: str | None, watching: bool) -> Call:
     custom = client.CustomObjectsApi(api)
     if namespace:
         return custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, PLAN_PLURAL), {}
     return custom.list_cluster_custom_object, (GROUP, VERSION, PLAN_PLURAL), {}
 
 
-def configmaps_call(api: client.ApiClient, namespace: str | None) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+def configmaps_call(api: client.ApiClient, namespace: str | None, watching: bool) -> Call:
     core = client.CoreV1Api(api)
-    kwargs = {"label_selector": PLAN_LABEL, "_headers": {"Accept": METADATA_ONLY}}
+    kwargs = {"label_selector": PLAN_LABEL, "_headers": {"Accept": METADATA_WATCH if watching else METADATA_LIST}}
     if namespace:
         return core.list_namespaced_config_map, (namespace,), kwargs
     return core.list_config_map_for_all_namespaces, (), kwargs
@@ -273,7 +284,7 @@ class Feed:
     """One resource to list and watch, and where its changes go on the loop thread."""
 
     name: str
-    call: Callable[[client.ApiClient, str | None], tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+    call: Callable[[client.ApiClient, str | None, bool], Call]  # (api, namespace, watching)
     replace: Callable[[list[dict[str, Any]]], None]
     upsert: Callable[[dict[str, Any]], None]
     delete: Callable[[str, str], None]
@@ -297,7 +308,7 @@ class KubePlanSource:
         self.metrics = metrics
         self.namespace = namespace
         self.legacy_configmaps = legacy_configmaps
-        self._api_factory = api_factory or (lambda: default_api(kubeconfig, in_cluster))
+        self._api_factory = api_factory or (lambda: default_api_client(kubeconfig, in_cluster))
         self.watch_timeout = watch_timeout
         self.backoff_min, self.backoff_max = backoff
         self.confirm_after = confirm_after
@@ -376,7 +387,7 @@ class KubePlanSource:
                 delay = min(delay * 2, self.backoff_max)
 
     def _list(self, api: client.ApiClient, feed: Feed) -> str:
-        fn, args, kwargs = feed.call(api, self.namespace)
+        fn, args, kwargs = feed.call(api, self.namespace, False)
         resp = fn(*args, **kwargs, _request_timeout=30, _preload_content=False)
         body = json.loads(resp.data)
         items = [feed.prepare(api, obj) for obj in body.get("items") or []]
@@ -386,7 +397,7 @@ class KubePlanSource:
     def _watch_from(self, api: client.ApiClient, feed: Feed, resource_version: str) -> str:
         w = watch.Watch()
         self._watches.append(w)
-        fn, args, kwargs = feed.call(api, self.namespace)
+        fn, args, kwargs = feed.call(api, self.namespace, True)
         try:
             # timeout_seconds makes the server end the watch cleanly and the client
             # raise 410 itself instead of retrying silently; _request_timeout bounds

@@ -53,7 +53,7 @@ class Resource:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.history: list[tuple[int, str, dict[str, Any]]] = []
         self.lists = 0
-        self.accepts: list[str] = []
+        self.accepts: list[tuple[bool, str]] = []  # (a watch?, Accept)
 
     async def put(self, namespace: str, name: str, **fields: Any) -> dict[str, Any]:
         self.api.rv += 1
@@ -86,7 +86,7 @@ class Resource:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         api = self.api
-        self.accepts.append(request.headers.get("Accept", ""))
+        self.accepts.append((request.query.get("watch", "").lower() in ("true", "1"), request.headers.get("Accept", "")))
         if api.down:
             return web.json_response({"kind": "Status", "code": 503, "message": "down"}, status=503)
         namespace = request.match_info.get("ns")
@@ -221,10 +221,12 @@ async def test_watch_applies_updates_and_ignores_older_serials(running) -> None:
     assert serial(store) == 3
 
 
-async def test_stacks_are_watched_as_metadata_only(running) -> None:
+async def test_stacks_and_configmaps_are_listed_and_watched_as_metadata_only(running) -> None:
     kube, _, _ = running
-    assert kube.stacks.accepts and all("as=PartialObjectMetadataList" in a for a in kube.stacks.accepts)
-    assert kube.configmaps.accepts and all("as=PartialObjectMetadataList" in a for a in kube.configmaps.accepts)
+    for resource in (kube.stacks, kube.configmaps):
+        await until(lambda r=resource: {watching for watching, _ in r.accepts} == {False, True})
+        for watching, accept in resource.accepts:
+            assert accept.startswith("application/json;as=PartialObjectMetadata" + ("" if watching else "List") + ";")
 
 
 async def test_malformed_plan_is_rejected_whole_and_last_good_kept(running) -> None:
