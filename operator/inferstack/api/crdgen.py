@@ -224,6 +224,7 @@ def build_plan_crd() -> dict[str, Any]:
     for bundle in ("stable", "candidate"):
         del spec["properties"][bundle]["properties"]["apiKey"]
     del spec["properties"]["evaluation"]["properties"]["judgeApiKeys"]
+    spec["properties"]["evaluation"].get("default", {}).pop("judgeApiKeys", None)
     spec["description"] = "Where the stack's requests go; written by the operator only."
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
