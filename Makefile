@@ -20,12 +20,14 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create the virtualenv and install the project with dev tools
 
 ##@ Development
-manifests: install ## Generate the CRDs in crds/ (and the chart's copies) from the pydantic API types
+manifests: install ## Generate the CRDs in crds/ (and the chart's copies) from the pydantic API types, and the chart's Grafana dashboard
 	$(PY) -m inferstack.api.crdgen
+	$(PY) -m inferstack.dashboard
 	cp crds/inferstack.dev_inferencestacks.yaml crds/inferstack.dev_trafficplans.yaml charts/inferstack/crds/
 
-check-manifests: install ## Fail when crds/ differs from the API types
+check-manifests: install ## Fail when crds/ differs from the API types, or the chart's dashboard from inferstack.dashboard
 	$(PY) -m inferstack.api.crdgen --check
+	$(PY) -m inferstack.dashboard --check
 
 lint: install ## ruff, mypy and the import-layer contract
 	$(VENV)/bin/ruff check operator tests bench e2e

@@ -453,6 +453,7 @@ def test_helm_render_defaults():
         "ClusterRole/demo-inferstack-view",
         "ClusterRoleBinding/demo-inferstack-operator",
         "ClusterRoleBinding/demo-inferstack-router",
+        "ConfigMap/demo-inferstack-dashboard",
         "ConfigMap/demo-inferstack-operator-config",
         "Deployment/demo-inferstack-operator",
         "Deployment/demo-inferstack-router",
@@ -487,6 +488,17 @@ def test_helm_render_defaults():
         "ClusterRole",
     )
     assert sorted(operator_needs() - rules) == []
+
+
+@needs_helm
+def test_helm_render_grafana_dashboard():
+    """The generated dashboard, byte for byte, in a ConfigMap Grafana's sidecar picks up; off when disabled."""
+    docs = render("metrics.grafanaDashboard.annotations.grafana_folder=LLM")
+    dashboard = next(d for d in docs if d["metadata"]["name"] == "demo-inferstack-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    assert dashboard["data"]["inferstack.json"] + "\n" == (CHART / "dashboards" / "inferstack.json").read_text()
+    assert not [d for d in render("metrics.grafanaDashboard.enabled=false") if d["metadata"]["name"] == "demo-inferstack-dashboard"]
 
 
 @needs_helm
