@@ -63,12 +63,17 @@ def test_the_crd_keeps_tool_schemas_and_has_no_token_fields() -> None:
 
 def test_plans_seen_trusts_only_the_stacks_own_plan_and_serials_only_grow() -> None:
     key = ("team-a", "hosted")
-    own = PlanSeen("hosted-traffic", "p1", "uid-1", 7, '{"serial": 7}')
+    own = PlanSeen("hosted-traffic", "p1", "uid-1", 7, '{"serial": 7}', "41")
     seen = plans_seen(key, "uid-1", {key: [own]}, {})
     assert seen.current_json == '{"serial": 7}' and seen.floor_serial == 7 and seen.legacy == ()
-    # Left by a deleted stack of the same name: rewritten, its serial carried on.
+    assert seen.replace_version is None  # only the operator wrote it: server-side apply
+    # Left by a deleted stack of the same name: rewritten whole, its serial carried on.
     seen = plans_seen(key, "uid-2", {key: [own]}, {})
-    assert seen.current_json is None and seen.floor_serial == 7
+    assert seen.current_json is None and seen.floor_serial == 7 and seen.replace_version == "41"
+    # Someone else wrote to it (a field apply would leave theirs in place): replaced whole.
+    touched = PlanSeen("hosted-traffic", "p1", "uid-1", 9, '{"serial": 9}', "42", foreign=True)
+    seen = plans_seen(key, "uid-1", {key: [touched]}, {})
+    assert seen.current_json == '{"serial": 9}' and seen.replace_version == "42"
     # An older release's ConfigMap of this stack: deleted later; its serial is the floor.
     legacy = PlanSeen("hosted-traffic", "cm1", "uid-1", 41)
     foreign = PlanSeen("hosted-traffic", "cm2", "uid-0", 99)  # not this stack's: never deleted by us

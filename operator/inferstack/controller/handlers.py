@@ -31,7 +31,7 @@ from inferstack import GROUP, PLURAL, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec, TrafficProvider
 from inferstack.controller import metrics
 from inferstack.controller.golden import JobSeen, golden_analysis
-from inferstack.controller.kube import Kube, api_problem
+from inferstack.controller.kube import FIELD_MANAGER, Kube, api_problem
 from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import golden, objects
 from inferstack.core.config import OperatorConfig
@@ -112,6 +112,8 @@ class PlanSeen:
     owner_uid: str | None  # the controlling InferenceStack's UID
     serial: int
     spec_json: str | None = None  # TrafficPlans only
+    resource_version: str = ""
+    foreign: bool = False  # a field manager other than the operator wrote to it
 
 
 def _serial(plan: dict[str, Any] | None) -> int:
@@ -124,7 +126,9 @@ def _serial(plan: dict[str, Any] | None) -> int:
 @kopf.index(GROUP, VERSION, PLAN_PLURAL)
 def plan_index(namespace, name, body, spec, **_):
     meta = body["metadata"]
-    return {(namespace, spec.get("stack")): PlanSeen(name, meta.get("uid", ""), controller_uid(meta), _serial(spec), json.dumps(dict(spec)))}
+    foreign = any(m.get("manager") != FIELD_MANAGER for m in meta.get("managedFields") or [])
+    seen = PlanSeen(name, meta.get("uid", ""), controller_uid(meta), _serial(spec), json.dumps(dict(spec)), meta.get("resourceVersion", ""), foreign)
+    return {(namespace, spec.get("stack")): seen}
 
 
 @kopf.index("", "v1", "configmaps", labels={PLAN_LABEL: "true", **OWNED})
@@ -156,6 +160,7 @@ class PlansSeen:
     current_json: str | None
     floor_serial: int
     legacy: tuple[PlanSeen, ...]
+    replace_version: str | None = None  # resourceVersion of a plan object someone else wrote to: replace it whole
 
 
 def plans_seen(key: tuple[str, str], uid: str, plan_index, legacy_plan_index) -> PlansSeen:
@@ -166,7 +171,8 @@ def plans_seen(key: tuple[str, str], uid: str, plan_index, legacy_plan_index) ->
     # the same name is rewritten (and re-owned) at once, its serial carried on.
     legacy = tuple(p for p in legacy_plan_index.get(key, []) if p.name == name and p.owner_uid == uid)
     floor = max((p.serial for p in (*plans, *legacy)), default=0)
-    return PlansSeen(own.spec_json if own else None, floor, legacy)
+    touched = next((p.resource_version for p in plans if p.owner_uid != uid or p.foreign), None)
+    return PlansSeen(own.spec_json if own else None, floor, legacy, touched)
 
 
 def observe(key: tuple[str, str], deployment_index, revision_index, plans: PlansSeen) -> tuple[Observed, dict[str, dict]]:
@@ -353,7 +359,10 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     try:
         written = False
         if (plan := desired_plan(meta, spec, decision, parts, observed.plan_json, plans.floor_serial)) is not None:
-            await kube.write_plan(build_traffic_plan(body, plan))
+            if plans.replace_version:
+                await kube.replace_plan(build_traffic_plan(body, plan), plans.replace_version)
+            else:
+                await kube.write_plan(build_traffic_plan(body, plan))
             written = True
         if plans.legacy and (written or observed.plan_json is not None):
             # Only once the TrafficPlan exists, so a router never finds no plan.

@@ -150,6 +150,21 @@ class Kube:
             field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
         )  # fmt: skip
 
+    async def replace_plan(self, manifest: dict[str, Any], resource_version: str) -> None:
+        """One write that makes the whole TrafficPlan the operator's again: spec, labels and owner.
+
+        For a plan someone else wrote to: server-side apply would leave the
+        fields another manager set (a forged apiKeySecretRef, say), and the
+        plan would never again equal the one wanted. A conflict (409) is
+        retried by the next pass, with the object as it is then.
+        """
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        API_WRITES.labels(ns, "TrafficPlan", "replace").inc()
+        body = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": resource_version}}
+        await self._call(
+            self.custom.replace_namespaced_custom_object, GROUP, VERSION, ns, PLAN_PLURAL, name, body, field_manager=FIELD_MANAGER
+        )
+
     async def delete_legacy_plan(self, namespace: str, name: str, uid: str) -> None:
         """Delete a plan ConfigMap of an older release; the uid precondition deletes exactly the one we saw."""
         API_WRITES.labels(namespace, "ConfigMap", "delete").inc()

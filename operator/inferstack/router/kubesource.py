@@ -36,7 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.core.trafficplan import PLAN_LABEL, PLAN_PLURAL, TrafficPlan
 from inferstack.router.metrics import RouterMetrics
-from inferstack.router.planowner import EXPLAIN, LIVE_REASONS, Ignored, refusal, structural_refusal
+from inferstack.router.planowner import EXPLAIN, LIVE_REASONS, Ignored, controller, refusal, structural_refusal
 from inferstack.router.plansource import PlanError, PlanStore, parse_plan
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,13 @@ class TrustedPlans:
 
     Ignored objects are counted once per object version and reason, and logged
     once per object and reason, with no contents. The two reasons that depend
-    on the stacks' watch (``stack_missing``, ``uid_mismatch``) are counted only
-    when they still hold ``confirm_after`` seconds later: the plan of a stack
-    just created may arrive before the stack does, and must not raise an alarm.
+    on the stacks' watch (``stack_missing``, ``uid_mismatch``) are decided for
+    that version again ``confirm_after`` seconds later, against the stacks as
+    they are then, and counted only if it would still be refused and its owner
+    UID was never a UID of that stack: the plan of a stack just created may
+    arrive before the stack does, and the plan of a stack just deleted (or
+    created again) is garbage the collector removes; neither is an alarm. A
+    forged version is counted even when the operator rewrote it meanwhile.
 
     A TrafficPlan whose spec does not parse or validate is rejected whole
     (``plan_errors_total``) and the last good plan from it stays in force.
@@ -104,6 +108,7 @@ class TrustedPlans:
         self._later = later or (lambda delay, fn: asyncio.get_running_loop().call_later(delay, fn))
         self.stacks: dict[Key, str] = {}  # live InferenceStacks: (namespace, name) -> uid
         self.stacks_listed = False
+        self.past_uids: dict[Key, set[str]] = {}  # every UID seen for a stack name: its plans' leftovers are no forgery
         self.objects: dict[Key, PlanObject] = {}  # TrafficPlans seen, by (namespace, object name)
         # TrafficPlans whose plan is in the store -> (its plan key, its stack, the stack UID it was accepted for)
         self.in_force: dict[Key, tuple[str, str, str]] = {}
@@ -115,7 +120,15 @@ class TrustedPlans:
 
     def stack_upsert(self, namespace: str, name: str, uid: str) -> None:
         self.stacks[(namespace, name)] = uid
+        self._remember(namespace, name, uid)
         self._decide_stack(namespace, name)
+
+    def _remember(self, namespace: str, name: str, uid: str) -> None:
+        if len(self.past_uids) >= REMEMBERED:
+            self.past_uids.clear()  # at worst a leftover plan is counted once
+        uids = self.past_uids.setdefault((namespace, name), set())
+        if len(uids) < 16:
+            uids.add(uid)
 
     def stack_delete(self, namespace: str, name: str) -> None:
         self.stacks.pop((namespace, name), None)
@@ -123,6 +136,8 @@ class TrustedPlans:
 
     def stacks_replace(self, items: list[tuple[str, str, str]]) -> None:
         self.stacks = {(ns, name): uid for ns, name, uid in items}
+        for ns, name, uid in items:
+            self._remember(ns, name, uid)
         self.stacks_listed = True
         for key in list(self.objects):
             self._decide(key)
@@ -176,8 +191,7 @@ class TrustedPlans:
             if (held := self.in_force.get(key)) is not None and self.stacks.get((key[0], held[1])) != held[2]:
                 self._withdraw(key)  # the stack that plan was accepted for is gone
             if reason in LIVE_REASONS:
-                version = obj.meta.get("resourceVersion", "")
-                self._later(self.confirm_after, lambda: self._confirm(key, version, reason))
+                self._later(self.confirm_after, lambda: self._confirm(key, obj, reason))
             else:
                 self._ignored("TrafficPlan", key, obj.meta, reason)
             return
@@ -190,13 +204,14 @@ class TrustedPlans:
         if self.store.apply(obj.plan):
             self.in_force[key] = (obj.plan.key, obj.plan.stack, owner)
 
-    def _confirm(self, key: Key, version: str, reason: Ignored) -> None:
-        obj = self.objects.get(key)
-        if obj is None or obj.meta.get("resourceVersion", "") != version:
-            return  # deleted or changed meanwhile: that version is decided again
-        live = self.stacks.get((key[0], obj.stack)) if isinstance(obj.stack, str) else None
-        if refusal(obj.meta, obj.stack, obj.namespace, live) == reason:
-            self._ignored("TrafficPlan", key, obj.meta, reason)
+    def _confirm(self, key: Key, version: PlanObject, reason: Ignored) -> None:
+        live = self.stacks.get((key[0], version.stack)) if isinstance(version.stack, str) else None
+        if refusal(version.meta, version.stack, version.namespace, live) not in LIVE_REASONS:
+            return  # its stack has arrived: it was a race, not a forgery
+        ref = controller(version.meta) or {}
+        if ref.get("uid") in self.past_uids.get((key[0], str(version.stack)), set()):
+            return  # the plan of a stack since deleted or created again: garbage, not a forgery
+        self._ignored("TrafficPlan", key, version.meta, reason)
 
     def _withdraw(self, key: Key) -> None:
         if (held := self.in_force.pop(key, None)) is not None:
