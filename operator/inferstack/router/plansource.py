@@ -40,13 +40,20 @@ def parse_plan(text: str | bytes) -> TrafficPlan:
     try:
         plan = TrafficPlan.model_validate_json(text)
     except ValidationError as exc:
-        raise PlanError(str(exc)) from exc
+        raise PlanError(validation_summary(exc)) from None
     for bundle in filter(None, (plan.stable, plan.candidate)):
         if bundle.api_key_secret_ref is not None and not bundle.api_key:
             # Serving without the token would turn every request into a 401.
             ref = bundle.api_key_secret_ref
             raise PlanError(f"revision {bundle.revision}: token from Secret {ref.name} key {ref.key} could not be read")
     return plan
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """Where and what kind of error, never the input: a plan's ``input_value`` can hold an endpoint token."""
+    where = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(plan)'}: {e['type']}" for e in exc.errors()[:10])
+    more = exc.error_count() - 10
+    return f"{exc.error_count()} validation error(s): {where}" + (f"; and {more} more" if more > 0 else "")
 
 
 class UnknownModel(LookupError):

@@ -88,8 +88,22 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A chat request's messages, or None for a completions request; like vLLM, odd extra fields are ignored."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    return [m for m in messages if isinstance(m, dict)]
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return " ".join(map(str, prompt)) if isinstance(prompt, list) else ""
 
 
 def find_fixture(question: str) -> Fixture | None:
@@ -115,14 +129,13 @@ def answer(system_prompt: str, question: str) -> str:
 
 def answer_request(body: dict[str, Any]) -> str:
     """Answer a chat or completions request body; JSON mode wraps the answer in an object."""
-    if "messages" in body:
-        messages = body.get("messages") or []
+    messages = _messages(body)
+    if messages is not None:
         system = "\n".join(content_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer"))
         users = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
         text = answer(system, users[-1] if users else "")
     else:
-        prompt = body.get("prompt", "")
-        text = answer("", prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
+        text = answer("", _prompt_text(body.get("prompt")))
     fmt = body.get("response_format") or {}
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         return json.dumps({"answer": text})
@@ -135,10 +148,10 @@ def count_tokens(text: str) -> int:
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
-    if "messages" in body:
-        return sum(count_tokens(content_text(m.get("content"))) + 4 for m in body.get("messages") or [])
-    prompt = body.get("prompt", "")
-    return count_tokens(prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
+    messages = _messages(body)
+    if messages is not None:
+        return sum(count_tokens(content_text(m.get("content"))) + 4 for m in messages)
+    return count_tokens(_prompt_text(body.get("prompt")))
 
 
 def split_tokens(text: str) -> list[str]:
