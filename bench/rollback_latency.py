@@ -91,11 +91,10 @@ def status(ns: str) -> dict:
     return json.loads(kubectl("get", "istack", "rb", "-n", ns, "-o", "json")).get("status", {})
 
 
-def served_by(router: str, model: str, user: str) -> str:
+def served_by(router: str, model: str, user: str, key: str) -> str:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 8}).encode()
-    req = urllib.request.Request(
-        f"{router}/v1/chat/completions", data=body, headers={"Content-Type": "application/json", "x-user-id": user}
-    )
+    headers = {"Content-Type": "application/json", "x-user-id": user, "Authorization": f"Bearer {key}"}
+    req = urllib.request.Request(f"{router}/v1/chat/completions", data=body, headers=headers)
     with urllib.request.urlopen(req, timeout=5) as r:
         r.read()
         return r.headers["x-inferstack-revision"]
@@ -113,14 +112,15 @@ def one_run(ns: str, dp: DataPlane, gate: GateMetric, i: int, interval: str) -> 
     cand = wait_for("candidate", lambda: status(ns).get("candidateRevision"), timeout=60)
     gate.values[cand] = 0.0
     user = canary_user(cand, 50)
-    wait_for("canary traffic at the router", lambda: served_by(dp.router_url, model, user) == cand, timeout=60, interval=0.1)
+    key = dp.key_for(ns)
+    wait_for("canary traffic at the router", lambda: served_by(dp.router_url, model, user, key) == cand, timeout=60, interval=0.1)
     query = f'max(inferstack_bench_gate{{revision="{cand}"}})'
     wait_for("Prometheus has the passing value", lambda: (r := prometheus_query(query)) and r[0]["value"][1] == "0", timeout=30)
 
     switched: dict[str, float] = {}
 
     def watch_router() -> None:
-        while served_by(dp.router_url, model, user) == cand:
+        while served_by(dp.router_url, model, user, key) == cand:
             time.sleep(0.02)
         switched["t"] = time.monotonic()
 

@@ -1,8 +1,9 @@
 """Router overhead: the same load against a stand-in directly and through the router.
 
 Starts a stand-in (stable), a second stand-in (shadow target) and a router as
-subprocesses on loopback, then for each mode (direct; through the router; the
-router running four declared rule-check evaluators on every answer; the same
+subprocesses on loopback, then for each mode (direct; through the router,
+with ``--auth none``; through a second router that checks an API key on every
+request, ``+auth``, as every production router does; the router running four declared rule-check evaluators on every answer; the same
 plus a rubric LLM judge on 10 % of answers, served by a judge stand-in
 (``inferstack-standin --judge``); the router mirroring every request to a
 shadow) drives (a) a fixed open-loop rate
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+
+from inferstack.core.apikeys import generate_key, key_digest
 
 QUESTION = {"role": "user", "content": "Where is my parcel?"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -101,12 +104,13 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, str
     return time.perf_counter() - started
 
 
-async def fixed_rate(url: str, body: bytes, stream: bool, rate: float, duration: float) -> tuple[list[float], int, float]:
+async def fixed_rate(url: str, body: bytes, stream: bool, rate: float, duration: float,
+                     headers: dict[str, str] | None = None) -> tuple[list[float], int, float]:
     """Open loop: request i starts at i/rate whatever happened before (no coordinated omission)."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=512)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         async def fire() -> None:
             nonlocal errors
             latency = await one_request(session, url, body, stream)
@@ -128,11 +132,12 @@ async def fixed_rate(url: str, body: bytes, stream: bool, rate: float, duration:
     return latencies, errors, elapsed
 
 
-async def max_throughput(url: str, body: bytes, stream: bool, concurrency: int, duration: float) -> tuple[list[float], int, float]:
+async def max_throughput(url: str, body: bytes, stream: bool, concurrency: int, duration: float,
+                         headers: dict[str, str] | None = None) -> tuple[list[float], int, float]:
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         deadline = time.perf_counter() + duration
 
         async def worker() -> None:
@@ -244,8 +249,14 @@ def main() -> None:
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    ports = {name: free_port() for name in ("stable", "shadow", "judge", "router")}
+    ports = {name: free_port() for name in ("stable", "shadow", "judge", "router", "router-metrics", "auth", "auth-metrics")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    # The "+auth" rows go to a second router that checks an API key on every request
+    # (--auth api-keys, the default); the other rows' router runs with --auth none.
+    key = generate_key()
+    keys_path = work / "keys.json"
+    keys_path.write_text(json.dumps([{"namespace": "bench", "name": "bench", "sha256": key_digest(key).hex(),
+                                      "tenant": "bench", "stacks": "*"}]))  # fmt: skip
     plan_path = work / "plan.json"
     write_plan(plan_path, urls["stable"], urls["shadow"], shadow=False, serial=1)
     procs = [
@@ -256,16 +267,21 @@ def main() -> None:
         spawn(["inferstack.standin.main", "--judge", "--port", str(ports["judge"]), "--served-model", "judge",
                "--max-num-seqs", "4096"], work / "judge.log"),
     ]
-    router = spawn(["inferstack.router.main", "--host", "127.0.0.1", "--port", str(ports["router"]),
-                    "--plan-file", str(plan_path), "--plan-poll-interval", "0.1", "--log-level", "WARNING",
-                    "--shadow-queue-limit", "256"], work / "router.log")
-    procs.append(router)
+    routers = {
+        name: spawn(["inferstack.router.main", "--host", "127.0.0.1", "--port", str(ports[name]),
+                     "--metrics-port", str(ports[f"{name}-metrics"]), *auth,
+                     "--plan-file", str(plan_path), "--plan-poll-interval", "0.1", "--log-level", "ERROR",
+                     "--shadow-queue-limit", "256"], work / f"{name}.log")
+        for name, auth in (("router", ["--auth", "none"]), ("auth", ["--auth", "api-keys", "--api-key-file", str(keys_path)]))
+    }  # fmt: skip
+    procs.extend(routers.values())
     try:
         wait_http(urls["stable"] + "/health")
         wait_http(urls["shadow"] + "/health")
         wait_http(urls["judge"] + "/health")
-        wait_http(urls["router"] + "/readyz")
-        results = run_all(args, urls, plan_path, router.pid)
+        wait_http(urls["router-metrics"] + "/readyz")
+        wait_http(urls["auth-metrics"] + "/readyz")
+        results = run_all(args, urls, plan_path, {name: r.pid for name, r in routers.items()}, key)
     finally:
         for proc in procs:
             proc.terminate()
@@ -274,46 +290,50 @@ def main() -> None:
     print_table(results, args)
 
 
-def run_all(args: argparse.Namespace, urls: dict[str, str], plan_path: Path, router_pid: int) -> list[Result]:
+def run_all(args: argparse.Namespace, urls: dict[str, str], plan_path: Path, pids: dict[str, int], key: str) -> list[Result]:
     results: list[Result] = []
     serial = 1
     loads = [("rate", f"{args.rate:g}/s")] + ([] if args.skip_max else [("max", f"max c={args.concurrency}")])
     for stream in (False, True):
         for target, shadow, evaluators, judged in (
-            ("direct", False, False, False), ("router", False, False, False), ("router", False, True, False),
-            ("router", False, True, True), ("router", True, False, False),
+            ("direct", False, False, False), ("router", False, False, False), ("auth", False, False, False),
+            ("router", False, True, False), ("router", False, True, True), ("router", True, False, False),
         ):
             serial += 1
             write_plan(plan_path, urls["stable"], urls["shadow"], shadow=shadow, serial=serial, evaluators=evaluators,
                        judge_url=urls["judge"] if judged else None)
-            wait_serial(urls["router"], serial)
-            base = urls["stable"] if target == "direct" else urls["router"]
+            wait_serial(urls["router-metrics"], serial)
+            wait_serial(urls["auth-metrics"], serial)
+            base = urls["stable"] if target == "direct" else urls[target]
             model = "model-a" if target == "direct" else "bench"
             body = json.dumps({"model": model, "messages": [QUESTION], "stream": stream}).encode()
-            mode = f"{target} {'stream' if stream else 'non-stream'}" + (" shadow" if shadow else "") + (
+            headers = {"Authorization": f"Bearer {key}"} if target == "auth" else None
+            router_pid = pids.get(target)
+            mode = f"{'router' if target == 'auth' else target} {'stream' if stream else 'non-stream'}" + (
+                " +auth" if target == "auth" else "") + (" shadow" if shadow else "") + (
                 " +4 rule checks" if evaluators else ""
             ) + (f" +judging {JUDGE_RATE:.0%}" if judged else "")
             for kind, label in loads:
                 # Warm-up: connections, code paths, metric series.
-                asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream, 4, 0.5))
+                asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream, 4, 0.5, headers))
                 if judged:
-                    wait_judged(urls["router"])  # the warm-up's judge calls are not this row's
-                judge_before = judge_counts(urls["router"]) if judged else None
-                cpu_before = cpu_seconds(router_pid)
+                    wait_judged(urls["router-metrics"])  # the warm-up's judge calls are not this row's
+                judge_before = judge_counts(urls["router-metrics"]) if judged else None
+                cpu_before = cpu_seconds(router_pid) if router_pid else 0.0
                 if kind == "rate":
                     lat, err, elapsed = asyncio.run(fixed_rate(base + "/v1/chat/completions", body, stream, args.rate,
-                                                               args.duration))
+                                                               args.duration, headers))
                 else:
                     lat, err, elapsed = asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream,
-                                                                   args.concurrency, args.duration))
+                                                                   args.concurrency, args.duration, headers))
                 if judge_before is not None:
                     # The judge's calls finish off the request path: wait for the queue to drain so
                     # their CPU is counted in this row, then count what was judged, dropped or failed.
-                    wait_judged(urls["router"])
-                cpu = cpu_seconds(router_pid) - cpu_before if target == "router" else None
+                    wait_judged(urls["router-metrics"])
+                cpu = cpu_seconds(router_pid) - cpu_before if router_pid else None
                 result = Result(mode, label, lat, err, elapsed, cpu)
                 if judge_before is not None:
-                    after = judge_counts(urls["router"])
+                    after = judge_counts(urls["router-metrics"])
                     result.judge = {k: after[k] - judge_before[k] for k in after}
                 results.append(result)
                 print(f"  done: {mode:28} {label:12} {result.rps:8.0f} req/s, {err} errors", file=sys.stderr, flush=True)

@@ -144,6 +144,28 @@ def prometheus_query(query: str) -> list[dict]:
         return json.loads(r.read())["data"]["result"]
 
 
+_KEYS: dict[str, str] = {}  # namespace -> the API key made for it by create_api_key
+
+
+def create_api_key(namespace: str, name: str = "e2e-client", tenant: str = "e2e", stacks: str = "*") -> str:
+    """A new API key of ``tenant`` for ``stacks`` of ``namespace``: its Secret (hash only) is applied, the key returned."""
+    from inferstack.core.apikeys import generate_key, key_secret
+
+    key = generate_key()
+    kubectl("apply", "-f", "-", input=json.dumps(key_secret(name, namespace, key, tenant, stacks)))
+    return key
+
+
+def key_accepted(router_url: str, key: str) -> bool:
+    """Whether the router knows ``key`` (its watch has seen the Secret)."""
+    request = urllib.request.Request(f"{router_url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 @dataclass
 class DataPlane:
     """Stand-in + router (+ operator) for one namespace, with Prometheus scraping them."""
@@ -154,6 +176,7 @@ class DataPlane:
     resync_seconds: float = 1.0
     standin_port: int = field(default_factory=free_port)
     router_port: int = field(default_factory=free_port)
+    router_metrics_port: int = field(default_factory=free_port)  # /metrics, /healthz, /readyz: not the clients' port
     operator_metrics_port: int = field(default_factory=free_port)
     judge: bool = False  # also run a judge stand-in at judge_url
     judge_position_bias: bool = False  # the judge says [[A]] where it should say [[C]]
@@ -164,6 +187,17 @@ class DataPlane:
     @property
     def router_url(self) -> str:
         return f"http://127.0.0.1:{self.router_port}"
+
+    @property
+    def router_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_metrics_port}"
+
+    def key_for(self, namespace: str) -> str:
+        """An API key for every stack of ``namespace`` (made once per namespace, in a key Secret,
+        as a user would), returned once this router accepts it."""
+        key = _KEYS.get(namespace) or _KEYS.setdefault(namespace, create_api_key(namespace))
+        wait_for(f"the router to accept the API key of {namespace}", lambda: key_accepted(self.router_url, key), timeout=30)
+        return key
 
     @property
     def judge_url(self) -> str:
@@ -201,12 +235,13 @@ class DataPlane:
         self.procs["router"] = Proc(
             "router",
             [str(VENV_BIN / "inferstack-router"), "--host", "127.0.0.1", "--port", str(self.router_port),
+             "--metrics-port", str(self.router_metrics_port), "--auth", "api-keys",
              "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), "--count-legacy-plans", *ns_args],
-            self.log_dir, f"{self.router_url}/healthz",
+            self.log_dir, f"{self.router_metrics_url}/healthz",
         ).start()  # fmt: skip
         judge_target = [f"127.0.0.1:{self.judge_port}"] if self.judge else []
         scrape_targets(
-            f"dataplane-{self.router_port}", [f"127.0.0.1:{self.router_port}", f"127.0.0.1:{self.standin_port}", *judge_target]
+            f"dataplane-{self.router_port}", [f"127.0.0.1:{self.router_metrics_port}", f"127.0.0.1:{self.standin_port}", *judge_target]
         )
         if operator:
             self.start_operator()
@@ -226,8 +261,9 @@ class DataPlane:
 
     def serves(self, key: str) -> bool:
         """Whether the router has the plan of stack ``key`` (namespace/name): a stack can be Ready a moment before."""
+        auth = {"Authorization": f"Bearer {self.key_for(key.partition('/')[0])}"}
         try:
-            with urllib.request.urlopen(f"{self.router_url}/v1/models", timeout=2) as r:
+            with urllib.request.urlopen(urllib.request.Request(f"{self.router_url}/v1/models", headers=auth), timeout=2) as r:
                 return any(m.get("root") == key for m in json.loads(r.read())["data"])
         except OSError:
             return False
@@ -279,8 +315,9 @@ class Load:
     Failures are counted, never raised: tests assert on them.
     """
 
-    def __init__(self, router_url: str, stack: str, rate: float = 40, users: int = 400, seed: int = 7) -> None:
+    def __init__(self, router_url: str, stack: str, rate: float = 40, users: int = 400, seed: int = 7, *, api_key: str) -> None:
         self.router_url, self.stack, self.rate, self.users = router_url, stack, rate, users
+        self.auth = {"Authorization": f"Bearer {api_key}"}
         self.result = LoadResult()
         self._stop = threading.Event()
         self._rng = random.Random(seed)
@@ -297,7 +334,7 @@ class Load:
     def _request(self) -> tuple[dict[str, str], dict[str, Any]]:
         slice_ = self._rng.choices(list(SLICE_WEIGHTS), weights=list(SLICE_WEIGHTS.values()))[0]
         question = self._rng.choice(SLICE_QUESTIONS[slice_])
-        headers = {"x-user-id": f"user-{self._rng.randrange(self.users)}", "x-inferstack-slice": slice_, "x-tenant-id": "acme"}
+        headers = {**self.auth, "x-user-id": f"user-{self._rng.randrange(self.users)}", "x-inferstack-slice": slice_}
         body = {"model": self.stack, "messages": [{"role": "user", "content": question}], "max_tokens": 64}
         return headers, body
 

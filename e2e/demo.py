@@ -463,7 +463,9 @@ def main() -> int:
               f"-20% vs stable), p95-latency (<= {LATENCY_MAX_SECONDS:g}s) and {JUDGE_GATE_NAME} (a pairwise LLM "
               "judge on shadow pairs, per slice, margin 0.2)", flush=True)  # fmt: skip
         plans = PlanRecorder(namespace, STACK).__enter__()
-        load = Load(dp.router_url, f"{namespace}/{STACK}").__enter__()
+        # The demo's clients call the router like a real user: with an API key of the namespace
+        # (kubectl istack key create makes one the same way: a Secret holding only its hash).
+        load = Load(dp.router_url, f"{namespace}/{STACK}", api_key=dp.key_for(namespace)).__enter__()
         print("   load: 40 req/s from 400 users; slices billing 4%, shipping 36%, general 60%", flush=True)
         wait_for("the first answers", lambda: counts(load)[0].total() > 0, timeout=10)
 

@@ -50,7 +50,7 @@ def test_a_candidate_refusing_billing_is_rolled_back_in_shadow_with_its_interval
     gate = {"name": "quality", "evaluator": "no-refusal", "margin": 0.1, "minSamples": 5}
     manifest = stack(GOOD_PROMPT, gate)
     stable = deploy(namespace, manifest)
-    with Load(dataplane.router_url, f"{namespace}/shop") as load:
+    with Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, BAD_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
         st = wait_until("rollback", lambda: (s := status(namespace)).get("phase") == "Degraded" and s, timeout=120)
@@ -83,7 +83,7 @@ def test_an_identical_candidate_is_promoted_without_a_false_rollback(dataplane, 
     manifest = stack(GOOD_PROMPT, gate)
     deploy(namespace, manifest)
     seen: list[dict] = []
-    with Load(dataplane.router_url, f"{namespace}/shop") as load:
+    with Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, BETTER_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
 

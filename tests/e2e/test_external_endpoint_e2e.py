@@ -13,14 +13,15 @@ import urllib.request
 
 from conftest import REPO, kget, kubectl, wait_until
 
-from dataplane import Proc, free_port
+from dataplane import Proc, create_api_key, free_port
 
 TOKEN = "s3cret-token"
 
 
-def ask(router: str, model: str) -> tuple[int, dict]:
+def ask(router: str, model: str, key: str) -> tuple[int, dict]:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Who are you?"}]}).encode()
-    req = urllib.request.Request(f"{router}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    req = urllib.request.Request(f"{router}/v1/chat/completions", data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -30,15 +31,15 @@ def ask(router: str, model: str) -> tuple[int, dict]:
 
 def test_hosted_model_gets_its_token_from_a_secret(namespace, operator, tmp_path):
     bin_ = REPO / ".venv" / "bin"
-    upstream_port, router_port = free_port(), free_port()
+    upstream_port, router_port, metrics_port = free_port(), free_port(), free_port()
     upstream = Proc(
         "hosted", [str(bin_ / "inferstack-standin"), "--port", str(upstream_port), "--served-model", "hosted-model", "--api-key", TOKEN],
         tmp_path, f"http://127.0.0.1:{upstream_port}/health",
     ).start()  # fmt: skip
     router = Proc(
         "router", [str(bin_ / "inferstack-router"), "--host", "127.0.0.1", "--port", str(router_port),
-                   "--kubeconfig", os.environ["KUBECONFIG"], "--namespace", namespace],
-        tmp_path, f"http://127.0.0.1:{router_port}/healthz",
+                   "--metrics-port", str(metrics_port), "--kubeconfig", os.environ["KUBECONFIG"], "--namespace", namespace],
+        tmp_path, f"http://127.0.0.1:{metrics_port}/healthz",
     ).start()  # fmt: skip
     try:
         kubectl("create", "secret", "generic", "llm-key", "-n", namespace, f"--from-literal=api-key={TOKEN}")
@@ -61,7 +62,8 @@ def test_hosted_model_gets_its_token_from_a_secret(namespace, operator, tmp_path
         assert plan["spec"]["stable"]["apiKeySecretRef"] == {"name": "llm-key", "key": "api-key"}
 
         router_url = f"http://127.0.0.1:{router_port}"
-        _, body = wait_until("an answer through the router", lambda: (r := ask(router_url, f"{namespace}/hosted"))[0] == 200 and r, timeout=30)
+        key = create_api_key(namespace)
+        _, body = wait_until("an answer through the router", lambda: (r := ask(router_url, f"{namespace}/hosted", key))[0] == 200 and r, timeout=30)
         assert body["choices"][0]["message"]["content"]
         # and the upstream really checks the token: without it, 401
         req = urllib.request.Request(

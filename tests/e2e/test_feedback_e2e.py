@@ -30,8 +30,8 @@ Vote = Callable[[str, str], Any]  # (revision that answered, slice) -> the value
 class FeedbackLoad(Load):
     """The Load's users, each also posting feedback on every answer they get."""
 
-    def __init__(self, router_url: str, stack: str, vote: Vote) -> None:
-        super().__init__(router_url, stack)
+    def __init__(self, router_url: str, stack: str, vote: Vote, *, api_key: str) -> None:
+        super().__init__(router_url, stack, api_key=api_key)
         self.vote = vote
         self.feedback: Counter = Counter()  # HTTP status of each feedback post
 
@@ -47,7 +47,7 @@ class FeedbackLoad(Load):
                 revision, response_id = resp.headers["x-inferstack-revision"], resp.headers["x-inferstack-response-id"]
             self.result.by_revision[revision] += 1
             value = self.vote(revision, headers["x-inferstack-slice"])
-            async with session.post(f"{self.router_url}/v1/feedback", json={"response_id": response_id, "value": value}) as fb:
+            async with session.post(f"{self.router_url}/v1/feedback", json={"response_id": response_id, "value": value}, headers=self.auth) as fb:
                 await fb.read()
                 self.feedback[fb.status] += 1
         except Exception as e:  # counted, the test decides
@@ -88,7 +88,7 @@ def test_thumbs_down_from_canary_users_rolls_the_candidate_back(dataplane, names
     stable = deploy(namespace, manifest)
     # Users like the answers they know and dislike the new ones.
     vote: Vote = lambda revision, _slice: "up" if revision == stable else "down"  # noqa: E731
-    with FeedbackLoad(dataplane.router_url, f"{namespace}/shop", vote) as load:
+    with FeedbackLoad(dataplane.router_url, f"{namespace}/shop", vote, api_key=dataplane.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, BETTER_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
         st = wait_until("rollback", lambda: (s := status(namespace)).get("phase") == "Degraded" and s, timeout=120)
@@ -103,7 +103,7 @@ def test_thumbs_down_from_canary_users_rolls_the_candidate_back(dataplane, names
     assert load.result.failed == 0, load.result.errors
     # ... and every feedback post was recorded: no duplicates, forgeries or expired ids here.
     assert set(load.feedback) == {200}, load.feedback
-    assert feedback_recorded(dataplane.router_url, namespace) == sum(load.feedback.values())
+    assert feedback_recorded(dataplane.router_metrics_url, namespace) == sum(load.feedback.values())
 
 
 def test_an_identical_candidate_with_equal_feedback_is_promoted(dataplane, namespace):
@@ -114,7 +114,7 @@ def test_an_identical_candidate_with_equal_feedback_is_promoted(dataplane, names
     deploy(namespace, manifest)
     vote: Vote = lambda _revision, slice_: slice_ != "billing"  # noqa: E731
     seen: list[dict] = []
-    with FeedbackLoad(dataplane.router_url, f"{namespace}/shop", vote) as load:
+    with FeedbackLoad(dataplane.router_url, f"{namespace}/shop", vote, api_key=dataplane.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, BETTER_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
 

@@ -65,7 +65,7 @@ def deploy(dp, namespace: str, manifest: dict) -> str:
 def test_a_fluent_wrong_candidate_is_rolled_back_by_the_pairwise_judge_in_shadow(judged, namespace):
     manifest = stack(judged.judge_url, [copy.deepcopy(RULE_GATE), copy.deepcopy(PAIRWISE_GATE)])
     stable = deploy(judged, namespace, manifest)
-    with Load(judged.router_url, f"{namespace}/shop") as load:
+    with Load(judged.router_url, f"{namespace}/shop", api_key=judged.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, FLUENT_WRONG_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
         st = wait_until("rollback", lambda: (s := status(namespace)).get("phase") == "Degraded" and s, timeout=180)
@@ -83,7 +83,7 @@ def test_a_fluent_wrong_candidate_is_rolled_back_by_the_pairwise_judge_in_shadow
     assert load.result.failed == 0, load.result.errors
     assert load.result.by_revision[cand] == 0
     # the judge was really called, in both orders, and the router counted the pairs
-    metrics = scrape(f"{judged.router_url}/metrics")
+    metrics = scrape(f"{judged.router_metrics_url}/metrics")
     pairs = sum(v for (name, labels), v in metrics.items() if name == "inferstack_eval_pairs_total" and ("revision", cand) in labels)
     losses = sum(
         v for (name, labels), v in metrics.items() if name == "inferstack_eval_pair_losses_total" and ("slice", "billing") in labels
@@ -96,7 +96,7 @@ def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judg
     deploy(judged, namespace, manifest)
     judged.stop_judge()
     try:
-        with Load(judged.router_url, f"{namespace}/shop") as load:
+        with Load(judged.router_url, f"{namespace}/shop", api_key=judged.key_for(namespace)) as load:
             apply(namespace, with_prompt(manifest, GOOD_PROMPT + " Be kind."))
             cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
 
@@ -105,7 +105,7 @@ def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judg
                 assert s.get("phase") != "Degraded", s.get("message")
                 assert s.get("stableRevision") != cand, "promoted without a judge"
                 errors = sum(
-                    v for (name, labels), v in scrape(f"{judged.router_url}/metrics").items()
+                    v for (name, labels), v in scrape(f"{judged.router_metrics_url}/metrics").items()
                     if name == "inferstack_eval_errors_total" and ("evaluator", "preferred") in labels
                 )  # fmt: skip
                 gates = s.get("gates") or []
@@ -132,7 +132,7 @@ def test_the_judge_down_holds_the_step_inconclusive_and_it_resumes_when_the_judg
 def test_the_operator_killed_while_the_judge_decides_resumes_and_rolls_back_once(judged, namespace):
     manifest = stack(judged.judge_url, [copy.deepcopy(PAIRWISE_GATE)])
     stable = deploy(judged, namespace, manifest)
-    with Load(judged.router_url, f"{namespace}/shop") as load:
+    with Load(judged.router_url, f"{namespace}/shop", api_key=judged.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, FLUENT_WRONG_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace).get("candidateRevision"))
 

@@ -45,21 +45,22 @@ def deploy_stable(dp: DataPlane, namespace: str, manifest: dict) -> str:
     name = manifest["metadata"]["name"]
     kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
     # the router has the plan once it answers for the stack
-    wait_until("router serves the stack", lambda: name in _router_models(dp), timeout=30)
+    wait_until("router serves the stack", lambda: name in _router_models(dp, namespace), timeout=30)
     return status(namespace, name)["stableRevision"]
 
 
-def _router_models(dp: DataPlane) -> list[str]:
+def _router_models(dp: DataPlane, namespace: str) -> list[str]:
     import urllib.request
 
-    with urllib.request.urlopen(f"{dp.router_url}/v1/models", timeout=2) as r:
+    request = urllib.request.Request(f"{dp.router_url}/v1/models", headers={"Authorization": f"Bearer {dp.key_for(namespace)}"})
+    with urllib.request.urlopen(request, timeout=2) as r:
         return [m["id"].split("/")[-1] for m in json.loads(r.read())["data"]]
 
 
 def test_a_good_candidate_goes_shadow_canary_ramp_and_is_promoted(dataplane, namespace):
     manifest = stack("shop", GOOD_PROMPT)
     stable = deploy_stable(dataplane, namespace, manifest)
-    with PlanRecorder(namespace, "shop") as plans, Load(dataplane.router_url, f"{namespace}/shop") as load:
+    with PlanRecorder(namespace, "shop") as plans, Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, BETTER_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
         seen_verdicts: list[list[dict]] = []
@@ -110,7 +111,7 @@ def test_a_good_candidate_goes_shadow_canary_ramp_and_is_promoted(dataplane, nam
 def test_b_worse_only_on_billing_is_rolled_back_then_f_gitops_revert_is_healthy(dataplane, namespace):
     manifest = stack("shop", GOOD_PROMPT)
     stable = deploy_stable(dataplane, namespace, manifest)
-    with PlanRecorder(namespace, "shop") as plans, Load(dataplane.router_url, f"{namespace}/shop") as load:
+    with PlanRecorder(namespace, "shop") as plans, Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)) as load:
         apply(namespace, with_prompt(manifest, BAD_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
         st = wait_until("rollback", lambda: (s := status(namespace, "shop")).get("phase") == "Degraded" and s, timeout=120)
@@ -142,7 +143,7 @@ def test_b_worse_only_on_billing_is_rolled_back_then_f_gitops_revert_is_healthy(
 def test_c_prometheus_down_holds_the_step_and_the_rollout_completes_after(dataplane, namespace):
     manifest = stack("shop", GOOD_PROMPT)
     deploy_stable(dataplane, namespace, manifest)
-    with Load(dataplane.router_url, f"{namespace}/shop"):
+    with Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)):
         apply(namespace, with_prompt(manifest, BETTER_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
         wait_until("canary 25%", lambda: status(namespace, "shop").get("traffic", {}).get("candidateWeight") == 25, timeout=60)
@@ -185,7 +186,7 @@ def test_e_operator_killed_at_20_random_moments_ends_every_rollout_correctly(dat
     operator = dataplane.procs["operator"]
     kills = 0
     expected = EXPECTED_STEPS
-    with Load(dataplane.router_url, f"{namespace}/shop") as load:
+    with Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)) as load:
         rounds = [(f"{BETTER_PROMPT} r{i}", True) if i % 3 != 1 else (f"{BAD_PROMPT} r{i}", False) for i in range(8)]
         for prompt, good in rounds:
             if kills >= 20:

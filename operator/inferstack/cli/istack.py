@@ -96,7 +96,7 @@ class Client:
         return [self._plain(r) for r in items]
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
-        self.core.create_namespaced_secret(namespace, body)
+        self.core.create_namespaced_secret(namespace, body)  # type: ignore[arg-type]  # the client sends dicts as they are
 
     def patch_stack(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         result = self.custom.patch_namespaced_custom_object(
