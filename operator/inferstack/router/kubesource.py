@@ -36,7 +36,14 @@ from kubernetes.client.exceptions import ApiException
 from inferstack import GROUP, PLURAL, VERSION
 from inferstack.core.trafficplan import PLAN_LABEL, PLAN_PLURAL, TrafficPlan
 from inferstack.router.metrics import RouterMetrics
-from inferstack.router.planowner import EXPLAIN, LIVE_REASONS, Ignored, controller, refusal, structural_refusal
+from inferstack.router.planowner import (
+    EXPLAIN,
+    LIVE_REASONS,
+    Ignored,
+    controller,
+    refusal,
+    structural_refusal,
+)
 from inferstack.router.plansource import PlanError, PlanStore, parse_plan
 
 log = logging.getLogger(__name__)
