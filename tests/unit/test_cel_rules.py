@@ -82,6 +82,8 @@ PLACES = {
     "Evaluator": ".spec.evaluation.evaluators[]",
     "LLMJudge": ".spec.evaluation.evaluators[].judge",
     "EvaluationSpec": ".spec.evaluation",
+    "Webhook": ".spec.notifications.webhooks[]",
+    "NotificationsSpec": ".spec.notifications",
     "InferenceStackSpec": ".spec",
 }
 

@@ -345,9 +345,12 @@ def test_operator_clusterrole_covers_the_brief_and_no_secrets():
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
     } <= rules
-    assert not any(resource == "secrets" for _, resource, _ in rules), (
-        "prompts and tools come from ConfigMaps"
-    )
+    # Prompts and tools come from ConfigMaps; the only Secret read is a notification webhook's
+    # URL or token, and only with operator.rbac.notificationSecrets (off by default).
+    assert {(g, r, v) for g, r, v in rules if r == "secrets"} == {("", "secrets", "get")}
+    text = (TEMPLATES / "operator-rbac.yaml").read_text()
+    assert re.search(r"if \.Values\.operator\.rbac\.notificationSecrets \}\}\n(  #.*\n)+  - apiGroups: \[\"\"\]\n    resources: \[secrets\]\n    verbs: \[get\]\n  \{\{- end \}\}", text)
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["rbac"]["notificationSecrets"] is False
     assert not any(verb in ("*", "deletecollection", "escalate", "bind") for _, _, verb in rules)
     # Plans are TrafficPlans now: the operator writes no ConfigMap, it only deletes its old plan ConfigMaps.
     assert not {("", "configmaps", "create"), ("", "configmaps", "patch")} & rules
@@ -487,7 +490,10 @@ def test_helm_render_defaults():
         [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("operator")],
         "ClusterRole",
     )
-    assert sorted(operator_needs() - rules) == []
+    assert sorted(operator_needs() - {("", "secrets", "get")} - rules) == []
+    assert not any(r == "secrets" for _, r, _ in rules), "notification Secrets are opt-in"
+    opted = render("operator.rbac.notificationSecrets=true")
+    assert ("", "secrets", "get") in granted([d for d in opted if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("operator")], "ClusterRole")
 
 
 @needs_helm

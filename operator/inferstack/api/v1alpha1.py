@@ -924,6 +924,57 @@ class TrafficSpec(Model):
 # ---------------------------------------------------------------------- spec
 
 
+class NotificationEvent(StrEnum):
+    PROMOTED = "Promoted"  # a candidate became stable
+    ROLLED_BACK = "RolledBack"  # a gate failed failureLimit analyses, or abort
+    AWAITING_PROMOTION = "AwaitingPromotion"  # a pause step without duration began: a human must promote
+    STUCK = "Stuck"  # pods missed progressDeadline (a candidate's: rolled back; the first revision's: Failed)
+
+
+class Webhook(Model):
+    """A URL the operator POSTs the stack's notifications to (JSON with a Slack-compatible ``text``)."""
+
+    name: str = Field(..., max_length=63, pattern=DNS_LABEL_PATTERN, description="Names the webhook in logs and metrics (the URL never is).")
+    url: str | None = Field(None, pattern=URL_PATTERN, max_length=2048, description="The URL, when it holds no secret.")
+    url_secret_ref: SecretKeyRef | None = Field(
+        None, description="Read the whole URL from this Secret of the stack's namespace (a Slack incoming webhook's URL is its token)."
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Send this Secret key of the stack's namespace as Authorization: Bearer."
+    )
+    events: list[NotificationEvent] = Field(default_factory=list, max_length=4, description="Only these events (empty: all).")
+
+    cel_rules = (
+        Rule(
+            "has(self.url) != has(self.urlSecretRef)",
+            "spec.notifications.webhooks[]: set exactly one of url and urlSecretRef",
+            lambda w: (w.url is None) != (w.url_secret_ref is None),
+        ),
+    )
+
+
+class NotificationsSpec(Model):
+    """Webhooks for this stack's promotions, rollbacks, pauses awaiting a human and stuck rollouts.
+
+    Not part of the revision: editing them starts no rollout. The operator's
+    configuration can add cluster-wide webhooks.
+    """
+
+    webhooks: list[Webhook] = Field(
+        default_factory=list,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    cel_rules = (
+        Rule(
+            None,  # the list-type map makes the API server refuse a repeated name
+            "spec.notifications.webhooks names must be unique",
+            lambda n: len({w.name for w in n.webhooks}) == len(n.webhooks),
+        ),
+    )
+
+
 class InferenceStackSpec(Model):
     model: ModelSpec
     prompt: PromptSpec
@@ -938,6 +989,7 @@ class InferenceStackSpec(Model):
     )
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
 
     cel_rules = (
         Rule(

@@ -32,10 +32,12 @@ from inferstack.api.v1alpha1 import InferenceStackSpec, TrafficProvider
 from inferstack.controller import metrics
 from inferstack.controller.golden import JobSeen, golden_analysis
 from inferstack.controller.kube import FIELD_MANAGER, Kube, api_problem
+from inferstack.controller.notify import Notifier
 from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import golden, objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.gateway import build_httproute
+from inferstack.core.notifications import notifications, targets
 from inferstack.core.promql import query_errors
 from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile, status_patch
 from inferstack.core.revision import ResolvedRefs, UnresolvedReference, compute_revision
@@ -67,6 +69,7 @@ class Runtime:
     config: OperatorConfig = OperatorConfig()
     prometheus: PrometheusClient | None = None
     loops: dict[tuple[str, str], StackLoop] = {}
+    notifier: Notifier | None = None
 
 
 def poke(namespace: str | None, stack: str | None) -> None:
@@ -355,6 +358,7 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
     except ApiException as e:
         # Nowhere to show it on the stack (its status is what was refused): one log line, backoff.
         return PassResult(problem=api_problem(e, "writing the status"))
+    notify(body, spec, decision, observed, revision.hash, actions.status, now)
     step = "writing the traffic plan"
     try:
         written = False
@@ -378,12 +382,30 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
         return PassResult(decision.requeue_after, patched, api_problem(e, step))
     post_events(body, actions.events, emitted)
     metrics.CANDIDATE_WEIGHT.labels(*key).set(decision.traffic.candidate_weight)
+    metrics.export_verdicts(*key, decision.state.candidate or decision.state.rolled_back, decision.state.verdicts)
     if actions.status is not None:  # counted once: the pass that recorded it
         if decision.rollback is not None:
             metrics.ROLLBACKS.labels(*key, decision.rollback.cause).inc()
         if decision.promoted is not None:
             metrics.PROMOTIONS.labels(*key).inc()
     return PassResult(decision.requeue_after, patched, problem)
+
+
+def notify(body, spec, decision: Decision, observed: Observed, revision: str, recorded: dict[str, Any] | None, now: datetime) -> None:
+    """Queue the notifications of a decision this pass's status write recorded (never waits).
+
+    Only the pass that recorded it: a later pass decides from that status, in
+    which the promotion or rollback already happened (core/notifications.py).
+    """
+    if recorded is None or Runtime.notifier is None:
+        return
+    meta = body["metadata"]
+    first = observed.deployments.get(revision)
+    stuck = decision.state.stable is None and first is not None and first.deadline_exceeded and recorded.get("phase") == "Failed"
+    before = RolloutState.from_status(body.get("status"))
+    found = notifications(meta["namespace"], meta["name"], spec, before, decision, now, first_revision_stuck=revision if stuck else None)
+    for n in found:
+        Runtime.notifier.submit(n, targets(n.namespace, n.kind, spec.notifications.webhooks, Runtime.config.notifications.webhooks))
 
 
 async def write_status(kube: Kube, body: dict[str, Any], patch: dict[str, Any] | None, problem: Problem | None) -> dict[str, Any] | None:
@@ -417,6 +439,7 @@ class StackLoop:
         self.indexes = indexes
         self.wake = asyncio.Event()
         self.emitted: set[str] = set()
+        metrics.track_stack(*key)
         self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}")
 
     async def run(self) -> None:
@@ -488,6 +511,7 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
         if loop:
             loop.stop()
             del Runtime.loops[key]
+            metrics.forget_stack(*key)
         return
     snapshot = copy.deepcopy(dict(body))
     if loop is None:
@@ -503,3 +527,5 @@ async def stop_loops(**_):
         loop.stop()
     await asyncio.gather(*(loop.task for loop in Runtime.loops.values()), return_exceptions=True)
     Runtime.loops.clear()
+    if Runtime.notifier is not None:
+        await Runtime.notifier.close()

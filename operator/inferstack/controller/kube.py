@@ -7,6 +7,7 @@ Every call is idempotent: create tolerates "already exists", delete tolerates
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from typing import Any
@@ -71,6 +72,17 @@ class Kube:
                 return None
             raise
         return (cm.data or {}).get(key)
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        """A notification webhook's URL or token; None when the Secret or key is missing. Never logged."""
+        try:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode() if raw is not None else None
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         """Create if missing; True when this call created it."""

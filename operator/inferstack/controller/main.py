@@ -13,6 +13,7 @@ import yaml
 from inferstack import GROUP
 from inferstack.controller import handlers, kopf_fixes
 from inferstack.controller.kube import Kube, load_config
+from inferstack.controller.notify import Notifier
 from inferstack.core.config import OperatorConfig
 
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         config = config.model_copy(update={"resync_seconds": args.resync_seconds})
     handlers.Runtime.config = config
     handlers.Runtime.kube = Kube(load_config(args.kubeconfig, args.context))
+    handlers.Runtime.notifier = Notifier(config.notifications, handlers.Runtime.kube)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_host)
     kopf_fixes.install()  # before kopf starts its orchestration

@@ -70,3 +70,10 @@ def export_verdicts(namespace: str, stack: str, revision: str | None, verdicts: 
 def forget_stack(namespace: str, stack: str) -> None:
     """A deleted stack: its gate series go (its counters stay, as counters do)."""
     export_verdicts(namespace, stack, None, ())
+
+NOTIFICATIONS = Counter("inferstack_operator_notifications_total", "Webhook deliveries by notification kind and result (delivered, retried)", ["kind", "result"])
+NOTIFICATIONS_DROPPED = Counter(
+    "inferstack_operator_notifications_dropped_total",
+    "Webhook deliveries given up: queue_full, attempts (retries exhausted), undeliverable (4xx, Secret key missing)",
+    ["reason"],
+)

@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from inferstack.api.v1alpha1 import NotificationEvent
 
 
 class _Model(BaseModel):
@@ -56,6 +58,43 @@ class GoldenJobConfig(_Model):
     )
 
 
+class SecretRef(_Model):
+    """A key of a Secret; cluster-wide webhooks name its namespace."""
+
+    namespace: str = Field(..., min_length=1)
+    name: str = Field(..., min_length=1)
+    key: str = Field(..., min_length=1)
+
+
+class WebhookConfig(_Model):
+    """A cluster-wide webhook: every stack's notifications go there too (core/notifications.py)."""
+
+    name: str = Field(..., min_length=1, max_length=63)
+    url: str | None = None
+    url_secret_ref: SecretRef | None = None
+    token_secret_ref: SecretRef | None = None
+    events: list[NotificationEvent] = Field(default_factory=list)  # empty: all
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_secret_ref is None):
+            raise ValueError(f"notifications.webhooks {self.name}: set exactly one of url and urlSecretRef")
+        return self
+
+
+class NotificationsConfig(_Model):
+    """Delivery of notifications: never on the reconcile path (controller/notify.py)."""
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    # Deliveries waiting; past it a new one is dropped and counted, never waited for.
+    queue_size: int = Field(1000, ge=1)
+    max_attempts: int = Field(6, ge=1)
+    # Backoff between attempts doubles from the first to the max.
+    backoff_seconds: float = Field(1.0, gt=0)
+    max_backoff_seconds: float = Field(60.0, gt=0)
+    timeout_seconds: float = Field(5.0, gt=0)
+
+
 class OperatorConfig(_Model):
     pools: dict[str, PoolConfig] = Field(default_factory=default_pools)
     # How the router reaches a revision. Inside a cluster this is the
@@ -77,6 +116,7 @@ class OperatorConfig(_Model):
     # 15 s scrapes; the local test rig scrapes every second and uses 4 s.
     min_analysis_window_seconds: float = Field(60.0, gt=0)
     golden_job: GoldenJobConfig = Field(default_factory=GoldenJobConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     @property
     def min_analysis_window(self) -> timedelta:
