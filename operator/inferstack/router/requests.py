@@ -158,55 +158,77 @@ def _string_list(param: str, value: Any, most: int) -> None:
         _expect(f"{param}[{i}]", item, type(item) is str, "a string")
 
 
+def _bool(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _expect(name, value, type(value) is bool, "a boolean")
+
+
+def _object(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _expect(name, value, type(value) is dict, "an object")
+
+
+def _string(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _expect(name, value, type(value) is str, "a string")
+
+
+def _tokens(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _int_in(name, value, 1, limits.max_output_tokens)
+
+
+def _choices(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _int_in(name, value, 1, limits.max_n)
+
+
+def _penalty(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _number_in(name, value, -2, 2)
+
+
+def _seed(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _expect(name, value, _is_int(value), "an integer")
+
+
+def _stop(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    if type(value) is not str:
+        _string_list(name, value, limits.max_stop)
+
+
+def _tools(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _expect(name, value, type(value) is list, "an array of objects")
+    if len(value) > limits.max_tools:
+        raise _refuse(name, f"`{name}` may have at most {limits.max_tools} items")
+    for i, tool in enumerate(value):
+        _expect(f"{name}[{i}]", tool, type(tool) is dict, "an object")
+
+
+def _tool_choice(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    _expect(name, value, type(value) is str or type(value) is dict, "a string or an object")
+
+
+def _logprobs(name: str, value: Any, limits: Limits, chat: bool) -> None:
+    if chat:
+        _expect(name, value, type(value) is bool, "a boolean")
+    else:
+        _int_in(name, value, 0, 20)
+
+
+# The usual optional fields and their checks, looked up per field the body has (not per field known).
+_OPTIONAL = {
+    "max_tokens": _tokens, "max_completion_tokens": _tokens, "n": _choices, "best_of": _choices,
+    "temperature": lambda name, value, limits, chat: _number_in(name, value, 0, 2),
+    "top_p": lambda name, value, limits, chat: _number_in(name, value, 0, 1),
+    "presence_penalty": _penalty, "frequency_penalty": _penalty,
+    "stream": _bool, "parallel_tool_calls": _bool, "store": _bool, "echo": _bool,
+    "stream_options": _object, "response_format": _object, "logit_bias": _object, "metadata": _object,
+    "seed": _seed, "user": _string, "suffix": _string, "stop": _stop, "tools": _tools, "tool_choice": _tool_choice,
+    "logprobs": _logprobs, "top_logprobs": lambda name, value, limits, chat: _int_in(name, value, 0, 20),
+}
+
+
 def _check_optional(body: dict[str, Any], limits: Limits, *, chat: bool) -> None:
     """The usual optional fields, when present (null stands for "not set", as the OpenAI API takes it)."""
-    get = body.get
-    for name in ("max_tokens", "max_completion_tokens"):
-        if get(name) is not None:
-            _int_in(name, body[name], 1, limits.max_output_tokens)
-    if get("n") is not None:
-        _int_in("n", body["n"], 1, limits.max_n)
-    if get("best_of") is not None:
-        _int_in("best_of", body["best_of"], 1, limits.max_n)
-    if get("temperature") is not None:
-        _number_in("temperature", body["temperature"], 0, 2)
-    if get("top_p") is not None:
-        _number_in("top_p", body["top_p"], 0, 1)
-    for name in ("presence_penalty", "frequency_penalty"):
-        if get(name) is not None:
-            _number_in(name, body[name], -2, 2)
-    for name in ("stream", "parallel_tool_calls", "store", "echo"):
-        if get(name) is not None:
-            _expect(name, body[name], type(body[name]) is bool, "a boolean")
-    for name in ("stream_options", "response_format", "logit_bias", "metadata"):
-        if get(name) is not None:
-            _expect(name, body[name], type(body[name]) is dict, "an object")
-    if get("seed") is not None:
-        _expect("seed", body["seed"], _is_int(body["seed"]), "an integer")
-    for name in ("user", "suffix"):
-        if get(name) is not None:
-            _expect(name, body[name], type(body[name]) is str, "a string")
-    stop = get("stop")
-    if stop is not None and type(stop) is not str:
-        _string_list("stop", stop, limits.max_stop)
-    if get("tools") is not None:
-        tools = body["tools"]
-        _expect("tools", tools, type(tools) is list, "an array of objects")
-        if len(tools) > limits.max_tools:
-            raise _refuse("tools", f"`tools` may have at most {limits.max_tools} items")
-        for i, tool in enumerate(tools):
-            _expect(f"tools[{i}]", tool, type(tool) is dict, "an object")
-    choice = get("tool_choice")
-    if choice is not None:
-        _expect("tool_choice", choice, type(choice) is str or type(choice) is dict, "a string or an object")
-    logprobs = get("logprobs")
-    if logprobs is not None:
-        if chat:
-            _expect("logprobs", logprobs, type(logprobs) is bool, "a boolean")
-        else:
-            _int_in("logprobs", logprobs, 0, 20)
-    if get("top_logprobs") is not None:
-        _int_in("top_logprobs", body["top_logprobs"], 0, 20)
+    for name, value in body.items():
+        check = _OPTIONAL.get(name)
+        if check is not None and value is not None:
+            check(name, value, limits, chat)
 
 
 def _check_messages(messages: Any, limits: Limits) -> None:
