@@ -67,7 +67,7 @@ DEFAULT_SEEN_LIMIT = 65_536  # response ids remembered per replica, to refuse du
 # Why feedback was refused: the only values of the refused counter's label.
 REASONS = (
     "invalid_json", "invalid_request", "too_large", "malformed_id", "bad_signature", "expired",
-    "unknown_stack", "no_feedback_evaluator", "unknown_evaluator", "invalid_value", "duplicate",
+    "unknown_stack", "not_allowed", "no_feedback_evaluator", "unknown_evaluator", "invalid_value", "duplicate",
 )  # fmt: skip
 
 
