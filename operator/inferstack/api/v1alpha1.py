@@ -177,7 +177,7 @@ class ModelSpec(Model):
     name: str = Field(..., min_length=1, max_length=256, description="Model id as vLLM serves it, e.g. meta-llama/Llama-3.1-8B-Instruct.")
     revision: str | None = Field(None, min_length=1, max_length=128, description="Model revision: a commit hash unless revisionPolicy says otherwise.")
     revision_policy: RevisionPolicy = RevisionPolicy.COMMIT
-    image: str = Field("vllm/vllm-openai:v0.11.0", min_length=1, max_length=512, description="vLLM OpenAI server image.")
+    image: str = Field("vllm/vllm-openai:v0.32.0", min_length=1, max_length=512, description="vLLM OpenAI server image (its entrypoint, vllm serve, runs the args the operator writes).")
     engine: EngineArgs = Field(default_factory=EngineArgs)
     gpus: int = Field(1, ge=0, le=64, description="GPUs per replica; must equal tensor x pipeline parallel size (0 for CPU or external).")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, pattern=EXTENDED_RESOURCE_PATTERN)
