@@ -38,8 +38,9 @@ unit: install ## Unit tests only (no cluster)
 	$(VENV)/bin/pytest tests/unit -q --timeout=10
 
 ##@ Local control plane (no Docker: upstream binaries built from the Go module proxy)
-binaries: ## Build (or reuse the cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, Prometheus
+binaries: ## Build (or reuse the cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, Prometheus, the kstatus test helper
 	e2e/k8sbin/build.sh
+	e2e/kstatus/build.sh
 
 cluster-up: ## Start the control plane, 4 kwok GPU nodes and Prometheus 3 (idempotent; builds what is missing)
 	python3 e2e/cluster.py up
