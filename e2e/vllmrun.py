@@ -22,6 +22,12 @@ this machine, and nothing else is added, dropped or changed:
    port ``http`` maps to that port, as the kubelet resolves it.
 4. **The process environment.** The image's own environment is not this machine's: the
    container's ``env`` is laid over this process's environment (PATH, HOME, ...).
+5. **The pod's CPUs.** On a node each pod has CPUs of its own; here every vLLM shares the
+   machine's cores, and vLLM's automatic OpenMP binding pins each instance's engine to the
+   same core (core 0, keeping the last for its API server), where a second instance starts
+   only after minutes, if at all, behind the first one's busy threads. So each vLLM is
+   given a core of its own with ``VLLM_CPU_OMP_THREADS_BIND=<core>`` (the cpuset a pod
+   would have), unless the container's env sets that variable itself.
 
 The revision's Service is played by :class:`ServiceProxy`: the e2e operator's
 ``backendUrlTemplate`` is ``http://127.0.0.1:<proxy port>/{namespace}/{service}``, and the
@@ -96,7 +102,9 @@ def model_container(deployment: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in containers if c["name"] == "vllm")
 
 
-def command_for(deployment: dict[str, Any], inst: Install, port: int) -> tuple[list[str], dict[str, str]]:
+def command_for(
+    deployment: dict[str, Any], inst: Install, port: int, cpu: int | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that run this Deployment's vLLM container here (the mapping above)."""
     container = model_container(deployment)
     if container.get("command"):
@@ -110,6 +118,8 @@ def command_for(deployment: dict[str, Any], inst: Install, port: int) -> tuple[l
     args += ["--host", "127.0.0.1"]
     mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] == "model-cache"]
     env = dict(os.environ)
+    if cpu is not None:  # 5. the pod's CPUs
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu)
     for item in container.get("env") or []:
         if "value" not in item:
             raise ValueError(f"env {item['name']} is not a plain value; this runner maps values only")
@@ -143,12 +153,16 @@ class VLLM:
     deployment: dict[str, Any]
     inst: Install
     log_dir: Path
+    cpu: int | None = None  # the core its engine is bound to (5. above)
     port: int = field(default_factory=free_port)
     proc: Proc | None = None
 
-    def start(self, timeout: float = 240) -> VLLM:
-        """Start it and wait for its startup probe path to answer 200 (the first load takes ~30-60 s here)."""
-        cmd, env = command_for(self.deployment, self.inst, self.port)
+    def start(self, timeout: float = 300) -> VLLM:
+        """Start it and wait for its startup probe path to answer 200 (30-110 s here, by the machine's load).
+
+        A vLLM that does not come up is stopped before this raises: nothing is left running.
+        """
+        cmd, env = command_for(self.deployment, self.inst, self.port, self.cpu)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / f"vllm-{self.name}.cmd").write_text(json.dumps(cmd))
         log = open(self.log_dir / f"vllm-{self.name}.log", "wb")  # noqa: SIM115 - owned by the child
@@ -165,7 +179,11 @@ class VLLM:
                 )
             return http_ok(startup)
 
-        wait_for(f"vLLM {self.name} at {startup}", up, timeout=timeout, interval=1)
+        try:
+            wait_for(f"vLLM {self.name} at {startup}", up, timeout=timeout, interval=1)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
