@@ -32,6 +32,7 @@ from inferstack.api.v1alpha1 import InferenceStackSpec, TrafficProvider
 from inferstack.controller import metrics
 from inferstack.controller.golden import JobSeen, golden_analysis
 from inferstack.controller.kube import FIELD_MANAGER, Kube, api_problem
+from inferstack.controller.leader import Elector
 from inferstack.controller.notify import Notifier
 from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import golden, objects
@@ -70,6 +71,20 @@ class Runtime:
     prometheus: PrometheusClient | None = None
     loops: dict[tuple[str, str], StackLoop] = {}
     notifier: Notifier | None = None
+    # Every live stack as the watch last saw it, and kopf's indexes: a standby
+    # keeps them too, so on taking the lease it starts every loop at once.
+    stacks: dict[tuple[str, str], dict[str, Any]] = {}
+    indexes: tuple = ()
+    # With leader election, only the leader runs loops and writes; None: always.
+    elector: Elector | None = None
+
+
+def leading() -> bool:
+    return Runtime.elector is None or Runtime.elector.leading
+
+
+def may_write() -> bool:
+    return Runtime.elector is None or Runtime.elector.may_write()
 
 
 def poke(namespace: str | None, stack: str | None) -> None:
@@ -211,6 +226,9 @@ async def resolve_refs(kube: Kube, namespace: str, spec: InferenceStackSpec) -> 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the stack, through kopf's background poster (never blocks a pass)."""
+    if not may_write():
+        return  # a replica that lost the lease posts nothing, like it writes nothing
+    metrics.API_WRITES.labels(body.get("metadata", {}).get("namespace", ""), "Event", "create").inc()
     kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
 
 
@@ -506,26 +524,45 @@ def _rv(body: dict[str, Any]) -> int:
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 async def stack_changed(type, body, namespace, name, deployment_index, revision_index, plan_index, golden_job_index, legacy_plan_index, **_):
     key = (namespace, name)
+    Runtime.indexes = (deployment_index, revision_index, plan_index, golden_job_index, legacy_plan_index)
     loop = Runtime.loops.get(key)
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        Runtime.stacks.pop(key, None)
         if loop:
             loop.stop()
             del Runtime.loops[key]
             metrics.forget_stack(*key)
         return
     snapshot = copy.deepcopy(dict(body))
+    Runtime.stacks[key] = snapshot
     if loop is None:
-        Runtime.loops[key] = StackLoop(key, snapshot, (deployment_index, revision_index, plan_index, golden_job_index, legacy_plan_index))
+        if leading():  # a standby only remembers the stack
+            Runtime.loops[key] = StackLoop(key, snapshot, Runtime.indexes)
     else:
         loop.update(snapshot)
         loop.wake.set()
 
 
+def start_all_loops() -> None:
+    """Leadership taken: one loop for every stack the watch has seen (the standby kept them)."""
+    for key, body in Runtime.stacks.items():
+        if key not in Runtime.loops:
+            Runtime.loops[key] = StackLoop(key, body, Runtime.indexes)
+
+
+async def stop_all_loops() -> None:
+    """Leadership lost, or shutdown: cancel every loop and wait until none runs."""
+    loops = list(Runtime.loops.values())
+    Runtime.loops.clear()
+    for loop in loops:
+        loop.stop()
+    await asyncio.gather(*(loop.task for loop in loops), return_exceptions=True)
+    for loop in loops:
+        metrics.forget_stack(*loop.key)  # a standby exports no verdicts of rollouts it does not run
+
+
 @kopf.on.cleanup()
 async def stop_loops(**_):
-    for loop in Runtime.loops.values():
-        loop.stop()
-    await asyncio.gather(*(loop.task for loop in Runtime.loops.values()), return_exceptions=True)
-    Runtime.loops.clear()
+    await stop_all_loops()
     if Runtime.notifier is not None:
         await Runtime.notifier.close()

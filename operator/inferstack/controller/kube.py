@@ -10,13 +10,14 @@ import asyncio
 import base64
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from inferstack import GROUP, PLURAL, VERSION
-from inferstack.controller.metrics import API_WRITES
+from inferstack.controller.metrics import API_WRITES, WRITES_FENCED
 from inferstack.core import objects
 from inferstack.core.status import Problem, one_line
 from inferstack.core.trafficplan import PLAN_PLURAL
@@ -53,15 +54,28 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> cl
     return client.ApiClient()
 
 
+class NotLeader(RuntimeError):
+    """A write refused before it was sent: this replica does not hold the leader-election lease."""
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Callable[[], bool] | None = None) -> None:
         self.api = api
+        # Checked before every write: with leader election, a replica whose lease
+        # may have passed to another (controller/leader.py) sends nothing.
+        self.fence = fence
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
     async def _call(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _write(self, fn, *args, **kwargs):
+        if self.fence is not None and not self.fence():
+            WRITES_FENCED.inc()
+            raise NotLeader(f"not the leader: {fn.__name__} not sent")
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def read_configmap_key(self, namespace: str, name: str, key: str) -> str | None:
@@ -96,7 +110,7 @@ class Kube:
         }[kind]
         try:
             API_WRITES.labels(ns, kind, "create").inc()
-            await self._call(fn, ns, manifest)
+            await self._write(fn, ns, manifest)
             return True
         except ApiException as e:
             if e.status == 409:
@@ -107,7 +121,7 @@ class Kube:
         body = {"spec": {"replicas": replicas}}
         API_WRITES.labels(namespace, "Deployment", "scale").inc()
         try:
-            await self._call(self.apps.patch_namespaced_deployment_scale, name, namespace, body)
+            await self._write(self.apps.patch_namespaced_deployment_scale, name, namespace, body)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -124,7 +138,7 @@ class Kube:
         for fn, obj in calls:
             API_WRITES.labels(namespace, fn.__name__.removeprefix("delete_namespaced_"), "delete").inc()
             try:
-                await self._call(fn, obj, namespace, propagation_policy="Background")
+                await self._write(fn, obj, namespace, propagation_policy="Background")
             except ApiException as e:
                 if e.status != 404:
                     raise
@@ -133,7 +147,7 @@ class Kube:
         """A golden Job and its pod (background propagation); gone already is fine."""
         API_WRITES.labels(namespace, "Job", "delete").inc()
         try:
-            await self._call(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+            await self._write(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -157,7 +171,7 @@ class Kube:
         """
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         API_WRITES.labels(ns, "TrafficPlan", "apply").inc()
-        await self._call(
+        await self._write(
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLAN_PLURAL, name, manifest,
             field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
         )  # fmt: skip
@@ -173,7 +187,7 @@ class Kube:
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         API_WRITES.labels(ns, "TrafficPlan", "replace").inc()
         body = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": resource_version}}
-        await self._call(
+        await self._write(
             self.custom.replace_namespaced_custom_object, GROUP, VERSION, ns, PLAN_PLURAL, name, body, field_manager=FIELD_MANAGER
         )
 
@@ -182,7 +196,7 @@ class Kube:
         API_WRITES.labels(namespace, "ConfigMap", "delete").inc()
         options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
         try:
-            await self._call(self.core.delete_namespaced_config_map, name, namespace, body=options)
+            await self._write(self.core.delete_namespaced_config_map, name, namespace, body=options)
         except ApiException as e:
             if e.status not in (404, 409):  # gone already, or replaced by another object of that name
                 raise
@@ -190,7 +204,7 @@ class Kube:
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch .status; returns the object as the API server now has it."""
         API_WRITES.labels(namespace, "InferenceStack", "patch-status").inc()
-        return await self._call(
+        return await self._write(
             self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
 
@@ -213,11 +227,11 @@ class Kube:
             if e.status != 404:
                 raise
             API_WRITES.labels(ns, "HTTPRoute", "create").inc()
-            await self._call(self.custom.create_namespaced_custom_object, *args, manifest)
+            await self._write(self.custom.create_namespaced_custom_object, *args, manifest)
             return True
         if (current.get("metadata", {}).get("annotations") or {}).get(f"{GROUP}/spec-hash") == want:
             return False
         manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         API_WRITES.labels(ns, "HTTPRoute", "replace").inc()
-        await self._call(self.custom.replace_namespaced_custom_object, *args, name, manifest)
+        await self._write(self.custom.replace_namespaced_custom_object, *args, name, manifest)
         return True

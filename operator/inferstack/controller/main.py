@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 
 import kopf
 import prometheus_client
 import yaml
+from kubernetes import client
 
 from inferstack import GROUP
 from inferstack.controller import handlers, kopf_fixes
 from inferstack.controller.kube import Kube, load_config
+from inferstack.controller.leader import Elector, KubeLeases, default_identity, default_namespace
 from inferstack.controller.notify import Notifier
 from inferstack.core.config import OperatorConfig
 
@@ -28,6 +31,29 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
+
+
+_election: list[asyncio.Task] = []
+
+
+@kopf.on.startup()
+async def start_election(**_) -> None:
+    # Started with kopf's watches: the loops start once both the lease is
+    # ours and the watch has listed the stacks (whichever comes last).
+    if (elector := handlers.Runtime.elector) is not None:
+        _election.append(asyncio.create_task(elector.run(), name="leader election"))
+
+
+@kopf.on.cleanup()
+async def end_election(**_) -> None:
+    """On SIGTERM: stop the loops, then give the lease up so a standby takes over at once."""
+    if (elector := handlers.Runtime.elector) is None:
+        return
+    for task in _election:
+        task.cancel()
+    await asyncio.gather(*_election, return_exceptions=True)
+    await handlers.stop_all_loops()
+    await elector.release()
 
 
 @kopf.on.login()
@@ -46,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resync-seconds", type=float, help="override resyncSeconds from the configuration")
     parser.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus metrics here (0 = off)")
     parser.add_argument("--metrics-host", default="0.0.0.0")
+    parser.add_argument("--identity", help="this replica's name in the leader-election Lease (default: $POD_NAME or the host, and a random suffix)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,7 +81,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.resync_seconds:
         config = config.model_copy(update={"resync_seconds": args.resync_seconds})
     handlers.Runtime.config = config
-    handlers.Runtime.kube = Kube(load_config(args.kubeconfig, args.context))
+    api = load_config(args.kubeconfig, args.context)
+    if (election := config.leader_election).enabled:
+        leases = KubeLeases(
+            # Its own client (and connection pool): renewals never wait for a free connection.
+            client.ApiClient(), election.lease_namespace or default_namespace(), election.lease_name,
+            timeout=election.renew_deadline_seconds / 2,
+        )  # fmt: skip
+        handlers.Runtime.elector = Elector(
+            leases, args.identity or default_identity(), election,
+            on_started=handlers.start_all_loops, on_stopped=handlers.stop_all_loops,
+        )  # fmt: skip
+    handlers.Runtime.kube = Kube(api, fence=handlers.may_write)
     handlers.Runtime.notifier = Notifier(config.notifications, handlers.Runtime.kube)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_host)
@@ -62,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or [],
-        # No peering objects: they would be written every few seconds, and
-        # a steady state must write nothing. Run one replica (see the chart).
+        # No kopf peering: its heartbeats are written by every replica, and it
+        # freezes rather than elects. Several replicas elect a leader on a
+        # Lease (leaderElection in the configuration, controller/leader.py).
         standalone=True,
     )
 

@@ -77,3 +77,11 @@ NOTIFICATIONS_DROPPED = Counter(
     "Webhook deliveries given up: queue_full, attempts (retries exhausted), undeliverable (4xx, Secret key missing)",
     ["reason"],
 )
+
+# Leader election (controller/leader.py): one series per process, so two replicas are told apart by identity.
+LEADER = Gauge("inferstack_operator_leader", "1 while this replica holds the lease and reconciles, 0 on standby", ["identity"])
+LEASE_WRITES = Counter("inferstack_operator_lease_writes_total", "Writes to the leader-election Lease (renewals included)", ["verb"])
+LEADERSHIP_CHANGES = Counter("inferstack_operator_leadership_changes_total", "Leadership gained or lost by this replica", ["change"])
+WRITES_FENCED = Counter(
+    "inferstack_operator_writes_fenced_total", "Writes refused before they were sent: this replica no longer held the lease (counted in api_writes_total too)"
+)

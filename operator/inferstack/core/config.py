@@ -95,6 +95,34 @@ class NotificationsConfig(_Model):
     timeout_seconds: float = Field(5.0, gt=0)
 
 
+class LeaderElectionConfig(_Model):
+    """Several replicas, one leader on a coordination.k8s.io Lease (controller/leader.py, core/lease.py).
+
+    Off by default, so a single ``inferstack-operator`` run by hand needs no
+    Lease; the chart turns it on and runs two replicas.
+    """
+
+    enabled: bool = False
+    lease_name: str = Field("inferstack-operator", min_length=1, max_length=253)
+    # None: the operator's own namespace (POD_NAMESPACE, else the ServiceAccount's, else "default").
+    lease_namespace: str | None = None
+    # A standby takes the lease once it has not changed for this long.
+    lease_duration_seconds: float = Field(15.0, gt=0)
+    # The leader stops writing once its last renewal is this old. Shorter than
+    # the lease duration: the difference is the margin between the old
+    # leader's last write and the new leader's first.
+    renew_deadline_seconds: float = Field(10.0, gt=0)
+    # Between renewals (leader) and between tries (standby): the leader's
+    # writes per minute are 60 / this.
+    retry_period_seconds: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElectionConfig:
+        if not self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError("leaderElection: retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds is required")
+        return self
+
+
 class OperatorConfig(_Model):
     pools: dict[str, PoolConfig] = Field(default_factory=default_pools)
     # How the router reaches a revision. Inside a cluster this is the
@@ -117,6 +145,7 @@ class OperatorConfig(_Model):
     min_analysis_window_seconds: float = Field(60.0, gt=0)
     golden_job: GoldenJobConfig = Field(default_factory=GoldenJobConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)
 
     @property
     def min_analysis_window(self) -> timedelta:
