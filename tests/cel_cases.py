@@ -504,6 +504,18 @@ REFUSED: list[Refused] = [
         "spec.gates",
         "a gate names a feedback evaluator, but users give feedback only on answers they see and spec.rollout.steps has no canary or ramp step",
     ),
+    Refused(
+        "webhook-with-url-and-secret",
+        stack(notifications={"webhooks": [{"name": "ops", "url": "https://hooks.example.com/x", "urlSecretRef": {"name": "hook", "key": "url"}}]}),
+        "spec.notifications.webhooks[0]",
+        "spec.notifications.webhooks[]: set exactly one of url and urlSecretRef",
+    ),
+    Refused(
+        "webhook-without-url",
+        stack(notifications={"webhooks": [{"name": "ops"}]}),
+        "spec.notifications.webhooks[0]",
+        "spec.notifications.webhooks[]: set exactly one of url and urlSecretRef",
+    ),
 ]
 
 # Accepted: near misses of the rules above (each must pass both the API server and pydantic).
