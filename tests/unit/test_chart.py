@@ -44,6 +44,7 @@ GROUPS = {
     "deployment": "apps",
     "controller_revision": "apps",
     "job": "batch",
+    "lease": "coordination.k8s.io",
 }
 VERBS = {
     "create": "create",
@@ -55,7 +56,7 @@ VERBS = {
     "list": "list",
 }
 CLIENT_CALL = re.compile(
-    r"\b(?:api|core|apps|batch)\.(create|read|patch|delete|replace|list)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
+    r"\b(?:api|core|apps|batch|coordination)\.(create|read|patch|delete|replace|list)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?\b"
 )
 CUSTOM_CALL = re.compile(
     r"\.(get|create|replace|patch|list|delete)_(?:namespaced|cluster)_custom_object(_status)?\b"
@@ -204,10 +205,14 @@ def test_malformed_template_is_caught(text, error):
     assert any(error in e for e in template_errors(text))
 
 
-def test_operator_runs_one_replica_recreated():
+def test_operator_runs_two_replicas_with_leader_election_by_default():
+    operator = values()["operator"]
+    assert operator["replicas"] == 2 and operator["config"]["leaderElection"]["enabled"] is True
+    assert operator["podDisruptionBudget"] == {"enabled": True, "minAvailable": 1}
     text = (TEMPLATES / "operator-deployment.yaml").read_text()
-    assert re.search(r"^  replicas: 1$", text, re.M), "the operator runs kopf standalone: exactly one replica"
-    assert re.search(r"strategy:\n\s+type: Recreate", text)
+    # More than one replica without an election would reconcile every stack twice: refused at render time.
+    assert "operator.replicas > 1 needs operator.config.leaderElection.enabled" in text
+    assert re.search(r"\{\{- else \}\}\n(\s+#.*\n)+\s+type: Recreate", text), "without an election, Recreate"
 
 
 def skeleton(text: str) -> list[dict[str, Any]]:
@@ -284,6 +289,11 @@ def operator_needs() -> set[Permission]:
     return client_calls(controller / "kube.py") | kopf_watches(controller / "handlers.py")
 
 
+def leader_election_needs() -> set[Permission]:
+    """The Lease, in one namespace: granted by a Role, not the ClusterRole."""
+    return client_calls(OPERATOR_SRC / "controller" / "leader.py")
+
+
 def router_needs() -> set[Permission]:
     router = OPERATOR_SRC / "router"
     return client_calls(router / "kubesource.py") | client_calls(router / "keysource.py")
@@ -334,6 +344,13 @@ def test_scans_find_the_calls_we_know_of():
 def test_operator_clusterrole_grants_every_call():
     rules = granted(skeleton((TEMPLATES / "operator-rbac.yaml").read_text()), "ClusterRole")
     assert sorted(operator_needs() - rules) == []
+
+
+def test_operator_role_grants_the_lease_and_nothing_else():
+    assert leader_election_needs() == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    docs = skeleton((TEMPLATES / "operator-rbac.yaml").read_text())
+    assert granted(docs, "Role") == leader_election_needs()
+    assert not any(r == "leases" for _, r, _ in granted(docs, "ClusterRole")), "leases in one namespace only"
 
 
 def test_operator_clusterrole_covers_the_brief_and_no_secrets():
@@ -460,7 +477,10 @@ def test_helm_render_defaults():
         "ConfigMap/demo-inferstack-operator-config",
         "Deployment/demo-inferstack-operator",
         "Deployment/demo-inferstack-router",
+        "PodDisruptionBudget/demo-inferstack-operator",
         "PodDisruptionBudget/demo-inferstack-router",
+        "Role/demo-inferstack-operator-leader-election",
+        "RoleBinding/demo-inferstack-operator-leader-election",
         "Secret/demo-inferstack-router-feedback",
         "Service/demo-inferstack-operator-metrics",
         "Service/demo-inferstack-router",
@@ -470,13 +490,20 @@ def test_helm_render_defaults():
     ]
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     operator = by_name["Deployment", "demo-inferstack-operator"]
-    assert operator["spec"]["replicas"] == 1
-    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+    assert operator["spec"]["replicas"] == 2
+    assert operator["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = operator["spec"]["template"]["spec"]
+    assert {e["name"] for e in pod["containers"][0]["env"]} >= {"POD_NAME", "POD_NAMESPACE"}
+    assert pod["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert by_name["PodDisruptionBudget", "demo-inferstack-operator"]["spec"]["minAvailable"] == 1
+    lease_role = by_name["Role", "demo-inferstack-operator-leader-election"]
+    assert lease_role["metadata"]["namespace"] == "inferstack-system"
+    assert granted([lease_role], "Role") == leader_election_needs()
     assert "--config=/etc/inferstack/config.yaml" in pod["containers"][0]["args"]
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     config = yaml.safe_load(by_name["ConfigMap", "demo-inferstack-operator-config"]["data"]["config.yaml"])
-    OperatorConfig.model_validate(config)
+    election = OperatorConfig.model_validate(config).leader_election
+    assert (election.enabled, election.lease_name, election.lease_namespace) == (True, "demo-inferstack-operator", "inferstack-system")
     assert by_name["Service", "demo-inferstack-router"]["spec"]["ports"][0]["port"] == 8080
     router_pod = by_name["Deployment", "demo-inferstack-router"]["spec"]["template"]["spec"]
     assert (
@@ -553,8 +580,8 @@ def test_helm_render_options():
         "ClusterRole",
         "demo-inferstack-router",
     ) not in kinds
-    assert not any(k == "PodDisruptionBudget" for k, _ in kinds)
-    role = next(d for d in docs if d["kind"] == "Role")
+    assert ("PodDisruptionBudget", "demo-inferstack-router") not in kinds
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "demo-inferstack-router")
     assert role["metadata"]["namespace"] == "team-a" and ("", "secrets", "get") in granted([role], "Role")
     operator = next(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")
@@ -585,12 +612,12 @@ def test_helm_render_router_rbac():
     docs = render("router.rbac.readSecrets=true", "router.countLegacyPlans=true")
     assert {("", "secrets", "get"), ("", "configmaps", "list"), ("", "configmaps", "watch")} <= router_rules(docs)
     assert "--count-legacy-plans" in router_args(docs)
-    assert not any(d["kind"] in ("Role", "RoleBinding") for d in docs)
+    assert not any(d["kind"] in ("Role", "RoleBinding") and "router" in d["metadata"]["name"] for d in docs)
 
     docs = render("router.rbac.readSecrets=true", "router.rbac.secretNamespaces={team-a,team-b}")
     assert ("", "secrets", "get") not in router_rules(docs)
-    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
-    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role" and "router" in d["metadata"]["name"]}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding" and "router" in d["metadata"]["name"]}
     assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
     for ns in roles:
         assert granted([roles[ns]], "Role") == {("", "secrets", "get")}
@@ -627,3 +654,22 @@ def test_helm_render_feedback_key():
     pod = router_pod(docs)
     assert not any(d["kind"] == "Secret" for d in docs)
     assert not any(a.startswith("--feedback-key-file") for a in pod["containers"][0]["args"])
+
+
+@needs_helm
+def test_helm_render_operator_without_leader_election():
+    docs = render("operator.config.leaderElection.enabled=false", "operator.replicas=1")
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "demo-inferstack-operator")
+    assert operator["spec"]["replicas"] == 1 and operator["spec"]["strategy"] == {"type": "Recreate"}
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("PodDisruptionBudget", "demo-inferstack-operator") not in kinds, "minAvailable 1 of 1 would block drains"
+    assert not any(k in ("Role", "RoleBinding") and "leader-election" in n for k, n in kinds)
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        render("operator.config.leaderElection.enabled=false")
+    assert "operator.replicas > 1 needs operator.config.leaderElection.enabled" in err.value.stderr
+    docs = render("operator.config.leaderElection.leaseNamespace=infra", "operator.config.leaderElection.leaseName=ops")
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("leader-election"))
+    assert role["metadata"]["namespace"] == "infra"
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("operator-config"))["data"]["config.yaml"])
+    assert (config["leaderElection"]["leaseName"], config["leaderElection"]["leaseNamespace"]) == ("ops", "infra")
+
