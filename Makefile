@@ -58,6 +58,12 @@ test: install check-manifests cluster-up vllm ## Everything CI runs: manifests d
 test-e2e: install cluster-up vllm ## e2e tier only, on the local control plane
 	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests/e2e --timeout=600 -q
 
+##@ Images (no Docker: buildah, podman and runc from Debian's packages; run as root)
+images: ## Build the operator, router and stand-in images on a Debian base made by debootstrap, run each as the chart does and check it (images/build.py)
+	@command -v buildah >/dev/null && command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -q buildah podman runc debootstrap >/dev/null
+	python3 images/build.py
+
 ##@ Demo and benchmarks
 demo: install cluster-up ## Run the demo on the local control plane
 	$(ENV) && $(PY) e2e/demo.py
@@ -65,4 +71,4 @@ demo: install cluster-up ## Run the demo on the local control plane
 bench: install cluster-up ## Run the benchmarks in bench/ and print their tables
 	$(ENV) && for b in bench/*.py; do $(PY) $$b; done
 
-.PHONY: help install manifests check-manifests lint unit binaries vllm cluster-up cluster-down test test-e2e demo bench
+.PHONY: help install manifests check-manifests lint unit binaries vllm cluster-up cluster-down test test-e2e images demo bench

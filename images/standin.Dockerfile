@@ -4,18 +4,25 @@
 # spec.model.image to this image and spec.model.gpus to 0. Build from the repository root:
 #   docker build -f images/standin.Dockerfile -t inferstack/standin:0.1.0 .
 
-FROM python:3.11-slim AS build
+# BASE is a Python 3.11 with nothing else; BUILD_BASE the same Python with venv. python:3.11-slim
+# is both; `make images` builds both from Debian's packages (images/build.py), no registry needed.
+ARG BASE=python:3.11-slim
+ARG BUILD_BASE=python:3.11-slim
+
+FROM ${BUILD_BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY images/standin-entrypoint.py /opt/inferstack/standin-entrypoint.py
-RUN python -m pip wheel --no-deps --wheel-dir /dist . \
- && python -m venv /opt/inferstack \
+# pip and setuptools leave the venv once it is filled: the final image has no installer.
+RUN python3 -m venv /opt/inferstack \
+ && /opt/inferstack/bin/pip wheel --no-deps --wheel-dir /dist . \
  && /opt/inferstack/bin/pip install /dist/*.whl \
+ && /opt/inferstack/bin/pip uninstall -y pip setuptools \
  && /opt/inferstack/bin/python -m compileall -q /opt/inferstack/lib /opt/inferstack/standin-entrypoint.py
 
-FROM python:3.11-slim
+FROM ${BASE}
 LABEL org.opencontainers.image.title="inferstack-standin" \
       org.opencontainers.image.description="Deterministic vLLM stand-in for inferstack tests and GPU-less clusters" \
       org.opencontainers.image.licenses="Apache-2.0"
