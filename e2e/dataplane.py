@@ -239,10 +239,7 @@ class DataPlane:
              "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), "--count-legacy-plans", *ns_args],
             self.log_dir, f"{self.router_metrics_url}/healthz",
         ).start()  # fmt: skip
-        judge_target = [f"127.0.0.1:{self.judge_port}"] if self.judge else []
-        scrape_targets(
-            f"dataplane-{self.router_port}", [f"127.0.0.1:{self.router_metrics_port}", f"127.0.0.1:{self.standin_port}", *judge_target]
-        )
+        self.write_scrape_targets()
         if operator:
             self.start_operator()
         return self
@@ -258,6 +255,14 @@ class DataPlane:
         )  # fmt: skip
         self.procs["operator"] = proc
         return proc.start()
+
+    def write_scrape_targets(self) -> None:
+        """Point the harness's Prometheus at this data plane's metrics (the router's metrics port, not its clients')."""
+        judge_target = [f"127.0.0.1:{self.judge_port}"] if self.judge else []
+        scrape_targets(
+            f"dataplane-{self.router_port}",
+            [f"127.0.0.1:{self.router_metrics_port}", f"127.0.0.1:{self.standin_port}", *judge_target],
+        )
 
     def serves(self, key: str) -> bool:
         """Whether the router has the plan of stack ``key`` (namespace/name): a stack can be Ready a moment before."""

@@ -159,9 +159,7 @@ def test_c_prometheus_down_holds_the_step_and_the_rollout_completes_after(datapl
             assert any(g["verdict"] == "Inconclusive" for g in st["gates"]), st["gates"]
         finally:
             cluster.prometheus_up()
-            from dataplane import scrape_targets
-
-            scrape_targets(f"dataplane-{dataplane.router_port}", [f"127.0.0.1:{dataplane.router_port}", f"127.0.0.1:{dataplane.standin_port}"])
+            dataplane.write_scrape_targets()
         wait_until("promotion after Prometheus returns", lambda: status(namespace, "shop").get("stableRevision") == cand, timeout=180)
 
 
