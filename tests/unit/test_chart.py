@@ -673,3 +673,43 @@ def test_helm_render_operator_without_leader_election():
     config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("operator-config"))["data"]["config.yaml"])
     assert (config["leaderElection"]["leaseName"], config["leaderElection"]["leaseNamespace"]) == ("ops", "infra")
 
+
+
+@needs_helm
+def test_helm_render_network_policies():
+    """Off by default; on: the router's OpenAI port from the named clients and its metrics from Prometheus only,
+    the operator's egress only where it must go once the API server's address is given, and each listed
+    namespace's model servers reachable from the routers, its golden-set Jobs and Prometheus only."""
+    assert not [d for d in render() if d["kind"] == "NetworkPolicy"]
+    clients = "networkPolicy.routerClients[0].namespaceSelector.matchLabels.team=apps"
+    docs = render("networkPolicy.enabled=true", clients, "networkPolicy.apiServerCIDRs={10.0.0.1/32}",
+                  "networkPolicy.modelServerNamespaces={team-a,team-b}")  # fmt: skip
+    policies = {(d["metadata"]["namespace"], d["metadata"]["name"]): d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert sorted(policies) == [
+        ("inferstack-system", "demo-inferstack-operator"),
+        ("inferstack-system", "demo-inferstack-router"),
+        ("team-a", "demo-inferstack-model-servers"),
+        ("team-b", "demo-inferstack-model-servers"),
+    ]
+    prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    router = policies["inferstack-system", "demo-inferstack-router"]
+    assert router["policyTypes"] == ["Ingress"]
+    assert router["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}], "from": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]},
+        {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": prometheus},
+    ]
+    operator = policies["inferstack-system", "demo-inferstack-operator"]
+    assert operator["policyTypes"] == ["Ingress", "Egress"]
+    assert operator["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": prometheus}]
+    assert operator["egress"][0] == {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}
+    assert {p["port"] for rule in operator["egress"] for p in rule["ports"]} == {6443, 53, 9090}
+    model = policies["team-a", "demo-inferstack-model-servers"]
+    assert model["podSelector"] == {"matchLabels": {"inferstack.dev/component": "model-server"}}
+    sources = model["ingress"][0]["from"]
+    assert sources[0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "inferstack-system"}}
+    assert sources[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "router"
+    assert sources[1] == {"podSelector": {"matchLabels": {"inferstack.dev/component": "golden"}}}
+    assert sources[2:] == prometheus
+    # without the API server's address the operator's egress stays open (restricting it would cut it off)
+    open_egress = render("networkPolicy.enabled=true")
+    assert [d["spec"]["policyTypes"] for d in open_egress if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("operator")] == [["Ingress"]]
