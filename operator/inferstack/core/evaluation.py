@@ -149,39 +149,31 @@ class EvaluatorQueries:
         return [q for arm in self.arms() for q in arm.all()] + ([self.errors] if self.errors else [])
 
 
+def _selector(slice_: str | None = None, **labels: str) -> str:
+    """Label matchers: each label equal to its (escaped) value, in order; then the slice's pattern."""
+    out = ",".join(f'{name}="{escape_string(value)}"' for name, value in labels.items())
+    return out if slice_ is None else f'{out},slice=~"{slice_pattern(slice_)}"'
+
+
+def _sum_increase(metric: str, selector: str, window: timedelta) -> str:
+    return f"sum(increase({metric}{{{selector}}}[{format_duration(window)}]))"
+
+
 def arm_queries(
     *, namespace: str, stack: str, revision: str, evaluator: str, slice_: str, window: timedelta
 ) -> ArmQueries:
     # All roles of the revision: a candidate's shadow answers and its client
     # answers are both its samples; the stable revision's are client answers.
-    selector = (
-        f'namespace="{escape_string(namespace)}",stack="{escape_string(stack)}",'
-        f'revision="{escape_string(revision)}",evaluator="{escape_string(evaluator)}",'
-        f'slice=~"{slice_pattern(slice_)}"'
-    )
-    w = format_duration(window)
-
-    def q(metric: str) -> str:
-        return f"sum(increase({metric}{{{selector}}}[{w}]))"
-
-    return ArmQueries(q(SAMPLES), q(SCORE_SUM), q(SCORE_SQUARES))
+    selector = _selector(slice_, namespace=namespace, stack=stack, revision=revision, evaluator=evaluator)
+    return ArmQueries(*(_sum_increase(m, selector, window) for m in (SAMPLES, SCORE_SUM, SCORE_SQUARES)))
 
 
 def pair_queries(
     *, namespace: str, stack: str, candidate: str, stable: str, evaluator: str, slice_: str, window: timedelta
 ) -> ArmQueries:
     """PromQL for the pairs (candidate shadow answer vs stable answer, same request) over the window."""
-    selector = (
-        f'namespace="{escape_string(namespace)}",stack="{escape_string(stack)}",'
-        f'revision="{escape_string(candidate)}",baseline="{escape_string(stable)}",'
-        f'evaluator="{escape_string(evaluator)}",slice=~"{slice_pattern(slice_)}"'
-    )
-    w = format_duration(window)
-
-    def q(metric: str) -> str:
-        return f"sum(increase({metric}{{{selector}}}[{w}]))"
-
-    return ArmQueries(q(PAIRS), q(PAIR_WINS), q(PAIR_LOSSES))
+    selector = _selector(slice_, namespace=namespace, stack=stack, revision=candidate, baseline=stable, evaluator=evaluator)
+    return ArmQueries(*(_sum_increase(m, selector, window) for m in (PAIRS, PAIR_WINS, PAIR_LOSSES)))
 
 
 def evaluator_queries(
@@ -229,8 +221,7 @@ def evaluator_queries(
 
 def judge_errors_query(*, namespace: str, stack: str, evaluator: str, window: timedelta) -> str:
     """Judge calls of this stack that gave no sample over the window, any revision (a judge down fails for both)."""
-    selector = f'namespace="{escape_string(namespace)}",stack="{escape_string(stack)}",evaluator="{escape_string(evaluator)}"'
-    return f"sum(increase({JUDGE_ERRORS}{{{selector}}}[{format_duration(window)}]))"
+    return _sum_increase(JUDGE_ERRORS, _selector(namespace=namespace, stack=stack, evaluator=evaluator), window)
 
 
 def all_queries(queries: Sequence[EvaluatorQueries]) -> list[str]:
