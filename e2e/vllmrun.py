@@ -23,11 +23,15 @@ this machine, and nothing else is added, dropped or changed:
 4. **The process environment.** The image's own environment is not this machine's: the
    container's ``env`` is laid over this process's environment (PATH, HOME, ...).
 5. **The pod's CPUs.** On a node each pod has CPUs of its own; here every vLLM shares the
-   machine's cores, and vLLM's automatic OpenMP binding pins each instance's engine to the
-   same core (core 0, keeping the last for its API server), where a second instance starts
-   only after minutes, if at all, behind the first one's busy threads. So each vLLM is
-   given a core of its own with ``VLLM_CPU_OMP_THREADS_BIND=<core>`` (the cpuset a pod
-   would have), unless the container's env sets that variable itself.
+   machine's cores. vLLM's automatic OpenMP binding pins each instance's engine to the same
+   core, and even with ``VLLM_CPU_OMP_THREADS_BIND`` set per instance, vLLM runs the rest
+   of the instance (API server, engine start-up) on the cores it did not bind: exactly the
+   core where the other instance's worker spins while it serves. A second instance then
+   starved there and never came up (its start-up process got 0.1 % of that core for five
+   minutes while the other core was half idle). So each vLLM gets a core of its own as a
+   cpuset, the whole process tree confined to it with ``sched_setaffinity`` (what the
+   kubelet's CPU manager gives a pod), and ``VLLM_CPU_OMP_THREADS_BIND=<core>`` unless the
+   container's env sets that variable itself.
 
 The revision's Service is played by :class:`ServiceProxy`: the e2e operator's
 ``backendUrlTemplate`` is ``http://127.0.0.1:<proxy port>/{namespace}/{service}``, and the
@@ -166,9 +170,11 @@ class VLLM:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / f"vllm-{self.name}.cmd").write_text(json.dumps(cmd))
         log = open(self.log_dir / f"vllm-{self.name}.log", "wb")  # noqa: SIM115 - owned by the child
+        cpuset = {self.cpu} if self.cpu is not None else None
         popen = subprocess.Popen(
-            cmd, env=env, cwd="/tmp", stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, env=env, cwd="/tmp", stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpuset)) if cpuset else None,  # 5. the pod's CPUs
+        )  # fmt: skip
         self.proc = Proc(f"vllm-{self.name}", cmd, self.log_dir, proc=popen)
         startup = probe_urls(self.deployment, self.port)["startupProbe"]
 
