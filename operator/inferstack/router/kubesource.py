@@ -117,8 +117,9 @@ class TrustedPlans:
         self.stacks_listed = False
         self.past_uids: dict[Key, set[str]] = {}  # every UID seen for a stack name: its plans' leftovers are no forgery
         self.objects: dict[Key, PlanObject] = {}  # TrafficPlans seen, by (namespace, object name)
-        # TrafficPlans whose plan is in the store -> (its plan key, its stack, the stack UID it was accepted for)
-        self.in_force: dict[Key, tuple[str, str, str]] = {}
+        # TrafficPlans whose plan is in the store -> (its plan key, its stack, the stack UID it was
+        # accepted for, the TrafficPlan object's own UID)
+        self.in_force: dict[Key, tuple[str, str, str, str]] = {}
         self._configmaps: set[Key] = set()
         self._counted: set[tuple[str, str, str]] = set()
         self._logged: set[tuple[str, str, str]] = set()
@@ -151,7 +152,7 @@ class TrustedPlans:
 
     def _decide_stack(self, namespace: str, name: str) -> None:
         for key, obj in list(self.objects.items()):
-            if key[0] == namespace and (obj.stack == name or self.in_force.get(key, ("", "", ""))[1] == name):
+            if key[0] == namespace and (obj.stack == name or self.in_force.get(key, ("", "", "", ""))[1] == name):
                 self._decide(key)
 
     # ------------------------------------------------------------- plans
@@ -204,12 +205,17 @@ class TrustedPlans:
             return
         if obj.plan is None:
             return  # accepted, but it never parsed: nothing to serve from it
-        owner = live or ""
-        if self.in_force.get(key, ("", "", owner))[2] != owner:
-            # The stack was created again: its plans start a new serial sequence.
+        owner, uid = live or "", str(obj.meta.get("uid") or "")
+        held = self.in_force.get(key, ("", "", owner, uid))
+        if held[2] != owner or held[3] != uid:
+            # The stack was created again, or its TrafficPlan was (deleted by hand or by the
+            # garbage collector, then written anew by the operator, which restarts its serials
+            # from what it sees): a new sequence. Without this, a delete and a create that
+            # fall between two lists of a broken watch would leave the old plan in force
+            # until the new serials overtook it.
             self._withdraw(key)
         if self.store.apply(obj.plan):
-            self.in_force[key] = (obj.plan.key, obj.plan.stack, owner)
+            self.in_force[key] = (obj.plan.key, obj.plan.stack, owner, uid)
 
     def _confirm(self, key: Key, version: PlanObject, reason: Ignored) -> None:
         live = self.stacks.get((key[0], version.stack)) if isinstance(version.stack, str) else None

@@ -57,8 +57,11 @@ class Resource:
 
     async def put(self, namespace: str, name: str, **fields: Any) -> dict[str, Any]:
         self.api.rv += 1
-        kind = "MODIFIED" if (namespace, name) in self.objects else "ADDED"
-        meta = {"name": name, "namespace": namespace, "resourceVersion": str(self.api.rv), "uid": f"uid-{name}-{self.api.rv}",
+        old = self.objects.get((namespace, name))
+        kind = "MODIFIED" if old else "ADDED"
+        # An update keeps the object's UID, as the API server does; a create gets a new one.
+        uid = old["metadata"]["uid"] if old else f"uid-{name}-{self.api.rv}"
+        meta = {"name": name, "namespace": namespace, "resourceVersion": str(self.api.rv), "uid": uid,
                 "labels": {self.label: "true"} if self.label else {}}
         meta.update(fields.pop("metadata", {}))
         obj = {"kind": self.kind, "metadata": meta, **fields}
@@ -242,6 +245,21 @@ async def test_deleted_plan_removes_the_stack(running) -> None:
     kube, store, _ = running
     await kube.plans.delete("team-a", "support-traffic")
     await until(lambda: len(store) == 0)
+
+
+async def test_a_plan_deleted_and_created_again_between_two_lists_is_obeyed_with_lower_serials(running) -> None:
+    kube, store, _ = running
+    await kube.plan(7)
+    await until(lambda: serial(store) == 7)
+    await kube.set_down(True)  # the watch breaks and misses what follows
+    await kube.plans.delete("team-a", "support-traffic")
+    await kube.plan(2)  # a new object: the operator's serials start again from what it sees
+    await kube.plans.compact()  # the watch's resourceVersion is gone: the source must relist
+    await kube.set_down(False)
+    await until(lambda: serial(store) == 2)
+    await kube.plan(1)  # the same object again: older serials are still ignored
+    await kube.plan(3)
+    await until(lambda: serial(store) == 3)
 
 
 async def test_410_gone_relists(running) -> None:
