@@ -61,6 +61,10 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             _check_args((left, *(right if isinstance(right, tuple) else (right,))), {})
         return super().call_binop(context, operator, left, right)
 
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        # Jinja2 returns an undefined that prints as "": say it instead, so the author sees it.
+        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__} is unsafe")
+
     def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _check_args(args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
