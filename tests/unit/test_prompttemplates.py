@@ -53,3 +53,24 @@ def test_output_is_cut_off_at_the_bound_not_after_it() -> None:
 def test_a_syntax_error_names_the_template_and_the_line() -> None:
     with pytest.raises(TemplateError, match=r"template system does not compile: line 2: "):
         Template("system", "fine\n{% for %}")
+
+
+def test_the_examples_templates_compile_and_render_their_documents() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from inferstack.core.retrieval import Document, system_message
+
+    found = 0
+    for path in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            source = ((doc.get("spec") or {}).get("prompt") or {}).get("templates", {}).get("system")
+            if source is None:
+                continue
+            found += 1
+            template = Template("prompt.templates.system", source)
+            out = system_message(template, "SYS", [Document("kb-9", "Refunds take 5 days.", 0.8, {"title": "Refunds"})], [], [])
+            assert out.startswith("SYS") and "[kb-9] Refunds: Refunds take 5 days." in out, path.name
+            assert "none found" in system_message(template, "SYS", [], [], []), path.name
+    assert found >= 1

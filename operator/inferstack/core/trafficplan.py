@@ -74,7 +74,8 @@ class RetrievalPlan(_Model):
     timeout_seconds: float = Field(2.0, gt=0, le=300)
     on_failure: str = Field("Fail", pattern=r"^(Fail|AnswerWithoutContext)$")
     store_dsn: str | None = Field(
-        None, description="The DSN itself: filled in memory by the router from store_secret_ref, never written to a plan."
+        None, repr=False,  # it holds the store's password: not in a repr that reaches a log
+        description="The DSN itself: filled in memory by the router from store_secret_ref, never written to a plan.",
     )
 
 
