@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from inferstack.core.indexcheck import IndexFacts
 from inferstack.core.retrieval import Document
 
 MAX_IDENTIFIER_BYTES = 63  # Postgres' NAMEDATALEN - 1: longer names are cut, which would search another table
@@ -72,6 +73,17 @@ def _document(row: Any) -> Document:
     return Document(id=row[0] or "", text=row[1] or "", score=score, metadata=metadata)
 
 
+def _recorded_model(comment: str | None) -> dict[str, str]:
+    """The table comment's {"embeddingModel", "embeddingRevision"}; {} when it records none."""
+    try:
+        parsed = json.loads(comment) if comment else {}
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {k: v for k, v in parsed.items() if k in ("embeddingModel", "embeddingRevision") and isinstance(v, str) and v}
+
+
 class PgVectorStore:
     """A :class:`inferstack.core.retrieval.VectorStore` on one database (one DSN)."""
 
@@ -107,6 +119,30 @@ class PgVectorStore:
         except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError) as exc:
             raise StoreError("store_unreachable", f"{type(exc).__name__}: {exc}") from None
         return [_document(row) for row in rows]
+
+    async def describe(self, index: str, version: str) -> IndexFacts:
+        """What the pre-traffic check needs to know of an index version (core/indexcheck.py)."""
+        table = table_identifier(index, version)
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire() as conn:
+                # to_regclass takes the quoted name, so the same identifier rules apply as in a search.
+                row = await conn.fetchrow(
+                    "SELECT c.oid, obj_description(c.oid, 'pg_class'), "
+                    "(SELECT atttypmod FROM pg_attribute WHERE attrelid = c.oid AND attname = 'embedding' AND NOT attisdropped) "
+                    "FROM pg_class c WHERE c.oid = to_regclass($1)", table)
+                if row is None:
+                    return IndexFacts(exists=False)
+                has_rows = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})")
+        except asyncpg.PostgresError as exc:
+            raise StoreError("store_error", f"{type(exc).__name__}: {exc}") from None
+        except (OSError, asyncpg.InterfaceError) as exc:
+            raise StoreError("store_unreachable", f"{type(exc).__name__}: {exc}") from None
+        recorded = _recorded_model(row[1])
+        # pgvector keeps a vector column's length in its type modifier (-1: no fixed length).
+        dimension = row[2] if row[2] is not None and row[2] > 0 else None
+        return IndexFacts(exists=True, has_rows=bool(has_rows), dimension=dimension,
+                          embedding_model=recorded.get("embeddingModel"), embedding_revision=recorded.get("embeddingRevision"))
 
     async def close(self) -> None:
         if self._pool is not None:
