@@ -51,3 +51,42 @@ def test_an_unreachable_store_is_a_store_error_without_its_password(pg: PgServer
     with pytest.raises(StoreError) as err:
         describe(dead, "docs", "v1")
     assert err.value.kind == "store_unreachable" and pg.password not in str(err.value)
+
+
+class FakeKube:
+    """Only what IndexChecker reads: a Secret key of the stack's namespace."""
+
+    def __init__(self, secrets: dict[tuple[str, str, str], str]) -> None:
+        self.secrets, self.reads = secrets, []
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
+        self.reads.append((namespace, name))
+        return self.secrets.get((namespace, name, key))
+
+
+def part(version: str, dimension: int = 8, secret: str = "docs-store") -> dict:
+    return {"retriever": {"embedding": {"model": "bge", "revision": "r1", "dimension": dimension},
+                          "index": {"name": "docs", "version": version},
+                          "store": {"kind": "pgvector", "secretRef": {"name": secret, "key": "dsn"}}}}
+
+
+def test_the_operator_checks_waiting_revisions_from_the_stacks_secret_and_caches_ready_verdicts(pg: PgServer) -> None:
+    from inferstack.controller.indexes import IndexChecker
+
+    kube = FakeKube({("team-a", "docs-store", "dsn"): pg.dsn})
+    checker = IndexChecker(waiting_ttl=0)
+    parts = {"ok": part("v1"), "gone": part("v9"), "wide": part("v1", dimension=16), "nosecret": part("v1", secret="other"),
+             "plain": {"retriever": None}}
+
+    def run() -> dict:
+        return asyncio.run(checker.verdicts(kube, "team-a", "bot", parts, sorted(parts)))  # type: ignore[arg-type]
+
+    verdicts = run()
+    assert {r: v.reason for r, v in verdicts.items()} == {
+        "ok": "IndexReady", "gone": "IndexMissing", "wide": "IndexDimensionMismatch", "nosecret": "StoreUnavailable"}
+    assert "Secret other has no key dsn" in verdicts["nosecret"].message
+    assert all(pg.password not in v.message for v in verdicts.values())
+    reads = len(kube.reads)
+    run()
+    # The ready verdict is kept; the waiting ones are asked again (waiting_ttl 0).
+    assert kube.reads[reads:] == [("team-a", "docs-store"), ("team-a", "other"), ("team-a", "docs-store")]  # gone, nosecret, wide
