@@ -225,3 +225,26 @@ async def test_a_stopped_store_fails_requests_clearly_and_its_dsn_never_leaks(
     log = next(procs.logs.glob("router-*.log")).read_text()
     assert "retrieval from support-articles__v1 failed: store_unreachable" in log  # the failure is logged...
     assert store.password not in log and store.password not in json.dumps(answer[2])  # ...but never the password
+
+
+async def test_a_streamed_answer_carries_the_retrieved_ids_and_a_stack_without_store_none(
+    procs: Processes, backends: tuple[Proc, Proc], embedder: Proc, pg: PgServer, tmp_path: Path
+) -> None:
+    stable, _ = backends
+    rag, plain = tmp_path / "rag.json", tmp_path / "plain.json"
+    write_plan(rag, rag_plan(stable, None, embedder, pg.dsn))
+    router = procs.router(rag)
+    body = {"model": "support", "stream": True, "messages": [{"role": "user", "content": "Do you ship to Canada?"}]}
+    async with (
+        aiohttp.ClientSession(headers=router.auth) as session,
+        session.post(router.url + "/v1/chat/completions", json=body) as resp,
+    ):
+        text = await resp.text()
+        assert resp.status == 200 and "[DONE]" in text and resp.headers["x-inferstack-retrieved"].startswith("kb-ship-1")
+    assert "[kb-ship-1] Shipping to Canada" in system_of(received(stable)[-1])
+    # The same stack without a retriever: the plain path, no header, the system prompt as it is.
+    write_plan(plain, plan(stable, None))
+    other = procs.router(plain)
+    status, headers, _ = await ask(other)
+    assert status == 200 and "x-inferstack-retrieved" not in headers
+    assert system_of(received(stable)[-1]) == "You are the support assistant."
