@@ -43,6 +43,13 @@ BASE: dict[str, Any] = {
         "gates": [GATE],
     },
 }
+RETRIEVER: dict[str, Any] = {
+    "embedding": {"model": "BAAI/bge-small-en-v1.5", "dimension": 384},
+    "index": {"name": "support-articles", "version": "2026-11-20"},
+    "endpoint": "http://embeddings.search.svc:8080",
+    "store": {"kind": "pgvector", "secretRef": {"name": "support-store"}},
+    "onFailure": "AnswerWithoutContext",
+}
 HOSTED = {"endpoint": {"url": "https://llm.example.com/v1"}, "gpus": 0}
 
 
@@ -516,11 +523,35 @@ REFUSED: list[Refused] = [
         "spec.notifications.webhooks[0]",
         "spec.notifications.webhooks[]: set exactly one of url and urlSecretRef",
     ),
+    # ------------------------------------------------------------------ retriever served from a store
+    Refused(
+        "store-without-embedding-endpoint",
+        stack(retriever={k: v for k, v in RETRIEVER.items() if k != "endpoint"}),
+        "spec.retriever.endpoint",
+        "spec.retriever.endpoint is required with spec.retriever.store: "
+        "set it to the base URL of the embedding model's OpenAI-compatible server",
+    ),
+    Refused(
+        "store-without-dimension",
+        stack(retriever={**RETRIEVER, "embedding": {"model": "BAAI/bge-small-en-v1.5"}}),
+        "spec.retriever.embedding.dimension",
+        "spec.retriever.embedding.dimension is required with spec.retriever.store: "
+        "set it to the length of the embedding model's vectors (the index's vector column)",
+    ),
+    Refused(
+        "store-table-name-too-long",
+        stack(retriever={**RETRIEVER, "index": {"name": "a" * 40, "version": "v" * 22}}),
+        "spec.retriever.index",
+        "spec.retriever.index: name and version together must be at most 61 characters with spec.retriever.store "
+        "(the index version's table is <name>__<version>): shorten them",
+    ),
 ]
 
 # Accepted: near misses of the rules above (each must pass both the API server and pydantic).
 ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("base", stack()),
+    ("retriever-with-store", stack(retriever=RETRIEVER)),
+    ("retriever-without-store", stack(retriever={"embedding": {"model": "bge"}, "index": {"name": "docs", "version": "1"}})),
     ("evaluator-gate", stack(evaluation=EVAL, gates=[EGATE, {**EGATE, "name": "billing-only", "slices": ["billing"]}])),
     ("placeholders-with-spaces", stack(gates=[gate(prometheus={"query": QUERY.replace("{{revision}}", "{{ revision }}")})])),
     ("slice-not-matched-with-regex", stack(gates=[gate(prometheus={"query": QUERY.replace('slice=~"', 'slice!~"')})])),

@@ -112,6 +112,7 @@ def test_every_duration_carries_the_duration_rule() -> None:
         ".spec.rollout.steps[].evaluate.timeout",
         ".spec.evaluation.evaluators[].judge.timeout",
         ".spec.evaluation.evaluators[].feedback.maxAge",
+        ".spec.retriever.timeout",
     ]
     schema = crd_schema()
     found = sorted(p for p, e in schema_entries(schema) if e["message"] == v1alpha1._MAX_DURATION.message)

@@ -233,3 +233,31 @@ def test_messages_fit_one_line():
     long = "line one\n" + "x" * 1000
     patch = status_patch(stack(), None, RolloutState(), revision=None, observed=Observed(), now=NOW, problem=Problem("InternalError", long))
     assert "\n" not in patch["message"] and len(patch["message"]) <= 240
+
+
+# ------------------------------------------------ the pre-traffic index check
+
+
+def test_a_candidate_whose_index_version_is_missing_waits_without_traffic_then_rolls_back():
+    from dataclasses import replace
+
+    from inferstack.core.indexcheck import IndexVerdict
+
+    first, second = spec(system="s1"), spec(system="s2", steps=[{"canary": {"weight": 10, "duration": "1h"}}])
+    stable, candidate = compute_revision(first).hash, compute_revision(second).hash
+    body = stack({"stableRevision": stable, "phase": "Healthy"})
+    missing = IndexVerdict(False, "IndexMissing", "index docs version v2 does not exist in the store: build it, or pin a version that exists")
+    observed = replace(ready(stable, candidate), index_verdicts={candidate: missing})
+    actions, decision = reconcile(body, second, compute_revision(second), observed, CONFIG, NOW)
+    assert decision.state.candidate == candidate and decision.state.step_index is None  # waits: no step, no traffic
+    assert decision.traffic.candidate is None and decision.traffic.candidate_weight == 0
+    message = actions.status["message"]
+    assert message.startswith(f"waiting for revision {candidate}: index docs version v2 does not exist") and "(IndexMissing)" in message
+    body = apply_status(body, actions)
+    # The progress deadline (20s) still applies, and the rollback says why.
+    actions, decision = reconcile(body, second, compute_revision(second), observed, CONFIG, NOW + timedelta(seconds=30))
+    assert decision.state.rolled_back == candidate and "not ready within progressDeadline 20s: index docs version v2" in decision.state.rollback_reason
+    # The same candidate with its index ready goes to its first step.
+    ok = replace(observed, index_verdicts={candidate: IndexVerdict(True, "IndexReady", "ready")})
+    _, decision = reconcile(stack({"stableRevision": stable, "phase": "Healthy"}), second, compute_revision(second), ok, CONFIG, NOW)
+    assert decision.state.step_index == 0 and decision.traffic.candidate_weight == 10

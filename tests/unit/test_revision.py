@@ -73,6 +73,9 @@ def test_defaults_written_or_omitted_are_equal(path, value):
         ("retriever.index.version", "2"),
         ("retriever.embedding.model", "e5"),
         ("retriever.topK", 8),
+        ("retriever.embedding.dimension", 384),
+        ("retriever.queryTemplate", "{{ messages[-1].content }}"),
+        ("prompt.templates", {"system": "{{ system }} {% for d in documents %}{{ d.text }}{% endfor %}"}),
         ("tools.definitions", []),
         ("tools.version", "v2"),
     ],
@@ -93,6 +96,8 @@ def test_any_real_change_makes_a_new_revision(path, value):
         ("gates", [{"name": "g", "prometheus": {"query": "up"}, "threshold": {"min": 1}}]),
         ("traffic.provider", "Router"),
         ("cache.tenantHeader", "x-org"),
+        ("retriever.timeout", "10s"),
+        ("retriever.onFailure", "AnswerWithoutContext"),
     ],
 )
 def test_delivery_changes_make_no_new_revision(path, value):
@@ -111,3 +116,29 @@ def test_configmap_prompt_hashes_its_content():
 def test_cache_namespace_is_per_revision():
     assert cache_namespace("ns", "bot", "abc") != cache_namespace("ns", "bot", "def")
     assert cache_namespace("ns", "bot", "abc", prefix="team-a") == "team-a:abc"
+
+
+def test_retriever_fields_added_later_leave_existing_revisions_alone():
+    # The hash of BASE before spec.retriever had store, dimension, queryTemplate, timeout and onFailure:
+    # an operator upgrade must not start a rollout of every stack with a retriever.
+    assert rev(BASE) == "77ca169e71"
+
+
+RAG = with_("retriever", {
+    "embedding": {"model": "bge", "dimension": 384}, "index": {"name": "docs", "version": "1"},
+    "endpoint": "http://embed:8080", "store": {"kind": "pgvector", "secretRef": {"name": "store"}},
+})
+
+
+@pytest.mark.parametrize(
+    "path,value,new_revision",
+    [
+        ("retriever.store.secretRef.name", "other-store", True),  # another database: other documents
+        ("retriever.embedding.dimension", 768, True),
+        ("retriever.endpoint", "http://embed-2:8080", True),
+        ("retriever.timeout", "250ms", False),
+        ("retriever.onFailure", "AnswerWithoutContext", False),
+    ],
+)
+def test_a_served_retriever_changes_the_revision_by_what_users_see(path, value, new_revision):
+    assert (rev(with_(path, value, RAG)) != rev(RAG)) is new_revision

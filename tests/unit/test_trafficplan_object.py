@@ -79,3 +79,37 @@ def test_plans_seen_trusts_only_the_stacks_own_plan_and_serials_only_grow() -> N
     foreign = PlanSeen("hosted-traffic", "cm2", "uid-0", 99)  # not this stack's: never deleted by us
     seen = plans_seen(key, "uid-1", {}, {key: [legacy, foreign]})
     assert seen.current_json is None and seen.legacy == (legacy,) and seen.floor_serial == 41
+
+
+RAG = InferenceStackSpec.model_validate(
+    {
+        "model": {"name": "gpt-x", "gpus": 0, "endpoint": {"url": "https://llm.example.com/v1"}},
+        "prompt": {"version": "v1", "system": "s", "templates": {"system": "{{ system }} {{ documents | length }}"}},
+        "retriever": {
+            "embedding": {"model": "bge", "dimension": 8}, "index": {"name": "docs", "version": "v2"},
+            "endpoint": "http://embed.search.svc:8080/v1", "topK": 3, "queryTemplate": "{{ messages[-1].content }}",
+            "store": {"secretRef": {"name": "docs-store"}}, "timeout": "750ms", "onFailure": "AnswerWithoutContext",
+        },
+    }
+)
+
+
+def test_each_bundle_carries_its_revisions_retrieval_and_never_the_dsn() -> None:
+    rev = compute_revision(RAG)
+    built = traffic_plan(STACK["metadata"], RAG, OperatorConfig(), (rev.hash, rev.parts))
+    r = built.stable.retrieval
+    assert r is not None and built.stable.system_template == "{{ system }} {{ documents | length }}"
+    assert (r.embedding_url, r.embedding_model, r.dimension, r.index, r.index_version, r.top_k) == (
+        "http://embed.search.svc:8080", "bge", 8, "docs", "v2", 3)
+    assert (r.store_secret_ref.name, r.store_secret_ref.key, r.timeout_seconds, r.on_failure) == ("docs-store", "dsn", 0.75, "AnswerWithoutContext")
+    assert r.query_template == "{{ messages[-1].content }}"
+    leaky = built.model_copy(update={"stable": built.stable.model_copy(update={"retrieval": r.model_copy(update={"store_dsn": "postgresql://u:pw-leak@db"})})})
+    obj = build_traffic_plan(STACK, leaky)
+    assert "pw-leak" not in json.dumps(obj) and "storeDsn" not in json.dumps(obj)
+    crd = build_plan_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert "storeDsn" not in crd["properties"]["stable"]["properties"]["retrieval"]["properties"]
+
+
+def test_a_retriever_without_a_store_retrieves_nothing() -> None:
+    rev = compute_revision(SPEC)
+    assert traffic_plan(STACK["metadata"], SPEC, OperatorConfig(), (rev.hash, rev.parts)).stable.retrieval is None

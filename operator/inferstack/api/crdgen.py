@@ -217,12 +217,13 @@ def build_plan_crd() -> dict[str, Any]:
     operator's ServiceAccount may write it (the chart's aggregated roles give
     namespace users view only). The CEL rules of the evaluators are left out:
     the operator builds a plan from a stack the API server validated already.
-    The fields the router fills in memory (``apiKey``, ``judgeApiKeys``) are
+    The fields the router fills in memory (``apiKey``, ``retrieval.storeDsn``, ``judgeApiKeys``) are
     left out too, so a token can never be stored in a plan.
     """
     spec = _without_cel(openapi_schema(TrafficPlan))
     for bundle in ("stable", "candidate"):
         del spec["properties"][bundle]["properties"]["apiKey"]
+        del spec["properties"][bundle]["properties"]["retrieval"]["properties"]["storeDsn"]
     del spec["properties"]["evaluation"]["properties"]["judgeApiKeys"]
     spec["properties"]["evaluation"].get("default", {}).pop("judgeApiKeys", None)
     spec["description"] = "Where the stack's requests go; written by the operator only."

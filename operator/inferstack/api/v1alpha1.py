@@ -258,6 +258,10 @@ class PromptSpec(Model):
 class EmbeddingSpec(Model):
     model: str = Field(..., min_length=1, max_length=256)
     revision: str | None = Field(None, min_length=1, max_length=128)
+    # pgvector's vector type holds at most 16000 dimensions.
+    dimension: int | None = Field(
+        None, ge=1, le=16_000, description="Length of the model's embedding vectors; the index's vector column has this length."
+    )
 
 
 class IndexSpec(Model):
@@ -265,11 +269,47 @@ class IndexSpec(Model):
     version: str = Field(..., min_length=1, max_length=63)
 
 
+class VectorStoreKind(StrEnum):
+    PGVECTOR = "pgvector"
+
+
+class StoreSecretRef(Model):
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    key: str = Field("dsn", max_length=253, pattern=DATA_KEY_PATTERN, description="The key holding the connection string.")
+
+
+class VectorStoreSpec(Model):
+    """Where the index versions live. The Secret is read by the router from the stack's own namespace."""
+
+    kind: VectorStoreKind = VectorStoreKind.PGVECTOR
+    secret_ref: StoreSecretRef = Field(
+        ..., description="A Secret of the stack's namespace whose key holds the store's DSN (postgresql://user:password@host/db)."
+    )
+
+
+class RetrievalFailure(StrEnum):
+    FAIL = "Fail"  # a 503 naming the request id
+    ANSWER_WITHOUT_CONTEXT = "AnswerWithoutContext"  # the model answers with no documents
+
+
+# Postgres cuts identifiers at 63 bytes; the table of an index version is <name>__<version>.
+MAX_TABLE_NAME = 63
+
+
 class RetrieverSpec(Model):
     embedding: EmbeddingSpec
     index: IndexSpec
-    endpoint: str | None = Field(None, pattern=URL_PATTERN, max_length=2048)
+    endpoint: str | None = Field(
+        None, pattern=URL_PATTERN, max_length=2048, description="Base URL of the OpenAI-compatible /v1/embeddings server."
+    )
     top_k: int = Field(5, ge=1, le=100)
+    store: VectorStoreSpec | None = Field(None, description="The vector store the router searches; none: nothing is retrieved.")
+    query_template: str | None = Field(
+        None, max_length=8192,
+        description="Jinja2 (sandboxed) making the search query from `messages`; default: the last user message.",
+    )
+    timeout: Duration = Field("2s", description="Embedding plus search, per request; past it onFailure applies.")
+    on_failure: RetrievalFailure = Field(RetrievalFailure.FAIL, description="Fail: a 503. AnswerWithoutContext: no documents.")
 
     cel_rules = (
         Rule(
@@ -282,6 +322,27 @@ class RetrieverSpec(Model):
             # A transition rule: it needs the previous object, which only the API server has.
             lambda r: True,
             field_path=".index.version",
+        ),
+        Rule(
+            "!has(self.store) || has(self.endpoint)",
+            "spec.retriever.endpoint is required with spec.retriever.store: "
+            "set it to the base URL of the embedding model's OpenAI-compatible server",
+            lambda r: r.store is None or r.endpoint is not None,
+            field_path=".endpoint",
+        ),
+        Rule(
+            "!has(self.store) || has(self.embedding.dimension)",
+            "spec.retriever.embedding.dimension is required with spec.retriever.store: "
+            "set it to the length of the embedding model's vectors (the index's vector column)",
+            lambda r: r.store is None or r.embedding.dimension is not None,
+            field_path=".embedding.dimension",
+        ),
+        Rule(
+            f"!has(self.store) || size(self.index.name) + size(self.index.version) + 2 <= {MAX_TABLE_NAME}",
+            f"spec.retriever.index: name and version together must be at most {MAX_TABLE_NAME - 2} characters "
+            f"with spec.retriever.store (the index version's table is <name>__<version>): shorten them",
+            lambda r: r.store is None or len(r.index.name) + len(r.index.version) + 2 <= MAX_TABLE_NAME,
+            field_path=".index",
         ),
     )
 

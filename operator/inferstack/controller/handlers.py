@@ -19,7 +19,7 @@ import contextlib
 import copy
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -31,6 +31,7 @@ from inferstack import GROUP, PLURAL, VERSION
 from inferstack.api.v1alpha1 import InferenceStackSpec, TrafficProvider
 from inferstack.controller import metrics
 from inferstack.controller.golden import JobSeen, golden_analysis
+from inferstack.controller.indexes import IndexChecker
 from inferstack.controller.kube import FIELD_MANAGER, Kube, api_problem
 from inferstack.controller.leader import Elector
 from inferstack.controller.notify import Notifier
@@ -77,6 +78,7 @@ class Runtime:
     indexes: tuple = ()
     # With leader election, only the leader runs loops and writes; None: always.
     elector: Elector | None = None
+    index_checker: IndexChecker = IndexChecker()
 
 
 def leading() -> bool:
@@ -355,6 +357,12 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
         return PassResult(patched=await write_status(kube, body, patch, unusable), problem=unusable)
     revision = compute_revision(spec, refs)
     parts.setdefault(revision.hash, revision.parts)
+    # Revisions waiting for traffic get none until their index version is checked (core/indexcheck.py).
+    status = body.get("status") or {}
+    waiting = {revision.hash, status.get("candidateRevision")} - {status.get("stableRevision"), None}
+    verdicts = await Runtime.index_checker.verdicts(kube, meta["namespace"], meta["name"], parts, sorted(w for w in waiting if w))
+    if verdicts:
+        observed = replace(observed, index_verdicts=verdicts)
     analysis = await run_analysis(spec, meta, body.get("status") or {}, now)
     if analysis is None:
         # An evaluate step is judged by its golden-set Jobs, not by Prometheus.

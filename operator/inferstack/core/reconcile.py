@@ -24,6 +24,7 @@ from typing import Any
 from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
+from inferstack.core.indexcheck import IndexVerdict
 from inferstack.core.revision import Revision, cache_namespace
 from inferstack.core.rollout import Analysis, Decision, Observations, RolloutState, decide, parse_command
 from inferstack.core.status import Problem, desired_status, merge_patch, summarize
@@ -43,6 +44,8 @@ class Observed:
     deployments: dict[str, DeploymentState] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)  # hash -> ControllerRevision.revision
     plan_json: str | None = None  # spec (JSON) of the stack's own TrafficPlan
+    # Revisions whose retriever searches a store: the pre-traffic check of their index version.
+    index_verdicts: dict[str, IndexVerdict] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +84,9 @@ def revisions_to_collect(observed: Observed, keep: set[str], limit: int) -> list
 def revision_ready(spec: InferenceStackSpec, observed: Observed, rev: str) -> bool:
     if rev not in observed.revisions:
         return False
+    verdict = observed.index_verdicts.get(rev)
+    if verdict is not None and not verdict.ready:
+        return False  # its index version would serve no or the wrong documents: no traffic
     if spec.model.endpoint is not None:
         return True  # a hosted model has no pods to wait for
     dep = observed.deployments.get(rev)
@@ -111,8 +117,11 @@ def status_patch(
     """
     meta, current = stack["metadata"], stack.get("status") or {}
     first = observed.deployments.get(revision) if revision else None
+    waiting = state.candidate or (revision if state.stable is None else None)
+    verdict = observed.index_verdicts.get(waiting) if waiting else None
     summary = summarize(
-        spec, state, revision=revision, now=now, stuck=first is not None and first.deadline_exceeded, problem=problem
+        spec, state, revision=revision, now=now, stuck=first is not None and first.deadline_exceeded, problem=problem,
+        index=verdict if verdict is not None and not verdict.ready else None,
     )
     if spec is None:
         cache_ns = current.get("cacheNamespace")  # unknown without a spec: leave it as it is
@@ -151,6 +160,7 @@ def reconcile(
     obs = Observations(
         revision=rev,
         ready=ready,
+        not_ready={r: v.message for r, v in observed.index_verdicts.items() if not v.ready},
         known=frozenset(known),
         analysis=analysis,
         command=parse_command(meta.get("annotations")),

@@ -67,7 +67,16 @@ def revision_parts(spec: InferenceStackSpec, refs: ResolvedRefs | None = None) -
 
     parts: dict[str, Any] = {"model": model, "prompt": prompt, "retriever": None, "tools": None}
     if spec.retriever is not None:
-        parts["retriever"] = spec.retriever.model_dump(mode="json", by_alias=True)
+        # How a failure is handled is delivery, not content: no new revision for it.
+        # Fields added later are left out while unset, so a stack's revision is
+        # the same before and after an operator upgrade that added them.
+        retriever = spec.retriever.model_dump(mode="json", by_alias=True, exclude={"timeout", "on_failure"})
+        for optional in ("store", "queryTemplate"):
+            if retriever[optional] is None:
+                del retriever[optional]
+        if retriever["embedding"]["dimension"] is None:
+            del retriever["embedding"]["dimension"]
+        parts["retriever"] = retriever
     if spec.tools is not None:
         tools: dict[str, Any] = {"version": spec.tools.version}
         if spec.tools.config_map_ref is not None:

@@ -224,6 +224,7 @@ class Observations:
     known: frozenset[str] = frozenset()  # revisions whose objects still exist: possible undo targets
     analysis: Analysis | None = None
     command: Command | None = None
+    not_ready: dict[str, str] = field(default_factory=dict)  # why a revision is not ready besides its pods (its index)
 
 
 # ------------------------------------------------------------------ decision
@@ -704,13 +705,15 @@ class _Run:
             elif not s.paused or self.manual == Verb.PROMOTE:
                 self.enter(0)
             return
+        why = self.obs.not_ready.get(s.candidate)
         if self.manual:
-            self.event("CommandIgnored", f"{self.manual.value}: candidate pods are not Ready yet", WARNING)
+            self.event("CommandIgnored", f"{self.manual.value}: {why or 'candidate pods are not Ready yet'}", WARNING)
         deadline = parse_duration(self.spec.rollout.progress_deadline)
         if self.now - s.candidate_since >= deadline:
             self.roll_back(
                 "ProgressDeadlineExceeded",
-                f"pods not Ready within progressDeadline {format_duration(deadline)}",
+                f"not ready within progressDeadline {format_duration(deadline)}: {why}" if why
+                else f"pods not Ready within progressDeadline {format_duration(deadline)}",
             )
 
     def step_done(self) -> bool:

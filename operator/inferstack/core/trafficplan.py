@@ -54,6 +54,31 @@ class SecretRef(_Model):
     key: str = Field(..., min_length=1)
 
 
+class RetrievalPlan(_Model):
+    """What the router needs to retrieve for one revision: the embedding server, the pinned index version, the store.
+
+    Part of the revision's bundle, so a candidate's shadow and canary requests
+    search the candidate's index version and a rollback restores the stable one
+    in the same plan write as everything else.
+    """
+
+    embedding_url: str = Field(..., pattern=r"^https?://", description="Base URL of the OpenAI-compatible embeddings server, without /v1.")
+    embedding_model: str = Field(..., min_length=1)
+    dimension: int = Field(..., ge=1, le=16_000)
+    index: str = Field(..., min_length=1, max_length=253)
+    index_version: str = Field(..., min_length=1, max_length=63)
+    top_k: int = Field(5, ge=1, le=100)
+    store_kind: str = Field("pgvector", pattern=r"^pgvector$")
+    store_secret_ref: SecretRef
+    query_template: str | None = Field(None, max_length=8192)
+    timeout_seconds: float = Field(2.0, gt=0, le=300)
+    on_failure: str = Field("Fail", pattern=r"^(Fail|AnswerWithoutContext)$")
+    store_dsn: str | None = Field(
+        None, repr=False,  # it holds the store's password: not in a repr that reaches a log
+        description="The DSN itself: filled in memory by the router from store_secret_ref, never written to a plan.",
+    )
+
+
 class RevisionBundle(_Model):
     """A revision's bundle: everything the router applies to a request that revision serves.
 
@@ -81,6 +106,10 @@ class RevisionBundle(_Model):
     api_key: str | None = Field(
         None, description="The token itself: filled in memory by the router from api_key_secret_ref, never written to a plan."
     )
+    system_template: str | None = Field(
+        None, max_length=65_536, description="prompt.templates.system: Jinja2 rendering the system message (documents, messages, tools)."
+    )
+    retrieval: RetrievalPlan | None = None
 
 
 class Stickiness(_Model):
@@ -134,7 +163,8 @@ class TrafficPlan(_Model):
 
 # Filled in memory by the router, never written: the CRD has no such fields,
 # so the API server refuses a plan that carries a token.
-IN_MEMORY_ONLY: dict[str, Any] = {"stable": {"api_key"}, "candidate": {"api_key"}, "evaluation": {"judge_api_keys"}}
+_BUNDLE_SECRETS: dict[str, Any] = {"api_key": True, "retrieval": {"store_dsn": True}}
+IN_MEMORY_ONLY: dict[str, Any] = {"stable": _BUNDLE_SECRETS, "candidate": _BUNDLE_SECRETS, "evaluation": {"judge_api_keys": True}}
 
 
 def plan_name(stack: str) -> str:
@@ -176,6 +206,7 @@ def revision_bundle(
         else config.backend_url_template.format(service=objects.revision_name(name, rev), namespace=ns, stack=name, revision=rev)
     )
     tools = parts.get("tools") or {}
+    prompt = parts["prompt"]
     return RevisionBundle(
         revision=rev,
         url=url,
@@ -187,6 +218,34 @@ def revision_bundle(
         tools=[{"type": "function", "function": d} for d in tools.get("definitions") or []],
         # Only a reference: every namespace user may read plans (the view role), and a token never goes into one.
         api_key_secret_ref=SecretRef(**endpoint["apiKeySecretRef"]) if endpoint and endpoint.get("apiKeySecretRef") else None,
+        system_template=(prompt.get("templates") or {}).get("system"),
+        retrieval=retrieval_plan(spec, parts.get("retriever")),
+    )
+
+
+def retrieval_plan(spec: InferenceStackSpec, retriever: dict[str, Any] | None) -> RetrievalPlan | None:
+    """The revision's retrieval, from its own retriever part; None when it has no store to search.
+
+    Content (index version, embedding, topK, template) comes from the
+    revision's parts, so each revision keeps its own; the failure policy and
+    timeout are delivery settings and come from the spec in force.
+    """
+    if not retriever or not retriever.get("store"):
+        return None
+    delivery = spec.retriever
+    store = retriever["store"]
+    return RetrievalPlan(
+        embedding_url=retriever["endpoint"].rstrip("/").removesuffix("/v1"),
+        embedding_model=retriever["embedding"]["model"],
+        dimension=retriever["embedding"]["dimension"],
+        index=retriever["index"]["name"],
+        index_version=retriever["index"]["version"],
+        top_k=retriever["topK"],
+        store_kind=store["kind"],
+        store_secret_ref=SecretRef(name=store["secretRef"]["name"], key=store["secretRef"]["key"]),
+        query_template=retriever.get("queryTemplate"),
+        timeout_seconds=parse_duration(delivery.timeout).total_seconds() if delivery else 2.0,
+        on_failure=str(delivery.on_failure) if delivery else "Fail",
     )
 
 

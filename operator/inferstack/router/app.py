@@ -18,6 +18,7 @@ from inferstack.api.v1alpha1 import OTHER_SLICE
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
 from inferstack.router import proxy, requests
 from inferstack.router.assignment import Role, choose
+from inferstack.router.augment import RETRIEVED_HEADER, Refusal, RevisionPrompts, compile_prompts, prepare
 from inferstack.router.auth import Authenticator, ModelNotAllowed, forbidden, identity_of, resolve, visible
 from inferstack.router.bundle import apply_bundle
 from inferstack.router.cache import CacheMemory, ResponseCache, cache_key, cacheable
@@ -28,6 +29,7 @@ from inferstack.router.feedback import FeedbackEndpoint
 from inferstack.router.judge import JudgeRunner
 from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
 from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, UnknownModel
+from inferstack.router.retrieval import Retriever, store_dsns
 from inferstack.router.settings import RouterSettings
 from inferstack.router.shadow import ShadowMirror, mirror, record_checked_answer
 
@@ -57,6 +59,9 @@ class Router:
         self.streams = 0  # client-facing streams open now (--max-concurrent-streams)
         # Per stack: its evaluators compiled per revision (compiling per answer would be waste).
         self.evaluators: dict[str, dict[str, Evaluators]] = {}
+        # Per stack: each revision's templates compiled (router/augment.py); None: the plain path.
+        self.prompts: dict[str, dict[str, RevisionPrompts | None]] = {}
+        self.retriever = Retriever(settings.store_max_connections, settings.connect_timeout)
         # POST /v1/feedback, and the signed response id on every answer (router/feedback.py).
         self.feedback = FeedbackEndpoint.from_keys(store, metrics, settings.feedback_keys, settings.feedback_seen_limit)
         self.judges = JudgeRunner(metrics, store.get, queue_limit=settings.judge_queue_limit, workers=settings.judge_workers)
@@ -73,6 +78,7 @@ class Router:
     async def close(self) -> None:
         await self.shadow.close()
         await self.judges.close()
+        await self.retriever.close()
         if self.session is not None:
             await self.session.close()
 
@@ -82,12 +88,16 @@ class Router:
         if plan is None:
             self._drop_cache(key)
             self.evaluators.pop(key, None)
+            self.prompts.pop(key, None)
+            self.retriever.keep_only(store_dsns(b for p in self.store.plans() for b in (p.stable, p.candidate)))
             self.metrics.plan_serial.remove(namespace, stack)
             return
         self.metrics.plan_serial.labels(namespace, stack).set(plan.serial)
         # Compiled once per plan, not per answer; a revision's tool schemas are its own.
         bundles = [b for b in (plan.stable, plan.candidate) if b is not None]
         self.evaluators[key] = {b.revision: Evaluators.compile(plan.evaluation.evaluators, b.tools) for b in bundles}
+        self.prompts[key] = {b.revision: compile_prompts(b) for b in bundles}
+        self.retriever.keep_only(store_dsns(b for p in self.store.plans() for b in (p.stable, p.candidate)))
         cache = self.caches.get(key)
         if not plan.response_cache.enabled:
             self._drop_cache(key)
@@ -197,6 +207,9 @@ class Router:
     def _evaluators(self, plan: TrafficPlan, revision: str) -> Evaluators | None:
         return self.evaluators.get(plan.key, {}).get(revision)
 
+    def _prompts(self, plan: TrafficPlan, revision: str) -> RevisionPrompts | None:
+        return self.prompts.get(plan.key, {}).get(revision)
+
     def _mirror(
         self, plan: TrafficPlan, bundle: RevisionBundle, path: str, body: dict[str, Any],
         tenant: str | None, slice_: str, request_id: str, *, chat: bool,
@@ -204,15 +217,25 @@ class Router:
         assert self.session is not None
         labels = Labels(plan.namespace, plan.stack, bundle.revision, "shadow", slice_)
         stream = bool(body.get("stream"))
-        coro = mirror(
-            self.session, self.metrics, labels, bundle, path, body, apply_bundle(body, bundle, tenant, chat=chat),
-            request_id=request_id,
-            timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
-            max_response_bytes=self.settings.max_response_bytes,
-            evaluators=self._evaluators(plan, bundle.revision),
-            on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id),
-        )
-        self.shadow.submit(plan.namespace, plan.stack, coro)
+        session = self.session
+
+        async def shadowed() -> None:
+            # The candidate's own retrieval and template, inside the mirror: the client never waits for it.
+            try:
+                prepared = await prepare(session, self.retriever, self.metrics, self._prompts(plan, bundle.revision), bundle,
+                                         body, tenant, labels, request_id, chat=chat)
+            except Refusal:
+                return  # counted by prepare; a shadow answer is discarded anyway
+            await mirror(
+                session, self.metrics, labels, bundle, path, body, prepared.body,
+                request_id=request_id,
+                timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
+                max_response_bytes=self.settings.max_response_bytes,
+                evaluators=self._evaluators(plan, bundle.revision),
+                on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id),
+            )
+
+        self.shadow.submit(plan.namespace, plan.stack, shadowed())
 
     async def _serve(
         self, request: web.Request, plan: TrafficPlan, role: Role, bundle: RevisionBundle, path: str,
@@ -231,7 +254,18 @@ class Router:
             # Signed: any replica attributes later feedback to this revision and slice.
             RESPONSE_ID_HEADER: self.feedback.response_id(labels),
         }
-        upstream_body = apply_bundle(body, bundle, tenant, chat=chat)
+        prompts = self._prompts(plan, bundle.revision)
+        if prompts is None:
+            upstream_body = apply_bundle(body, bundle, tenant, chat=chat)  # no retriever, no template: no await
+        else:
+            try:
+                prepared = await prepare(self.session, self.retriever, self.metrics, prompts, bundle, body, tenant, labels,
+                                         request_id, chat=chat)
+            except Refusal as refusal:
+                return error_response(refusal.status, refusal.message, refusal.code, headers)
+            upstream_body = prepared.body
+            if prepared.retrieved is not None:
+                headers[RETRIEVED_HEADER] = prepared.retrieved
         stream = bool(body.get("stream"))
 
         # No tenant (--auth none): no one's cached answer, and none kept for anyone.

@@ -23,15 +23,26 @@ def cache_salt(tenant: str | None, cache_namespace: str) -> str:
     return hashlib.sha256(f"{tenant}\x00{cache_namespace}".encode()).hexdigest()
 
 
-def apply_bundle(body: dict[str, Any], bundle: RevisionBundle, tenant: str | None, *, chat: bool) -> dict[str, Any]:
-    """A new body for ``bundle``'s backend; ``body`` itself is left untouched (shadows reuse it)."""
+def without_system(body: dict[str, Any]) -> list[Any]:
+    """The client's messages but its system messages: the stack owns the system prompt."""
+    return [m for m in body.get("messages") or [] if not (isinstance(m, dict) and m.get("role") == "system")]
+
+
+def apply_bundle(
+    body: dict[str, Any], bundle: RevisionBundle, tenant: str | None, *, chat: bool, system_prompt: str | None = None,
+) -> dict[str, Any]:
+    """A new body for ``bundle``'s backend; ``body`` itself is left untouched (shadows reuse it).
+
+    ``system_prompt``: the system message rendered from the revision's template
+    (router/app.py), instead of the bundle's own text.
+    """
     out = copy.copy(body)
     out["model"] = bundle.served_model
     out["cache_salt"] = cache_salt(tenant, bundle.cache_namespace)
     if chat:
-        if bundle.system_prompt is not None:
-            messages = [m for m in body.get("messages") or [] if not (isinstance(m, dict) and m.get("role") == "system")]
-            out["messages"] = [{"role": "system", "content": bundle.system_prompt}, *messages]
+        system = system_prompt if system_prompt is not None else bundle.system_prompt
+        if system is not None:
+            out["messages"] = [{"role": "system", "content": system}, *without_system(body)]
         # The stack owns the tool set, but a client that sends its own keeps it.
         if bundle.tools and not body.get("tools"):
             out["tools"] = copy.deepcopy(bundle.tools)

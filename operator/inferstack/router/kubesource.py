@@ -467,20 +467,29 @@ class KubePlanSource:
         spec = obj.get("spec")
         if not isinstance(spec, dict) or structural_refusal(meta, spec.get("stack"), spec.get("namespace")) is not None:
             return obj
-        if "apiKeySecretRef" not in json.dumps(spec):
+        text = json.dumps(spec)
+        if "apiKeySecretRef" not in text and "storeSecretRef" not in text:
             return obj
         core = client.CoreV1Api(api)
         spec = copy.deepcopy(spec)
+
+        def read(ref: dict[str, Any]) -> str:
+            secret = core.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
+            raw = (secret.data or {}).get(ref["key"])
+            if raw is None:
+                raise KeyError(f"Secret {namespace}/{ref['name']} has no key {ref['key']!r}")
+            return base64.b64decode(raw).decode().strip()
+
         try:
             for role in ("stable", "candidate"):
                 bundle = spec.get(role) or {}
                 ref = bundle.get("apiKeySecretRef")
                 if ref:
-                    secret = core.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
-                    raw = (secret.data or {}).get(ref["key"])
-                    if raw is None:
-                        raise KeyError(f"Secret {namespace}/{ref['name']} has no key {ref['key']!r}")
-                    bundle["apiKey"] = base64.b64decode(raw).decode().strip()
+                    bundle["apiKey"] = read(ref)
+                # The vector store's DSN (user and password in it), by the same rules as a token.
+                retrieval = bundle.get("retrieval") or {}
+                if retrieval.get("storeSecretRef"):
+                    retrieval["storeDsn"] = read(retrieval["storeSecretRef"])
             evaluation = spec.get("evaluation") or {}
             keys = evaluation.setdefault("judgeApiKeys", {})
             for ev in evaluation.get("evaluators") or []:
@@ -496,6 +505,6 @@ class KubePlanSource:
                     except ApiException as exc:
                         log.error("plan in %s: cannot read judge %s's token: HTTP %s", namespace, ev.get("name"), exc.status)
         except (ApiException, KeyError, ValueError, TypeError) as exc:
-            log.error("plan in %s: cannot read an endpoint token: %s", namespace, exc)
+            log.error("plan in %s: cannot read an endpoint token or store DSN: %s", namespace, exc)
             return obj
         return {**obj, "spec": spec}

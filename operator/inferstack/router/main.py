@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lim.add_argument("--max-concurrent-streams", type=int, default=1024, help="Client-facing streams at once; more get a 429.")
     lim.add_argument("--stream-write-timeout", type=float, default=30.0,
                      help="Seconds a streamed write may wait for a client that stopped reading before it is disconnected.")
+    p.add_argument("--store-max-connections", type=int, default=4,
+                   help="Connections per vector store (one DSN), shared by the stacks that name it.")
     p.add_argument("--no-candidate-fallback", action="store_true", help="Do not retry candidate connect errors on stable.")
     p.add_argument(
         "--feedback-key-file",
@@ -79,6 +81,7 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
         shadow_queue_limit=args.shadow_queue_limit,
         judge_queue_limit=args.judge_queue_limit,
         judge_workers=args.judge_workers,
+        store_max_connections=args.store_max_connections,
         slice_header=args.slice_header,
         slices=tuple(s.strip() for s in args.slices.split(",") if s.strip()),
         candidate_fallback=not args.no_candidate_fallback,

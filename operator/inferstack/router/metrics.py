@@ -110,6 +110,28 @@ class RouterMetrics:
         )
         self.plan_serial = Gauge("inferstack_router_plan_serial", "Serial of the plan in force.", ("namespace", "stack"), registry=r)
         self.shadow_inflight = Gauge("inferstack_router_shadow_inflight", "Mirrored requests in flight.", registry=r)
+        # Retrieval (router/retrieval.py), per revision and slice like the answers it feeds.
+        # kind is a fixed set (RetrievalFailed's kinds), never text from a store or a client.
+        self.retrieval_duration = Histogram(
+            "inferstack_router_retrieval_duration_seconds", "Embedding plus vector search, per request.", LABELS,
+            registry=r, buckets=_LATENCY_BUCKETS,
+        )
+        self.retrievals = Counter("inferstack_router_retrievals", "Retrievals that returned (documents or none).", LABELS, registry=r)
+        self.retrieved_documents = Counter(
+            "inferstack_router_retrieved_documents", "Documents returned by retrievals.", LABELS, registry=r
+        )
+        self.retrievals_empty = Counter(
+            "inferstack_router_retrievals_empty", "Retrievals that returned no document.", LABELS, registry=r
+        )
+        self.retrieval_errors = Counter(
+            "inferstack_router_retrieval_errors", "Retrievals that failed (embedding server, store, timeout), by kind.",
+            (*LABELS, "kind"), registry=r,
+        )
+        self.answered_without_context = Counter(
+            "inferstack_router_answered_without_context",
+            "Requests sent to the model without documents after a failed retrieval (onFailure: AnswerWithoutContext).",
+            LABELS, registry=r,
+        )
         self.streams_refused = Counter(
             "inferstack_router_streams_refused", "Streamed requests refused (429): --max-concurrent-streams were open.", registry=r
         )
@@ -159,6 +181,14 @@ class RouterMetrics:
             wins.inc()
         elif outcome < 0:
             losses.inc()
+
+    def record_retrieval(self, labels: Labels, duration: float, documents: int) -> None:
+        self.retrieval_duration.labels(*labels).observe(duration)
+        self.retrievals.labels(*labels).inc()
+        self.retrieved_documents.labels(*labels).inc(documents)
+        empty = self.retrievals_empty.labels(*labels)  # created at 0: an empty rate of 0, not "no data"
+        if not documents:
+            empty.inc()
 
     def record_error(self, labels: Labels, kind: str) -> None:
         self.errors.labels(*labels, kind).inc()

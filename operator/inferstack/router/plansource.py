@@ -46,6 +46,10 @@ def parse_plan(text: str | bytes) -> TrafficPlan:
             # Serving without the token would turn every request into a 401.
             ref = bundle.api_key_secret_ref
             raise PlanError(f"revision {bundle.revision}: token from Secret {ref.name} key {ref.key} could not be read")
+        if bundle.retrieval is not None and not bundle.retrieval.store_dsn:
+            # Searching without the store's address cannot work: keep the last good plan.
+            ref = bundle.retrieval.store_secret_ref
+            raise PlanError(f"revision {bundle.revision}: store DSN from Secret {ref.name} key {ref.key} could not be read")
     return plan
 
 

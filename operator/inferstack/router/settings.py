@@ -22,6 +22,7 @@ class RouterSettings:
     stream_write_timeout: float = 30.0  # seconds a streamed write may wait for a client that stopped reading
     max_response_bytes: int = 16 * 1024 * 1024  # non-streamed answers are read whole; bound them
     max_connections: int = 1024  # to all backends together
+    store_max_connections: int = 4  # per vector store (one DSN), shared by every stack that names it
     judge_queue_limit: int = 256  # judge jobs waiting; more are dropped and counted
     judge_workers: int = 8  # judge calls in flight at once (per router replica)
     # Keys that sign response ids (the first signs, all verify); every replica must

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inferstack.standin import fixtures, judge
+from inferstack.standin import embeddings, fixtures, judge
 from inferstack.standin.metrics import StandinMetrics
 
 
@@ -34,12 +34,14 @@ class StandinSettings:
     api_key: str | None = None  # like vLLM's --api-key: /v1 requests need this bearer token
     judge: bool = False  # answer judge prompts with verdicts (judge.py) instead of answering questions
     judge_position_bias: bool = False  # a judge that says [[A]] where it should say [[C]]
+    embedding_dimension: int = 64  # /v1/embeddings vector length, unless the request asks for `dimensions`
 
 
 SETTINGS: web.AppKey[StandinSettings] = web.AppKey("settings", StandinSettings)
 METRICS: web.AppKey[StandinMetrics] = web.AppKey("metrics", StandinMetrics)
 SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
-# The last bodies received, so tests can see exactly what the router forwarded.
+# The last bodies received, so tests can see exactly what the router forwarded
+# (in process, or over HTTP: GET /debug/received).
 RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received", deque)
 
 
@@ -61,6 +63,42 @@ async def _health(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _received(request: web.Request) -> web.Response:
+    received: deque[dict[str, Any]] = request.app[RECEIVED]
+    return web.json_response(list(received))
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    """OpenAI's ``/v1/embeddings``, as vLLM serves it for an embedding model."""
+    settings = request.app[SETTINGS]
+    if settings.api_key and request.headers.get("Authorization") != f"Bearer {settings.api_key}":
+        return _error(401, "invalid or missing API key", "AuthenticationError")
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        return _error(400, "request body is not JSON", "BadRequestError")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object", "BadRequestError")
+    request.app[RECEIVED].append(body)
+    if body.get("model") != settings.served_model:
+        return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model_not_found")
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        return _error(400, "`input` must be a string or a non-empty array of strings", "BadRequestError")
+    dimension = body.get("dimensions") or settings.embedding_dimension
+    if type(dimension) is not int or not 1 <= dimension <= embeddings.MAX_DIMENSION:
+        return _error(400, f"`dimensions` must be an integer from 1 to {embeddings.MAX_DIMENSION}", "BadRequestError")
+    if settings.fail_rate and random.random() < settings.fail_rate:
+        return _error(500, "injected failure (--fail-rate)", "InternalServerError")
+    if settings.latency_ms:
+        await asyncio.sleep(settings.latency_ms / 1000)
+    tokens = sum(len(t.split()) for t in texts)
+    data = [{"object": "embedding", "index": i, "embedding": embeddings.embed(t, dimension)} for i, t in enumerate(texts)]
+    return web.json_response({"object": "list", "data": data, "model": settings.served_model,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
@@ -166,7 +204,9 @@ def build_app(settings: StandinSettings) -> web.Application:
     app[RECEIVED] = deque(maxlen=100)
     app.router.add_post("/v1/chat/completions", _completions)
     app.router.add_post("/v1/completions", _completions)
+    app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/debug/received", _received)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     return app

@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--judge-position-bias", action="store_true", help="With --judge: prefer answer A where it should say [[C]] (a tie)."
     )
+    p.add_argument("--embedding-dimension", type=int, default=64, help="Length of /v1/embeddings vectors (a request's `dimensions` wins).")
     return p.parse_args(argv)
 
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         api_key=args.api_key,
         judge=args.judge,
         judge_position_bias=args.judge_position_bias,
+        embedding_dimension=args.embedding_dimension,
     )
     web.run_app(build_app(settings), host=args.host, port=args.port, access_log=None, print=None, loop=event_loop())
 

@@ -386,3 +386,22 @@ async def test_tokens_come_from_the_plans_namespace_only_for_trusted_plans(fake)
     await until(lambda: ignored(metrics, "no_controller") == 1)
     assert kube.secret_reads == [("team-a", "hosted-key")]
     await src.stop()
+
+
+async def test_store_dsns_come_from_the_plans_namespace_like_tokens(fake) -> None:
+    kube, url = fake
+    metrics, store = RouterMetrics(), PlanStore()
+    kube.secrets[("team-a", "support-store")] = {"dsn": "postgresql://bot:pw-real@db/docs"}
+    retrieval = {"embeddingUrl": "http://embed:8080", "embeddingModel": "bge", "dimension": 8, "index": "docs",
+                 "indexVersion": "v1", "storeSecretRef": {"name": "support-store", "key": "dsn"}}
+    rag = plan_spec(1)
+    rag["stable"] = {**rag["stable"], "retrieval": retrieval}
+    await kube.stack()
+    await kube.plan(1, spec=rag)
+    src = source(url, metrics)
+    await src.start(store)
+    await until(lambda: serial(store) == 1)
+    loaded = store.get("team-a/support").stable.retrieval
+    assert loaded is not None and loaded.store_dsn == "postgresql://bot:pw-real@db/docs"
+    assert kube.secret_reads == [("team-a", "support-store")]
+    await src.stop()

@@ -34,6 +34,9 @@ def plan_json(stack: str = "support", namespace: str = "team-a", serial: int = 1
         pytest.param(json.dumps({**plan_json(), "surprise": 1}), id="unknown-field"),
         pytest.param(json.dumps({**plan_json(), "stable": {"revision": "r", "url": "ftp://x", "servedModel": "m",
                                                          "cacheNamespace": "c"}}), id="bad-url"),
+        pytest.param(json.dumps({**plan_json(), "stable": {**plan_json()["stable"], "retrieval": {
+            "embeddingUrl": "http://e", "embeddingModel": "m", "dimension": 4, "index": "docs", "indexVersion": "v1",
+            "storeSecretRef": {"name": "s", "key": "dsn"}}}}), id="store-dsn-not-read"),
     ],
 )
 def test_malformed_plans_are_rejected(bad: str | bytes) -> None:

@@ -72,3 +72,33 @@ async def test_metrics_use_vllm_names(client: TestClient) -> None:
         assert name in text
     assert (await client.get("/health")).status == 200
     assert (await (await client.get("/v1/models")).json())["data"][0]["id"] == "m1"
+
+
+async def test_embeddings_are_deterministic_normalized_and_related_texts_are_closer(client: TestClient) -> None:
+    texts = ["refund policy for damaged parcels", "refund policy for damaged parcels", "refund for a damaged parcel", "weather in Paris"]
+    resp = await client.post("/v1/embeddings", json={"model": "m1", "input": texts, "dimensions": 32})
+    assert resp.status == 200
+    vectors = [d["embedding"] for d in (await resp.json())["data"]]
+    assert all(len(v) == 32 and abs(sum(x * x for x in v) - 1) < 1e-9 for v in vectors)
+    cos = [sum(a * b for a, b in zip(vectors[0], v, strict=True)) for v in vectors]
+    assert vectors[0] == vectors[1] and cos[2] > cos[3]
+
+
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"model": "other", "input": "x"}, 404),
+        ({"model": "m1", "input": []}, 400),
+        ({"model": "m1", "input": [1]}, 400),
+        ({"model": "m1", "input": "x", "dimensions": 10**6}, 400),
+    ],
+)
+async def test_embeddings_refuse_what_vllm_refuses(client: TestClient, body, status) -> None:
+    assert (await client.post("/v1/embeddings", json=body)).status == status
+
+
+async def test_what_the_model_received_is_readable_over_http(client: TestClient) -> None:
+    body = {"model": "m1", "messages": [{"role": "system", "content": "rendered context"}, {"role": "user", "content": "hi"}]}
+    await client.post("/v1/chat/completions", json=body)
+    received = await (await client.get("/debug/received")).json()
+    assert received[-1]["messages"][0]["content"] == "rendered context"
