@@ -150,6 +150,26 @@ def operator(tmp_path_factory) -> Iterator[Operator]:
     op.stop()
 
 
+@pytest.fixture(scope="session")
+def pgstore():
+    """A real PostgreSQL with pgvector (the integration tier's server), for stacks whose retriever names a store.
+
+    The operator and router of this tier run on this machine, so its loopback
+    DSN reaches them as a Service's address reaches pods.
+    """
+    sys.path.insert(0, str(REPO / "tests"))
+    from integration.pgstore import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.cleanup()
+
+
+def store_secret(namespace: str, name: str, dsn: str) -> None:
+    """The Secret a stack's ``retriever.store.secretRef`` names, holding the store's DSN under ``dsn``."""
+    kubectl("create", "secret", "generic", name, "-n", namespace, f"--from-literal=dsn={dsn}")
+
+
 @pytest.fixture(scope="module")
 def dataplane(tmp_path_factory):
     """Stand-in, router and operator for the module's tests, watching only the test namespaces.

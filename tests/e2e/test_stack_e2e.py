@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import yaml
-from conftest import REPO, kget, kubectl, wait_until
+from conftest import REPO, kget, kubectl, store_secret, wait_until
 
 BASE = {
     "apiVersion": "inferstack.dev/v1alpha1",
@@ -142,9 +142,16 @@ def test_example_becomes_ready_and_a_change_makes_exactly_one_revision(namespace
     assert revisions_of(namespace, name) == revs
 
 
-def test_operator_restart_is_a_no_op(namespace, operator):
+def test_operator_restart_is_a_no_op(namespace, operator, pgstore):
     manifest = yaml.safe_load((REPO / "examples/rag-support-bot.yaml").read_text())
     name = manifest["metadata"]["name"]
+    # The example's retriever searches a real store: its pinned index version must be there and filled
+    # (the pre-traffic check, core/indexcheck.py), as its comment tells a user to make it.
+    retriever = manifest["spec"]["retriever"]
+    table = f"{retriever['index']['name']}__{retriever['index']['version']}"
+    if not pgstore.sql("SELECT 1 FROM pg_tables WHERE tablename = $1", table):
+        pgstore.create_index(table, retriever["embedding"]["dimension"], [("kb-1", "Refunds above 500 EUR are escalated.", {"title": "Refunds"})])
+    store_secret(namespace, retriever["store"]["secretRef"]["name"], pgstore.dsn)
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
     kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
     # settle: the plan and status are written once, then nothing changes
