@@ -6,7 +6,7 @@
 #   e2e/argobin/build.sh           # prints the binary's directory on success
 #   e2e/argobin/build.sh --cached  # the same if it is built; else exit 1, no build
 #
-# The directory also holds crds/, a copy of the module's manifests/crds/.
+# The directory also holds crds/, the CRDs of the module's manifests/crds/.
 # `go install pkg@version` refuses the module (its go.mod has replace
 # directives), so the module zip from the proxy is copied to a writable
 # directory and built there with its own go.mod and go.sum. Its go line asks
@@ -46,7 +46,7 @@ vpkg=github.com/argoproj/argo-rollouts/utils/version
 ldflags="-s -w -X $vpkg.version=$ARGO_VERSION -X $vpkg.buildDate=1970-01-01T00:00:00Z -X $vpkg.gitTreeState=clean"
 GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$DIR/rollouts-controller.tmp" \
   ./cmd/rollouts-controller >>"$log" 2>&1 || fail "go build ./cmd/rollouts-controller failed"
-rm -rf "$DIR/crds" && cp -r "$SRC/manifests/crds" "$DIR/crds"
+rm -rf "$DIR/crds" && mkdir "$DIR/crds" && cp "$SRC"/manifests/crds/*-crd.yaml "$DIR/crds/"  # not its kustomization.yaml
 mv "$DIR/rollouts-controller.tmp" "$DIR/rollouts-controller"
 echo "argobin/build.sh: rollouts-controller built in $((SECONDS - t0))s" >&2
 echo "$DIR"
