@@ -70,6 +70,8 @@ class Audit:
     def requests(self, start: int, end: int) -> list[dict]:
         """One entry per request (a watch logs ResponseStarted and ResponseComplete: counted once)."""
         seen: dict[str, dict] = {}
+        if end < start:
+            raise SystemExit(f"{self.path} was rotated during the run: start the cluster with the audit-log-maxsize=0 of e2e/cluster.py")
         with self.path.open("rb") as f:
             f.seek(start)
             data = f.read(end - start)

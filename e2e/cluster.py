@@ -199,7 +199,8 @@ def cluster_up(bin_dir: Path) -> None:
         extra = []
         if AUDIT:
             AUDIT_POLICY.write_text(audit_policy())
-            extra += ["--kube-audit-policy", str(AUDIT_POLICY)]
+            # kwokctl rotates the log at 100 MB, and bench/stacks_scale.py reads it by offset.
+            extra += ["--kube-audit-policy", str(AUDIT_POLICY), "--extra-args", "kube-apiserver=audit-log-maxsize=0"]
         kwokctl(
             bin_dir,
             "create", "cluster",
