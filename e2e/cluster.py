@@ -44,6 +44,16 @@ KWOK_WORKDIR = RUN / "kwok"
 GPU_NODES = int(os.environ.get("INFERSTACK_GPU_NODES", "4"))
 GPUS_PER_NODE = int(os.environ.get("INFERSTACK_GPUS_PER_NODE", "8"))
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+# A real cluster's Service range, not kube-apiserver's default 10.0.0.0/24
+# (254 addresses: one Service per revision filled it at about 250 stacks).
+# Same base, so the kubernetes Service keeps 10.0.0.1.
+SERVICE_CIDR = os.environ.get("INFERSTACK_SERVICE_CIDR", "10.0.0.0/16")
+# INFERSTACK_AUDIT=1: the API server writes an audit log (metadata level, one
+# JSON line per request with its user agent), which bench/stacks_scale.py
+# reads to count the requests of one client alone. Off by default: it costs
+# the API server CPU.
+AUDIT = os.environ.get("INFERSTACK_AUDIT", "") not in ("", "0")
+AUDIT_POLICY = RUN / "audit-policy.yaml"
 # Gateway API CRDs for the GatewayAPI traffic provider's tests, taken from the
 # module's own config/ tree through the Go module proxy (no other download).
 GATEWAY_API_VERSION = "v1.4.1"
@@ -106,6 +116,21 @@ def kwokctl(bin_dir: Path, *args: str, check: bool = True) -> subprocess.Complet
     if check and proc.returncode != 0:
         fail(f"kwokctl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def audit_log() -> Path:
+    """Where kwokctl's binary runtime has the API server write its audit log."""
+    return KWOK_WORKDIR / "clusters" / CLUSTER / "logs" / "audit.log"
+
+
+def audit_policy() -> str:
+    # Metadata only (no bodies), once per request (at ResponseComplete; the
+    # long-running watches at ResponseStarted).
+    return (
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\n"
+        "omitStages: [RequestReceived]\n"
+        "rules:\n  - level: Metadata\n"
+    )
 
 
 def apiserver_answers(bin_dir: Path) -> bool:
@@ -171,6 +196,11 @@ def cluster_up(bin_dir: Path) -> None:
             fail(f"port {APISERVER_PORT} is taken by another process; free it or set INFERSTACK_APISERVER_PORT")
         RUN.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        extra = []
+        if AUDIT:
+            AUDIT_POLICY.write_text(audit_policy())
+            # kwokctl rotates the log at 100 MB, and bench/stacks_scale.py reads it by offset.
+            extra += ["--kube-audit-policy", str(AUDIT_POLICY), "--extra-args", "kube-apiserver=audit-log-maxsize=0"]
         kwokctl(
             bin_dir,
             "create", "cluster",
@@ -183,6 +213,9 @@ def cluster_up(bin_dir: Path) -> None:
             "--kube-controller-manager-binary", str(bin_dir / "kube-controller-manager"),
             "--kube-scheduler-binary", str(bin_dir / "kube-scheduler"),
             "--kwok-controller-binary", str(bin_dir / "kwok"),
+            "--extra-args", f"kube-apiserver=service-cluster-ip-range={SERVICE_CIDR}",
+            "--extra-args", f"kube-controller-manager=service-cluster-ip-range={SERVICE_CIDR}",
+            *extra,
             "--wait", "2m",
         )  # fmt: skip
         log(f"control plane started in {time.monotonic() - t0:.1f}s")
@@ -294,6 +327,7 @@ def write_env(prometheus: Path) -> None:
         f"export INFERSTACK_PROMETHEUS_BIN={prometheus}\n"
         f"export INFERSTACK_BIN={binaries()}\n"
         f"export INFERSTACK_HELM={binaries() / 'helm'}\n"
+        + (f"export INFERSTACK_AUDIT_LOG={audit_log()}\n" if AUDIT else "")
     )
 
 

@@ -481,7 +481,7 @@ class StackLoop:
                     # Decide next from what we wrote, not from a watch event
                     # that may still be on its way: a pass woken by another
                     # object's event must not redo this pass's step.
-                    self.update(result.patched)
+                    self.update(slim(result.patched))
                 timeout = Runtime.config.resync_seconds
                 if result.requeue is not None:
                     # Wake up right when a step's timer ends, not up to a resync later.
@@ -520,6 +520,20 @@ class StackLoop:
         self.task.cancel()
 
 
+def slim(body: Any) -> dict[str, Any]:
+    """A copy of a stack's body to keep, without metadata.managedFields.
+
+    The operator never reads a stack's managedFields, and they are about half
+    of a stack's body in memory (29 KiB of Python objects for a 4.7 kB stack
+    of bench/stacks_scale.py, 15 KiB without, measured with tracemalloc on
+    json.loads); every stack is held until it is deleted (Runtime.stacks, and
+    its loop's body, two copies after a pass that patched the status).
+    """
+    body = dict(body)
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return copy.deepcopy({**body, "metadata": meta})
+
+
 def _rv(body: dict[str, Any]) -> int:
     # resourceVersion is opaque by contract, but for one object served by one
     # etcd it grows monotonically; 0 makes an unparsable one always lose.
@@ -541,7 +555,7 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
             del Runtime.loops[key]
             metrics.forget_stack(*key)
         return
-    snapshot = copy.deepcopy(dict(body))
+    snapshot = slim(body)
     Runtime.stacks[key] = snapshot
     if loop is None:
         if leading():  # a standby only remembers the stack

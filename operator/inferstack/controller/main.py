@@ -10,11 +10,10 @@ from pathlib import Path
 import kopf
 import prometheus_client
 import yaml
-from kubernetes import client
 
 from inferstack import GROUP
 from inferstack.controller import handlers, kopf_fixes
-from inferstack.controller.kube import Kube, load_config
+from inferstack.controller.kube import Kube, load_config, new_client
 from inferstack.controller.leader import Elector, KubeLeases, default_identity, default_namespace
 from inferstack.controller.notify import Notifier
 from inferstack.core.config import OperatorConfig
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     if (election := config.leader_election).enabled:
         leases = KubeLeases(
             # Its own client (and connection pool): renewals never wait for a free connection.
-            client.ApiClient(), election.lease_namespace or default_namespace(), election.lease_name,
+            new_client(), election.lease_namespace or default_namespace(), election.lease_name,
             timeout=election.renew_deadline_seconds / 2,
         )  # fmt: skip
         handlers.Runtime.elector = Elector(
