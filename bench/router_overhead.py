@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,10 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def spawn(core: str, args: list[str], log: Path) -> subprocess.Popen:
+def spawn(core: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     # taskset execs the command: the pid is the pinned process itself.
-    return subprocess.Popen(["taskset", "-c", core, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(["taskset", "-c", core, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **env} if env else None)
 
 
 def write_plans(folder: Path, backend: dict[str, int], evaluation: dict | None) -> None:
@@ -279,6 +281,9 @@ def main() -> None:
     p.add_argument("--modes", default="inferstack,+auth,+judge,scale",
                    help="inferstack rows besides direct and Envoy: inferstack, +auth, +judge, scale.")
     p.add_argument("--pace-ms", type=float, default=2.0, help="Gap between the events of a paced stream.")
+    p.add_argument("--repeat", type=int, default=3, help="Measurements per scenario and proxy (the median is shown).")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="Also run the router from DIR/operator (another commit's tree) as the row 'inferstack baseline'.")
     p.add_argument("--rate-scale", type=float, default=1.0, help="Multiply every scenario's rate.")
     args = p.parse_args()
     scenarios = [SCENARIOS[s] for s in args.scenarios.split(",")]
@@ -312,13 +317,14 @@ def main() -> None:
         (work / "keys.json").write_text(json.dumps([{"namespace": "bench", "name": "bench", "sha256": key_digest(key).hex(),
                                                      "tenant": "bench", "stacks": "*"}]))  # fmt: skip
 
-        def router(name: str, core: str, evaluation: dict, auth: list[str]) -> tuple[Target, int, str]:
+        def router(name: str, core: str, evaluation: dict, auth: list[str],
+                   env: dict[str, str] | None = None) -> tuple[Target, int, str]:
             plans = work / f"plans-{name}"
             write_plans(plans, backend, evaluation)
             port, metrics = free_port(), free_port()
             proc = spawn(core, [sys.executable, "-m", "inferstack.router.main", "--host", "127.0.0.1", "--port", str(port),
                                 "--metrics-port", str(metrics), *auth, "--plan-file", str(plans),
-                                "--plan-poll-interval", "1", "--log-level", "ERROR"], work / f"router-{name}.log")
+                                "--plan-poll-interval", "1", "--log-level", "ERROR"], work / f"router-{name}.log", env)
             procs.append(proc)
             return Target("127.0.0.1", port), proc.pid, f"http://127.0.0.1:{metrics}"
 
@@ -330,6 +336,13 @@ def main() -> None:
             started.append(main_metrics)
             if "inferstack" in modes:
                 proxies.append(Proxy("inferstack", [main_target], [main_pid], models, main_metrics))
+        if args.baseline:
+            # The same router from another source tree (e.g. `git archive <commit> operator | tar -x -C DIR`),
+            # measured in the same run: before/after figures that share the machine's noise.
+            target, pid, metrics = router("baseline", PROXY_CORE, EVALUATION, none,
+                                          {"PYTHONPATH": str(Path(args.baseline).resolve() / "operator")})
+            started.append(metrics)
+            proxies.append(Proxy("inferstack baseline", [target], [pid], models, metrics))
         if "+auth" in modes:
             target, pid, metrics = router("auth", PROXY_CORE, EVALUATION, ["--auth", "api-keys", "--api-key-file",
                                                                            str(work / "keys.json")])
@@ -354,7 +367,9 @@ def main() -> None:
             wait_http(judge_url + "/health")
         for metrics in started:
             wait_http(metrics + "/readyz")
-        rows = [measure(proxy, scenario, args.duration) for scenario in scenarios for proxy in proxies]
+        # Repeats interleave the proxies, so a burst of other load on the machine hits them alike.
+        rows = [measure(proxy, scenario, args.duration)
+                for scenario in scenarios for _ in range(args.repeat) for proxy in proxies]
     finally:
         for proc in procs:
             proc.terminate()
@@ -369,10 +384,28 @@ def cpu_figures(row: Row) -> tuple[float, float]:
     return per_request, per_request / row.scenario.events
 
 
-def print_tables(rows: list[Row], args: argparse.Namespace) -> None:
-    print(f"\n{args.duration:g} s per row at a fixed open-loop rate; proxies on core 1, load generator and backend "
-          f"on core 0 of {os.cpu_count()}. CPU is the proxy process's utime+stime from /proc (robust to other load "
-          "on the machine, unlike the wall-clock latencies); ratio = inferstack / Envoy of the same scenario.\n")
+def median_rows(rows: list[Row]) -> list[Row]:
+    """Per scenario and proxy, the repeat with the median CPU per request; its errors are those of all repeats."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.scenario.name, r.proxy), []).append(r)
+    out = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda r: cpu_figures(r)[0] if r.cpu else 0.0)
+        middle = ordered[(len(ordered) - 1) // 2]
+        errors = sum((r.outcome.errors for r in group), Counter())
+        out.append(Row(middle.scenario, middle.proxy, middle.rate,
+                       Outcome(middle.outcome.latencies, errors, middle.outcome.elapsed, middle.outcome.revisions),
+                       middle.cpu, middle.judge))
+    return out
+
+
+def print_tables(all_rows: list[Row], args: argparse.Namespace) -> None:
+    rows = median_rows(all_rows)
+    print(f"\n{args.duration:g} s per row at a fixed open-loop rate, the median of {args.repeat} interleaved repeats by CPU "
+          f"(errors: all repeats); proxies on core 1, load generator and backend on core 0 of {os.cpu_count()}. CPU is "
+          "the proxy process's utime+stime from /proc: robust to other load on the machine, unlike the wall-clock "
+          "latencies. CPU / Envoy: inferstack's CPU per request (and so per event) over Envoy's in the same scenario.\n")
     print("| scenario | proxy | req/s | p50 ms | p99 ms | errors | proxy CPU % | CPU µs/req | CPU µs/event | CPU / Envoy |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     envoy = {r.scenario.name: cpu_figures(r) for r in rows if r.proxy == "envoy"}
