@@ -296,24 +296,36 @@ class SSEObserver:
                 lines.pop(0)
                 block = block[block.index(b"\n") + 1:]
         if usage_chunks:
-            block = self._strip(lines)
+            block = self._strip(block)
         return block + passed if passed else block
 
-    def _strip(self, lines: list[bytes]) -> bytes:
-        """The lines without the usage chunk and the blank line ending it (once a stream: may be slow)."""
+    def _strip(self, block: bytes) -> bytes:
+        """``block`` (whole lines) without the usage chunk and the blank line ending it.
+
+        Found by searching the bytes for its key rather than walking the lines: a burst of
+        tokens can put the whole stream in the read that ends with it. ``"usage"`` with bare
+        quotes cannot be inside a JSON string (its quotes would be escaped), so only lines
+        with that key are parsed again.
+        """
         kept: list[bytes] = []
-        drop_blank = False
-        for line in lines:
-            if drop_blank:
-                drop_blank = False
-                if not line.strip():
-                    continue
-            if b'"usage"' in line and any(_usage_chunk(event) for event in _events(_payloads([line]))):
-                drop_blank = True
-                continue
-            kept.append(line)
-        self._drop_blank = drop_blank
-        return b"".join(line + b"\n" for line in kept)
+        start = 0
+        at = block.find(b'"usage"')
+        while at >= 0:
+            line_start = block.rfind(b"\n", 0, at) + 1
+            line_end = block.index(b"\n", at)
+            line = block[line_start:line_end]
+            if any(_usage_chunk(event) for event in _events(_payloads([line]))):
+                kept.append(block[start:line_start])
+                start = line_end + 1
+                if start == len(block):
+                    self._drop_blank = True  # its blank line comes with the next read
+                else:
+                    blank_end = block.index(b"\n", start)
+                    if not block[start:blank_end].strip():
+                        start = blank_end + 1
+            at = block.find(b'"usage"', line_end)
+        kept.append(block[start:])
+        return b"".join(kept)
 
     def _take(self, events: list[Any]) -> int:
         """Usage, first-choice text and tool calls of one read's events; returns how many were usage chunks.
