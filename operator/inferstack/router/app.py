@@ -281,6 +281,9 @@ class Router:
                 return web.Response(body=hit.body, headers={**headers, "Content-Type": hit.content_type})
 
         timeout = proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout)
+        strip_usage = False
+        if stream:
+            upstream_body, strip_usage = proxy.ask_usage(upstream_body)
         try:
             response = await proxy.send(self.session, bundle, path, upstream_body, request_id=request_id, timeout=timeout)
         except UpstreamError as err:
@@ -295,7 +298,7 @@ class Router:
         # the answer was not read to the end, which makes vLLM abort the generation.
         try:
             if stream and response.status == 200:
-                return await self._stream(request, response, labels, headers, body, started, plan)
+                return await self._stream(request, response, labels, headers, body, started, plan, strip_usage)
             return await self._whole(response, labels, headers, body, started, cache, key, plan)
         except UpstreamError as err:
             self.metrics.record_error(labels, err.kind)
@@ -332,7 +335,7 @@ class Router:
 
     async def _stream(
         self, request: web.Request, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str],
-        body: dict[str, Any], started: float, plan: TrafficPlan,
+        body: dict[str, Any], started: float, plan: TrafficPlan, strip_usage: bool,
     ) -> web.StreamResponse:
         out = web.StreamResponse(
             headers={
@@ -343,19 +346,24 @@ class Router:
             }
         )
         await out.prepare(request)
-        observer = proxy.SSEObserver()
+        observer = proxy.SSEObserver(strip_usage=strip_usage)
         ttft = None
         transport = request.transport
         try:
-            async for chunk in response.content.iter_any():
+            async for read in response.content.iter_any():
                 if ttft is None:
                     ttft = time.perf_counter() - started
-                observer.feed(chunk)
+                chunk = observer.feed(read)
+                if not chunk:
+                    continue  # a partial line held back while stripping the usage chunk
                 if transport is None or transport.get_write_buffer_size() + len(chunk) > 16 * 1024:
                     # The client may be behind: bound how long it may leave the stream unread.
                     await self._write_bounded(out, chunk, request)
                 else:
                     await out.write(chunk)  # stays under the buffer's high-water mark (64 KiB): cannot block
+            tail = observer.flush()  # a last line without newline, held while stripping
+            if tail:
+                await self._write_bounded(out, tail, request)
         except SlowClient:
             # Disconnected; returning closes the upstream response, so the model server aborts the generation.
             self.metrics.record_error(labels, "client_timeout")

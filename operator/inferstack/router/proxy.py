@@ -2,15 +2,22 @@
 
 Streamed answers are passed through chunk by chunk; :class:`SSEObserver`
 looks at them on the way for usage and answer text, keeping only bounded state.
+
+This is the path every token of every answer takes, so JSON goes through
+orjson (several times faster than the standard library on small events) and
+a chunk is passed on as the very bytes object that was read.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import aiohttp
+import orjson
+from yarl import URL
 
 from inferstack.core.trafficplan import RevisionBundle
 from inferstack.router.errors import UpstreamError, classify
@@ -67,6 +74,44 @@ class Answer:
                 self.tool_calls[index].add(name if isinstance(name, str) else None, arguments if isinstance(arguments, str) else None)
 
 
+def loads(data: bytes) -> Any:
+    """JSON from bytes; raises ValueError. What orjson refuses but json takes (NaN, integers past
+    64 bits, UTF-16) goes to json, so the answer is what json.loads would give."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer past 64 bits, which json writes
+        return json.dumps(body).encode()
+
+
+def ask_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The upstream body of a stream, asking for usage; and whether the client did not ask for it.
+
+    With ``stream_options.include_usage`` the model server ends the stream with one chunk of
+    ``choices: []`` and the whole answer's ``usage`` (the OpenAI API's semantics, vLLM's too):
+    the router counts tokens from it without parsing anything else for them. A client that did
+    not ask must not get that chunk (:class:`SSEObserver` ``strip_usage``). Its other
+    ``stream_options`` are kept.
+    """
+    options = body.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    if options.get("include_usage"):
+        return body, False
+    return {**body, "stream_options": {**options, "include_usage": True}}, True
+
+
+@lru_cache(maxsize=1024)
+def _url(base: str, path: str) -> URL:
+    # Parsed once per backend and endpoint, not per request.
+    return URL(base.rstrip("/") + path)
+
+
 def timeout_for(stream: bool, upstream_timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
     # A stream may legitimately run for minutes; bound the silence between chunks instead.
     return aiohttp.ClientTimeout(
@@ -91,7 +136,7 @@ async def send(
     if bundle.api_key:
         headers["Authorization"] = f"Bearer {bundle.api_key}"
     try:
-        response = await session.post(bundle.url.rstrip("/") + path, data=json.dumps(body), headers=headers, timeout=timeout)
+        response = await session.post(_url(bundle.url, path), data=dumps(body), headers=headers, timeout=timeout)
     except Exception as exc:
         raise classify(exc) from exc
     if response.status >= 500:
@@ -110,8 +155,14 @@ async def send(
 
 async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes (no unbounded buffers)."""
+    length = response.content_length
+    if length is not None and length > limit:
+        raise UpstreamError("response_too_large", 502, f"the model server's answer exceeds {limit} bytes")
     buf = bytearray()
     try:
+        if length is not None:
+            # HTTP/1.1 framing stops the body at its Content-Length: one read, no loop.
+            return await response.read()
         async for chunk in response.content.iter_any():
             buf += chunk
             if len(buf) > limit:
@@ -142,7 +193,7 @@ def parse_answer(body: bytes) -> Answer:
     """Usage and first-choice text of a non-streamed answer."""
     answer = Answer()
     try:
-        event = json.loads(body)
+        event = loads(body)
     except ValueError:
         return answer
     if not isinstance(event, dict):
@@ -160,50 +211,166 @@ def parse_answer(body: bytes) -> Answer:
     return answer
 
 
+def _payloads(lines: list[bytes]) -> list[bytes]:
+    """The JSON of the ``data:`` lines (not ``[DONE]``, not empty ones)."""
+    return [data for line in lines if line.startswith(b"data:") and (data := line[5:].strip()) and data != b"[DONE]"]
+
+
+def _events(payloads: list[bytes]) -> list[Any]:
+    """The events of one read, in one orjson call when they are many (a burst of tokens).
+
+    The array is taken only when it has one value per payload; else each payload is read alone
+    and those that are not JSON are skipped, as one at a time would.
+    """
+    if len(payloads) > 1:
+        try:
+            events = orjson.loads(b"[" + b",".join(payloads) + b"]")
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if len(events) == len(payloads):
+                return events  # type: ignore[no-any-return]
+    out = []
+    for data in payloads:
+        try:
+            out.append(loads(data))
+        except ValueError:
+            continue
+    return out
+
+
+def _usage_chunk(event: Any) -> bool:
+    """The chunk ``include_usage`` adds: no choices, the whole answer's usage."""
+    return isinstance(event, dict) and event.get("choices") == [] and isinstance(event.get("usage"), dict)
+
+
 @dataclass
 class SSEObserver:
-    """Reads SSE events as bytes pass through; never holds more than one partial line."""
+    """Reads SSE events as bytes pass through; never holds more than one partial line.
 
+    It parses every ``data:`` event, because the built-in checks read every answer's text
+    (router/checks.py), but as cheaply as it can: the events of one read in one orjson call,
+    text gathered per read, and the chunk passed on as the very object that was read.
+
+    ``strip_usage``: the router asked the model server for usage (:func:`ask_usage`) for a client
+    that did not, so the usage-only chunk (``choices: []``) is taken out of what the client gets,
+    with the blank line that ends it. Only then are partial lines held back until they end (a
+    line's start cannot tell whether it is that chunk); an SSE client acts on whole events only,
+    so it sees no delay.
+    """
+
+    strip_usage: bool = False
     answer: Answer = field(default_factory=Answer)
     _partial: bytearray = field(default_factory=bytearray)
     _text: list[str] = field(default_factory=list)
     _chars: int = 0
+    _drop_blank: bool = False  # the usage chunk was dropped at the end of a read: so is the blank line after it
 
-    def feed(self, chunk: bytes) -> None:
-        self._partial += chunk
-        if b"\n" not in chunk:
-            if len(self._partial) > _MAX_SSE_LINE:
-                self._partial.clear()
-                self.answer.truncated = True
-            return
-        *lines, rest = bytes(self._partial).split(b"\n")
-        self._partial = bytearray(rest)
-        for line in lines:
-            self._line(line)
+    def feed(self, chunk: bytes) -> bytes:
+        """Observe ``chunk``; returns what to pass on: ``chunk`` itself, unless stripping."""
+        if self._partial:
+            self._partial += chunk
+            data = bytes(self._partial)
+            self._partial.clear()
+        else:
+            data = chunk
+        end = data.rfind(b"\n") + 1
+        rest = data[end:]
+        passed = b""
+        if len(rest) > _MAX_SSE_LINE:
+            self.answer.truncated = True  # not parsed; and when stripping, not held either
+            passed = rest
+        elif rest:
+            self._partial += rest
+        if not end:
+            return passed if self.strip_usage else chunk
+        block = data[:end]
+        lines = block.split(b"\n")
+        lines.pop()  # the empty piece after the last newline
+        usage_chunks = self._take(_events(_payloads(lines)))
+        if not self.strip_usage:
+            return chunk
+        if self._drop_blank:
+            self._drop_blank = False
+            if not lines[0].strip():
+                lines.pop(0)
+                block = block[block.index(b"\n") + 1:]
+        if usage_chunks:
+            block = self._strip(block)
+        return block + passed if passed else block
 
-    def _line(self, line: bytes) -> None:
-        if not line.startswith(b"data:"):
-            return
-        data = line[5:].strip()
-        if not data or data == b"[DONE]":
-            return
-        try:
-            event = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        _take_usage(self.answer, event)
-        for choice in event.get("choices") or []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                self._add_text(_choice_text(choice))
-                delta = choice.get("delta")
-                if isinstance(delta, dict) and "tool_calls" in delta:
-                    self.answer.take_tool_calls(delta["tool_calls"])
+    def _strip(self, block: bytes) -> bytes:
+        """``block`` (whole lines) without the usage chunk and the blank line ending it.
+
+        Found by searching the bytes for its key rather than walking the lines: a burst of
+        tokens can put the whole stream in the read that ends with it. ``"usage"`` with bare
+        quotes cannot be inside a JSON string (its quotes would be escaped), so only lines
+        with that key are parsed again.
+        """
+        kept: list[bytes] = []
+        start = 0
+        at = block.find(b'"usage"')
+        while at >= 0:
+            line_start = block.rfind(b"\n", 0, at) + 1
+            line_end = block.index(b"\n", at)
+            line = block[line_start:line_end]
+            if any(_usage_chunk(event) for event in _events(_payloads([line]))):
+                kept.append(block[start:line_start])
+                start = line_end + 1
+                if start == len(block):
+                    self._drop_blank = True  # its blank line comes with the next read
+                else:
+                    blank_end = block.index(b"\n", start)
+                    if not block[start:blank_end].strip():
+                        start = blank_end + 1
+            at = block.find(b'"usage"', line_end)
+        kept.append(block[start:])
+        return b"".join(kept)
+
+    def _take(self, events: list[Any]) -> int:
+        """Usage, first-choice text and tool calls of one read's events; returns how many were usage chunks.
+
+        Once per event of every stream: the lookups of ``_take_usage`` and ``_choice_text`` are
+        inlined here (what is not a dict where one is expected is skipped).
+        """
+        answer = self.answer
+        texts = []
+        usage_chunks = 0
+        for event in events:
+            if type(event) is not dict:
+                continue
+            usage = event.get("usage")
+            if usage is not None and type(usage) is dict:
+                answer.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                answer.completion_tokens = int(usage.get("completion_tokens") or 0)
+            choices = event.get("choices")
+            if not choices:
+                usage_chunks += choices == [] and type(usage) is dict
+                continue
+            if type(choices) is not list:
+                continue
+            for choice in choices:
+                if type(choice) is not dict or choice.get("index", 0) != 0:
+                    continue
+                if "delta" in choice:
+                    delta = choice["delta"]
+                    if type(delta) is not dict:
+                        continue
+                    text = delta.get("content")
+                    if "tool_calls" in delta:
+                        answer.take_tool_calls(delta["tool_calls"])
+                elif "message" in choice:
+                    message = choice["message"]
+                    text = message.get("content") if type(message) is dict else None
+                else:
+                    text = choice.get("text")
+                if text and type(text) is str:
+                    texts.append(text)
+        if texts:
+            self._add_text(texts[0] if len(texts) == 1 else "".join(texts))
+        return usage_chunks
 
     def _add_text(self, text: str) -> None:
-        if not text:
-            return
         self.answer.length += len(text)
         room = MAX_CHECKED_CHARS - self._chars
         if room <= 0:
@@ -214,9 +381,21 @@ class SSEObserver:
         if len(text) > room:
             self.answer.truncated = True
 
+    def flush(self) -> bytes:
+        """At the end of the stream: observe a last line that had no newline; returns what is
+        still to pass on (only when stripping: otherwise it has passed already)."""
+        if not self._partial:
+            return b""
+        line = bytes(self._partial)
+        self._partial.clear()
+        usage_chunks = self._take(_events(_payloads([line])))
+        if not self.strip_usage:
+            return b""
+        if self._drop_blank and not line.strip():
+            return b""
+        return b"" if usage_chunks else line
+
     def finish(self) -> Answer:
-        if self._partial:
-            self._line(bytes(self._partial))
-            self._partial.clear()
+        self.flush()
         self.answer.text = "".join(self._text)
         return self.answer

@@ -82,6 +82,8 @@ async def mirror(
     """Send one mirrored request and record what came back under role="shadow"; ``on_answer`` sees the answer (judges)."""
     started = time.perf_counter()
     stream = bool(upstream_body.get("stream"))
+    if stream:
+        upstream_body, _ = proxy.ask_usage(upstream_body)  # nobody reads a mirror's stream: nothing to strip
     try:
         response = await proxy.send(session, bundle, path, upstream_body, request_id=request_id + "-shadow", timeout=timeout)
         try:
