@@ -53,7 +53,7 @@ cluster-down: ## Stop everything cluster-up started
 
 ##@ Tests
 test: install check-manifests cluster-up vllm ## Everything CI runs: manifests drift, unit and e2e tiers
-	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests --timeout=600 -q
+	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests --timeout=600 -q --durations=30
 
 test-e2e: install cluster-up vllm ## e2e tier only, on the local control plane
 	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests/e2e --timeout=600 -q
