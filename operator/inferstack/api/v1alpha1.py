@@ -1036,6 +1036,23 @@ class NotificationsSpec(Model):
     )
 
 
+class ContentRecording(Model):
+    """Record what the model received and what it answered, in traces and the audit log (docs/router.md)."""
+
+    sample_rate: float = Field(
+        ..., ge=0, le=1,
+        description="Share of requests whose messages and answer are recorded (0..1); never those of a tenant whose key opts out.",
+    )
+
+
+class ObservabilitySpec(Model):
+    """How this stack's requests are observed beyond metrics. Not part of the revision."""
+
+    content_recording: ContentRecording | None = Field(
+        None, description="Opt in to recording message contents, sampled. Absent: traces and audit lines carry no contents.",
+    )
+
+
 class InferenceStackSpec(Model):
     model: ModelSpec
     prompt: PromptSpec
@@ -1051,6 +1068,7 @@ class InferenceStackSpec(Model):
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     notifications: NotificationsSpec = Field(default_factory=NotificationsSpec)
+    observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec)
 
     cel_rules = (
         Rule(

@@ -150,7 +150,7 @@ def cmd_key_create(c: Client, args: argparse.Namespace, now: datetime) -> str:
     """A new API key: its Secret (hash, tenant, stacks) is created, the key printed once."""
     key = generate_key()
     try:
-        secret = key_secret(args.name, args.namespace, key, args.tenant, args.stacks)
+        secret = key_secret(args.name, args.namespace, key, args.tenant, args.stacks, record_content=not args.no_content_recording)
     except KeySecretError as e:
         raise fmt.CliError(str(e)) from None
     c.create_secret(args.namespace, secret)
@@ -211,6 +211,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name", metavar="NAME", help="the Secret's name")
     create.add_argument("--tenant", required=True, help="the tenant the key stands for (a DNS label); caches are per tenant")
     create.add_argument("--stacks", default=ALL_STACKS, help="comma-separated stacks of the namespace it may call (default: * = all)")
+    create.add_argument("--no-content-recording", action="store_true",
+                        help="the tenant opts out: its messages and answers are never recorded in traces or audit lines")
     create.set_defaults(fn=cmd_key_create)
     undo = add("undo", "make an earlier revision the candidate (rolled out through the steps)", cmd_undo)
     undo.add_argument(

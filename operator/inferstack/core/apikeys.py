@@ -50,6 +50,8 @@ class Grant:
     namespace: str
     tenant: str
     stacks: frozenset[str] | None
+    # False: the tenant opted out of content recording; its messages are never in a trace or an audit line.
+    record_content: bool = True
 
     @property
     def qualified_tenant(self) -> str:
@@ -110,17 +112,37 @@ def parse_key_secret(namespace: str, data: dict[str, str] | None) -> tuple[bytes
     digest = fields["sha256"].lower()
     if not _DIGEST.match(digest):
         raise KeySecretError("bad_sha256", "`sha256` must be 64 hex digits: the SHA-256 of the key, never the key")
-    return bytes.fromhex(digest), Grant(namespace, parse_tenant(fields["tenant"]), parse_stacks(fields["stacks"]))
+    return bytes.fromhex(digest), Grant(
+        namespace, parse_tenant(fields["tenant"]), parse_stacks(fields["stacks"]), _record_content(data.get(RECORD_CONTENT))
+    )
 
 
-def key_secret(name: str, namespace: str, key: str, tenant: str, stacks: str = ALL_STACKS) -> dict[str, object]:
+RECORD_CONTENT = "recordContent"  # optional field of a key Secret: "false" opts the tenant out of content recording
+
+
+def _record_content(raw: str | None) -> bool:
+    """Absent: allowed. Anything but a clear "true" opts out (fail closed for privacy)."""
+    if raw is None:
+        return True
+    try:
+        return base64.b64decode(raw, validate=True).decode("utf-8").strip().lower() == "true"
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+
+
+def key_secret(
+    name: str, namespace: str, key: str, tenant: str, stacks: str = ALL_STACKS, record_content: bool = True
+) -> dict[str, object]:
     """The Secret that grants ``key``: its hash, tenant and stacks (validated as the router will)."""
     parse_tenant(tenant)
     parse_stacks(stacks)
+    data = {"sha256": key_digest(key).hex(), "tenant": tenant, "stacks": stacks.strip()}
+    if not record_content:
+        data[RECORD_CONTENT] = "false"
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {"name": name, "namespace": namespace, "labels": {API_KEY_LABEL: "true"}},
-        "stringData": {"sha256": key_digest(key).hex(), "tenant": tenant, "stacks": stacks.strip()},
+        "stringData": data,
     }

@@ -133,6 +133,12 @@ class EvaluationPlan(_Model):
     )
 
 
+class ObservabilityPlan(_Model):
+    """How the router records this stack's requests beyond metrics (spec.observability)."""
+
+    content_sample_rate: float = Field(0.0, ge=0, le=1, description="Share of requests whose contents are recorded; 0: none.")
+
+
 class TrafficPlan(_Model):
     """Weights are percents of users; shadow is a percent of requests."""
 
@@ -147,6 +153,7 @@ class TrafficPlan(_Model):
     tenant_header: str = "x-tenant-id"
     response_cache: ResponseCachePlan = Field(default_factory=ResponseCachePlan)
     evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
+    observability: ObservabilityPlan = Field(default_factory=ObservabilityPlan)
 
     @model_validator(mode="after")
     def _candidate_needed(self) -> TrafficPlan:
@@ -277,6 +284,9 @@ def traffic_plan(
         ),
         response_cache=ResponseCachePlan(
             enabled=rc.enabled, ttl_seconds=parse_duration(rc.ttl).total_seconds(), max_entries=rc.max_entries
+        ),
+        observability=ObservabilityPlan(
+            content_sample_rate=spec.observability.content_recording.sample_rate if spec.observability.content_recording else 0.0
         ),
     )
 

@@ -16,14 +16,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferstack.api.v1alpha1 import OTHER_SLICE
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
-from inferstack.router import proxy, requests
+from inferstack.router import proxy, requests, tracing
 from inferstack.router.assignment import Role, choose
-from inferstack.router.augment import RETRIEVED_HEADER, Refusal, RevisionPrompts, compile_prompts, prepare
+from inferstack.router.audit import AuditLog
+from inferstack.router.augment import (
+    RETRIEVED_HEADER,
+    Prepared,
+    Refusal,
+    RevisionPrompts,
+    compile_prompts,
+    prepare,
+)
 from inferstack.router.auth import Authenticator, ModelNotAllowed, forbidden, identity_of, resolve, visible
 from inferstack.router.bundle import apply_bundle
 from inferstack.router.cache import CacheMemory, ResponseCache, cache_key, cacheable
 from inferstack.router.errors import UpstreamError, classify, error_response, redact
 from inferstack.router.evaluators import Evaluators
+from inferstack.router.exchange import Exchange, records_content, rule_evaluations
 from inferstack.router.feedback import HEADER as RESPONSE_ID_HEADER
 from inferstack.router.feedback import FeedbackEndpoint
 from inferstack.router.judge import JudgeRunner
@@ -32,6 +41,7 @@ from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, 
 from inferstack.router.retrieval import Retriever, store_dsns
 from inferstack.router.settings import RouterSettings
 from inferstack.router.shadow import ShadowMirror, mirror, record_checked_answer
+from inferstack.router.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +51,13 @@ class SlowClient(Exception):
 
 
 class Router:
-    def __init__(self, store: PlanStore, settings: RouterSettings, metrics: RouterMetrics, auth: Authenticator) -> None:
+    def __init__(self, store: PlanStore, settings: RouterSettings, metrics: RouterMetrics, auth: Authenticator,
+                 tracer: Tracing | None = None) -> None:
         self.store = store
+        # Traces (router/tracing.py, off unless --otlp-endpoint) and the audit log (--audit-log):
+        # both written from each request's Exchange (router/exchange.py).
+        self.tracing = tracer or Tracing.off()
+        self.audit = AuditLog(settings.audit_log, metrics.registry)
         # Who calls (router/auth.py): a key's namespace bounds what it sees, its tenant the caches.
         self.auth = auth
         self.settings = settings
@@ -63,8 +78,10 @@ class Router:
         self.prompts: dict[str, dict[str, RevisionPrompts | None]] = {}
         self.retriever = Retriever(settings.store_max_connections, settings.connect_timeout)
         # POST /v1/feedback, and the signed response id on every answer (router/feedback.py).
-        self.feedback = FeedbackEndpoint.from_keys(store, metrics, settings.feedback_keys, settings.feedback_seen_limit)
-        self.judges = JudgeRunner(metrics, store.get, queue_limit=settings.judge_queue_limit, workers=settings.judge_workers)
+        self.feedback = FeedbackEndpoint.from_keys(store, metrics, settings.feedback_keys, settings.feedback_seen_limit,
+                                                   tracer=self.tracing, audit=self.audit)
+        self.judges = JudgeRunner(metrics, store.get, queue_limit=settings.judge_queue_limit, workers=settings.judge_workers,
+                                  tracer=self.tracing, audit=self.audit)
         self.session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -74,6 +91,7 @@ class Router:
         # No cookie jar and no env proxies: this is a pure pass-through to in-cluster backends.
         self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
         self.judges.start(self.session)
+        self.audit.start()
 
     async def close(self) -> None:
         await self.shadow.close()
@@ -81,6 +99,8 @@ class Router:
         await self.retriever.close()
         if self.session is not None:
             await self.session.close()
+        self.audit.stop()
+        self.tracing.shutdown()  # exports what is queued
 
     def plan_changed(self, key: str, plan: TrafficPlan | None) -> None:
         namespace, _, stack = key.partition("/")
@@ -191,10 +211,27 @@ class Router:
         route = choose(plan, request.headers, request_id)
         tenant = identity.tenant  # from the key or the trusted proxy, never from a header a client sets
         slice_ = self._slice(plan, request.headers)
-        if route.shadow is not None:
-            self.judges.expect_pair(plan, request_id)
-            self._mirror(plan, route.shadow, path, body, tenant, slice_, request_id, chat=chat)
-        return await self._serve(request, plan, route.role, route.bundle, path, body, tenant, slice_, request_id, chat=chat)
+        ex = Exchange.begin(
+            body, chat=chat, namespace=plan.namespace, stack=plan.stack, tenant=tenant, slice_=slice_, request_id=request_id,
+            record_content=records_content(plan.observability.content_sample_rate, identity.record_content),
+        )
+        with self.tracing.request(request.headers, ex.span_name, {}) as span:
+            if span is not None and span.is_recording():
+                ex.trace_id = format(span.get_span_context().trace_id, "032x")
+            if route.shadow is not None:
+                self.judges.expect_pair(plan, request_id)
+                # Started inside the request's span: the shadow copy's spans are its children.
+                self._mirror(plan, route.shadow, path, body, tenant, slice_, request_id, chat=chat)
+            response = await self._serve(request, plan, route.role, route.bundle, path, body, tenant, slice_, request_id,
+                                         ex, chat=chat)
+            ex.status = response.status
+            if span is not None and span.is_recording():
+                span.set_attributes(ex.span_attributes())
+                tracing.evaluations_event(span, rule_evaluations(ex.evaluations), ex.completion_id or None)
+                if ex.error is not None:
+                    tracing.failed(span, ex.error)
+        self.audit.write(ex.audit_record())
+        return response
 
     def _slice(self, plan: TrafficPlan, headers: Any) -> str:
         """The request's slice: a value the stack declares, else ``other``; nothing a client sends adds a label."""
@@ -220,30 +257,59 @@ class Router:
         session = self.session
 
         async def shadowed() -> None:
-            # The candidate's own retrieval and template, inside the mirror: the client never waits for it.
-            try:
-                prepared = await prepare(session, self.retriever, self.metrics, self._prompts(plan, bundle.revision), bundle,
-                                         body, tenant, labels, request_id, chat=chat)
-            except Refusal:
-                return  # counted by prepare; a shadow answer is discarded anyway
-            await mirror(
-                session, self.metrics, labels, bundle, path, body, prepared.body,
-                request_id=request_id,
-                timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
-                max_response_bytes=self.settings.max_response_bytes,
-                evaluators=self._evaluators(plan, bundle.revision),
-                on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id),
-            )
+            attrs = {"inferstack.role": "shadow", "inferstack.revision": bundle.revision, "inferstack.slice": slice_,
+                     "inferstack.prompt_hash": bundle.prompt_hash, "inferstack.request_id": request_id}
+            with self.tracing.child(f"shadow {plan.stack}", attributes=attrs) as span:
+                # The candidate's own retrieval and template, inside the mirror: the client never waits for it.
+                try:
+                    prepared = await self._prepare(session, plan, bundle, body, tenant, labels, request_id, chat=chat)
+                except Refusal as refusal:
+                    tracing.failed(span, refusal.code)
+                    return  # counted by prepare; a shadow answer is discarded anyway
+                if span is not None and prepared.retrieved:
+                    span.set_attribute("inferstack.retrieved_ids", prepared.retrieved.split(","))
+                await mirror(
+                    session, self.metrics, labels, bundle, path, body, prepared.body,
+                    request_id=request_id,
+                    timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
+                    max_response_bytes=self.settings.max_response_bytes,
+                    evaluators=self._evaluators(plan, bundle.revision),
+                    on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id),
+                    tracer=self.tracing,
+                )
 
         self.shadow.submit(plan.namespace, plan.stack, shadowed())
 
+    async def _prepare(
+        self, session: aiohttp.ClientSession, plan: TrafficPlan, bundle: RevisionBundle, body: dict[str, Any],
+        tenant: str | None, labels: Labels, request_id: str, *, chat: bool,
+    ) -> Prepared:
+        """:func:`prepare` for ``bundle``; a revision that retrieves gets a ``retrieve`` span."""
+        prompts = self._prompts(plan, bundle.revision)
+        retrieval = bundle.retrieval if chat and prompts is not None else None
+        if retrieval is None:
+            return await prepare(session, self.retriever, self.metrics, prompts, bundle, body, tenant, labels, request_id, chat=chat)
+        attrs = {"inferstack.index": retrieval.index, "inferstack.index_version": retrieval.index_version,
+                 "inferstack.top_k": retrieval.top_k, "gen_ai.request.model": retrieval.embedding_model}
+        with self.tracing.child(f"retrieve {retrieval.index}", attributes=attrs) as span:
+            try:
+                prepared = await prepare(session, self.retriever, self.metrics, prompts, bundle, body, tenant, labels, request_id,
+                                         chat=chat)
+            except Refusal as refusal:
+                tracing.failed(span, refusal.code)
+                raise
+            if span is not None:
+                span.set_attribute("inferstack.retrieved_ids", prepared.retrieved.split(",") if prepared.retrieved else [])
+            return prepared
+
     async def _serve(
         self, request: web.Request, plan: TrafficPlan, role: Role, bundle: RevisionBundle, path: str,
-        body: dict[str, Any], tenant: str | None, slice_: str, request_id: str, *, chat: bool,
+        body: dict[str, Any], tenant: str | None, slice_: str, request_id: str, ex: Exchange, *, chat: bool,
     ) -> web.StreamResponse:
         assert self.session is not None
         started = time.perf_counter()
         labels = Labels(plan.namespace, plan.stack, bundle.revision, role, slice_)
+        ex.revision, ex.role, ex.prompt_hash = bundle.revision, role, bundle.prompt_hash
         headers = {
             "x-inferstack-stack": plan.key,
             "x-inferstack-revision": bundle.revision,
@@ -252,20 +318,23 @@ class Router:
             "x-inferstack-cache": "miss",
             "x-request-id": request_id,
             # Signed: any replica attributes later feedback to this revision and slice.
-            RESPONSE_ID_HEADER: self.feedback.response_id(labels),
+            RESPONSE_ID_HEADER: self.feedback.response_id(labels, tracing.current_context()),
         }
+        ex.response_id = headers[RESPONSE_ID_HEADER]
         prompts = self._prompts(plan, bundle.revision)
         if prompts is None:
             upstream_body = apply_bundle(body, bundle, tenant, chat=chat)  # no retriever, no template: no await
         else:
             try:
-                prepared = await prepare(self.session, self.retriever, self.metrics, prompts, bundle, body, tenant, labels,
-                                         request_id, chat=chat)
+                prepared = await self._prepare(self.session, plan, bundle, body, tenant, labels, request_id, chat=chat)
             except Refusal as refusal:
+                ex.error = refusal.code
                 return error_response(refusal.status, refusal.message, refusal.code, headers)
             upstream_body = prepared.body
             if prepared.retrieved is not None:
                 headers[RETRIEVED_HEADER] = prepared.retrieved
+                ex.retrieved = prepared.retrieved
+        ex.sent(upstream_body)
         stream = bool(body.get("stream"))
 
         # No tenant (--auth none): no one's cached answer, and none kept for anyone.
@@ -275,6 +344,7 @@ class Router:
             hit = cache.get(key)
             if hit is not None:
                 headers["x-inferstack-cache"] = "hit"
+                ex.cache_hit = True
                 self.metrics.cache_hits.labels(*labels).inc()
                 self.metrics.requests.labels(*labels).inc()
                 self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
@@ -284,58 +354,68 @@ class Router:
         strip_usage = False
         if stream:
             upstream_body, strip_usage = proxy.ask_usage(upstream_body)
+        upstream = self.tracing.upstream(tracing.current(), upstream_body, bundle)
         try:
-            response = await proxy.send(self.session, bundle, path, upstream_body, request_id=request_id, timeout=timeout)
+            with tracing.use(upstream):
+                response = await proxy.send(self.session, bundle, path, upstream_body, request_id=request_id, timeout=timeout)
         except UpstreamError as err:
             self.metrics.record_error(labels, err.kind)
+            tracing.failed(upstream, err.kind)
+            tracing.end(upstream)
             if role == "candidate" and err.kind == "connect" and self.settings.candidate_fallback:
                 # Nothing reached the candidate, so a retry on stable cannot run the request twice.
                 self.metrics.fallbacks.labels(plan.namespace, plan.stack, bundle.revision).inc()
-                return await self._serve(request, plan, "stable", plan.stable, path, body, tenant, slice_, request_id, chat=chat)
-            return self._failed(err, labels, bundle, headers)
+                ex.fallback = True
+                return await self._serve(request, plan, "stable", plan.stable, path, body, tenant, slice_, request_id, ex,
+                                         chat=chat)
+            return self._failed(err, labels, bundle, headers, ex)
 
         # Closing (not releasing) on every exit drops the backend connection when
         # the answer was not read to the end, which makes vLLM abort the generation.
         try:
             if stream and response.status == 200:
-                return await self._stream(request, response, labels, headers, body, started, plan, strip_usage)
-            return await self._whole(response, labels, headers, body, started, cache, key, plan)
+                return await self._stream(request, response, labels, headers, body, started, plan, strip_usage, ex)
+            return await self._whole(response, labels, headers, body, started, cache, key, plan, ex)
         except UpstreamError as err:
             self.metrics.record_error(labels, err.kind)
-            return self._failed(err, labels, bundle, headers)
+            tracing.failed(upstream, err.kind)
+            return self._failed(err, labels, bundle, headers, ex)
         finally:
             response.close()
+            tracing.end(upstream)
 
     @staticmethod
-    def _failed(err: UpstreamError, labels: Labels, bundle: RevisionBundle, headers: dict[str, str]) -> web.Response:
+    def _failed(err: UpstreamError, labels: Labels, bundle: RevisionBundle, headers: dict[str, str], ex: Exchange) -> web.Response:
         """The client gets a generic message and the request id; the log the details, never the endpoint's token."""
         request_id = headers["x-request-id"]
+        ex.error = err.kind
         log.warning("request %s to %s/%s revision %s: %s: %s", redact(request_id), labels.namespace, labels.stack,
                     labels.revision, err.kind, redact(err.detail, bundle.api_key))
         return error_response(err.status, f"{err.message} (request id {request_id})", err.kind, headers)
 
     async def _whole(
         self, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str], body: dict[str, Any],
-        started: float, cache: ResponseCache | None, key: str, plan: TrafficPlan,
+        started: float, cache: ResponseCache | None, key: str, plan: TrafficPlan, ex: Exchange,
     ) -> web.Response:
         data = await proxy.read_bounded(response, self.settings.max_response_bytes)
         content_type = response.headers.get("Content-Type", "application/json")
         if response.status != 200:
             # A backend 4xx is the client's problem (bad parameters): pass it on as is.
             self.metrics.record_error(labels, f"upstream_{response.status // 100}xx")
+            ex.error = f"upstream_{response.status // 100}xx"
             bundle_key = next((b.api_key for b in (plan.stable, plan.candidate) if b and b.revision == labels.revision), None)
             if bundle_key and bundle_key.encode() in data:  # a hosted endpoint's 401 quoting the key
                 data = data.replace(bundle_key.encode(), b"<redacted>")
             return web.Response(body=data, status=response.status, headers={**headers, "Content-Type": content_type})
         answer = proxy.parse_answer(data)
-        self._record(plan, labels, body, answer, started, ttft=None, request_id=headers["x-request-id"])
+        self._record(plan, labels, body, answer, started, None, headers["x-request-id"], ex)
         if cache is not None:
             cache.put(key, data, content_type, plan.response_cache.ttl_seconds)
         return web.Response(body=data, headers={**headers, "Content-Type": content_type})
 
     async def _stream(
         self, request: web.Request, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str],
-        body: dict[str, Any], started: float, plan: TrafficPlan, strip_usage: bool,
+        body: dict[str, Any], started: float, plan: TrafficPlan, strip_usage: bool, ex: Exchange,
     ) -> web.StreamResponse:
         out = web.StreamResponse(
             headers={
@@ -367,15 +447,18 @@ class Router:
         except SlowClient:
             # Disconnected; returning closes the upstream response, so the model server aborts the generation.
             self.metrics.record_error(labels, "client_timeout")
+            ex.error = "client_timeout"
             return out
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, ConnectionResetError):  # the client went away
                 self.metrics.record_error(labels, "client_disconnect")
+                ex.error = "client_disconnect"
                 return out
             # Headers are sent, so the status cannot change: end the stream with
             # an error event, which the openai client raises as an APIError.
             err = classify(exc)
             self.metrics.record_error(labels, err.kind)
+            ex.error = err.kind
             log.warning("request %s to %s/%s revision %s: %s mid-stream: %s", redact(headers["x-request-id"]), labels.namespace,
                         labels.stack, labels.revision, err.kind, redact(err.detail))
             message = f"{err.message} (request id {headers['x-request-id']})"
@@ -385,9 +468,10 @@ class Router:
             return out
         except ConnectionResetError:
             self.metrics.record_error(labels, "client_disconnect")
+            ex.error = "client_disconnect"
             return out
         await out.write_eof()
-        self._record(plan, labels, body, observer.finish(), started, ttft=ttft, request_id=headers["x-request-id"])
+        self._record(plan, labels, body, observer.finish(), started, ttft, headers["x-request-id"], ex)
         return out
 
     async def _write_bounded(self, out: web.StreamResponse, chunk: bytes, request: web.Request) -> None:
@@ -401,9 +485,10 @@ class Router:
 
     def _record(
         self, plan: TrafficPlan, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float,
-        ttft: float | None, request_id: str,
+        ttft: float | None, request_id: str, ex: Exchange,
     ) -> None:
-        record_checked_answer(self.metrics, labels, body, answer, started, ttft, self._evaluators(plan, labels.revision))
+        scores = record_checked_answer(self.metrics, labels, body, answer, started, ttft, self._evaluators(plan, labels.revision))
+        ex.answered(answer, scores)
         self.judges.answered(plan, labels, body, answer.text, request_id)
 
 
@@ -416,14 +501,16 @@ def build_app(
     sources: Sequence[PlanSource] = (),
     metrics: RouterMetrics | None = None,
     auth: Authenticator | None = None,
+    tracer: Tracing | None = None,
 ) -> web.Application:
     """The client-facing app (the OpenAI API, every request authenticated); health and
-    metrics are on another port: :func:`build_admin_app`."""
+    metrics are on another port: :func:`build_admin_app`. ``tracer``: none, or from
+    :meth:`Tracing.from_settings` (``--otlp-endpoint``)."""
     settings = settings or RouterSettings()
     metrics = metrics or RouterMetrics()
     store = store if store is not None else PlanStore()
     auth = auth or Authenticator.from_settings(settings, metrics.registry)
-    router = Router(store, settings, metrics, auth)
+    router = Router(store, settings, metrics, auth, tracer if tracer is not None else Tracing.from_settings(settings))
     store.add_listener(router.plan_changed)
     for plan in store.plans():
         router.plan_changed(plan.key, plan)

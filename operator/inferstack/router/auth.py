@@ -59,6 +59,11 @@ class Identity:
     def may_call(self, namespace: str, stack: str) -> bool:
         return self.grant is None or self.grant.may_call(namespace, stack)
 
+    @property
+    def record_content(self) -> bool:
+        """False when the key's tenant opted out of content recording (key Secret ``recordContent: "false"``)."""
+        return self.grant is None or self.grant.record_content
+
 
 ANONYMOUS = Identity(tenant=None)
 REQUEST_IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)  # set by the middleware

@@ -1,8 +1,10 @@
 """User feedback as an evaluator: signed response ids and ``POST /v1/feedback``.
 
 Every answer the router serves carries ``x-inferstack-response-id``: a compact
-payload (namespace, stack, revision, role, slice, the time it was served and a
-random nonce) and an HMAC-SHA256 over it, base64url-encoded. Any replica that
+payload (namespace, stack, revision, role, slice, the time it was served, a
+random nonce and, when the request was traced, its trace and span ids) and an
+HMAC-SHA256 over it, base64url-encoded. The trace ids let feedback land in the
+answer's own trace, from any replica. Any replica that
 holds the same key can verify an id and attribute the feedback to the revision
 and slice that produced the answer, with no shared store. The payload carries
 no prompt, no answer and nothing secret: it is readable by whoever holds it,
@@ -40,6 +42,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from inferstack.api.v1alpha1 import Evaluator
 from inferstack.core.durations import parse_seconds
+from inferstack.router import tracing
+from inferstack.router.audit import AuditLog, evaluation_record
 from inferstack.router.auth import ANONYMOUS, Identity, ModelNotAllowed, authorize, identity_of
 from inferstack.router.errors import error_response
 from inferstack.router.metrics import Labels, RouterMetrics
@@ -51,14 +55,16 @@ HEADER = "x-inferstack-response-id"
 KEY_ENV = "INFERSTACK_FEEDBACK_KEY"
 MIN_KEY_BYTES = 16
 
-_VERSION = 1
+_VERSION = 1  # without trace context
+_VERSION_TRACED = 2  # the payload ends with the answer's trace id (16 bytes) and span id (8 bytes)
+_TRACE = struct.Struct(">16s8s")
 _ROLES = ("stable", "candidate")  # role code in the id: the index
 _HEAD = struct.Struct(">BIB8s")  # version, issued (unix seconds), role code, nonce
 _MAC_BYTES = 32  # the whole HMAC-SHA256
 _MAX_FIELD_BYTES = 255  # each string is length-prefixed with one byte
 # The longest id the router can issue: head + four fields of at most 255 bytes + MAC,
 # base64url without padding. Anything longer is refused before it is decoded.
-MAX_ID_CHARS = math.ceil((_HEAD.size + 4 * (1 + _MAX_FIELD_BYTES) + _MAC_BYTES) * 4 / 3)
+MAX_ID_CHARS = math.ceil((_HEAD.size + 4 * (1 + _MAX_FIELD_BYTES) + _TRACE.size + _MAC_BYTES) * 4 / 3)
 # An id issued this far in the future (a replica whose clock is ahead) is still accepted.
 CLOCK_SKEW_SECONDS = 300
 MAX_BODY_BYTES = 16 * 1024  # a feedback request is a few hundred bytes
@@ -117,6 +123,14 @@ class ResponseRef:
     issued: int  # unix seconds
     nonce: bytes
     mac: bytes  # identifies the answer whatever spelling of its id a client sends
+    trace_id: int = 0  # the answer's trace, when it was traced (0: none)
+    span_id: int = 0
+
+    @property
+    def span_context(self) -> tracing.SpanContext | None:
+        if not self.trace_id:
+            return None
+        return tracing.SpanContext(self.trace_id, self.span_id, is_remote=True, trace_flags=tracing.TraceFlags(1))
 
     @property
     def labels(self) -> Labels:
@@ -152,18 +166,26 @@ class Signer:
     def _mac(self, key: bytes, payload: bytes) -> bytes:
         return hmac.new(key, payload, hashlib.sha256).digest()
 
-    def sign(self, labels: Labels, now: float | None = None, nonce: bytes | None = None) -> str | None:
-        """The response id of an answer served now under ``labels``; None when a label cannot fit (never in practice)."""
+    def sign(self, labels: Labels, now: float | None = None, nonce: bytes | None = None,
+             trace: tracing.SpanContext | None = None) -> str | None:
+        """The response id of an answer served now under ``labels``; None when a label cannot fit (never in practice).
+
+        ``trace``: the answer's span when it is traced, so feedback joins that trace."""
         if labels.role not in _ROLES:
             return None
         issued = int(time.time() if now is None else now)
-        head = _HEAD.pack(_VERSION, issued & 0xFFFFFFFF, _ROLES.index(labels.role), nonce or secrets.token_bytes(8))
+        traced = trace is not None and trace.is_valid and trace.trace_flags.sampled
+        version = _VERSION_TRACED if traced else _VERSION
+        head = _HEAD.pack(version, issued & 0xFFFFFFFF, _ROLES.index(labels.role), nonce or secrets.token_bytes(8))
         parts = [head]
         for text in (labels.namespace, labels.stack, labels.revision, labels.slice):
             raw = text.encode()
             if len(raw) > _MAX_FIELD_BYTES:
                 return None
             parts += [bytes([len(raw)]), raw]
+        if traced:
+            assert trace is not None
+            parts.append(_TRACE.pack(trace.trace_id.to_bytes(16, "big"), trace.span_id.to_bytes(8, "big")))
         payload = b"".join(parts)
         return _b64encode(payload + self._mac(self._keys[0], payload))
 
@@ -202,10 +224,15 @@ class Signer:
                 pos += 1 + n
         except (IndexError, UnicodeDecodeError):
             raise InvalidId("malformed_id", "`response_id` has an unknown format") from None
-        if version != _VERSION or role >= len(_ROLES) or pos != len(payload):
+        trace_id = span_id = 0
+        if version == _VERSION_TRACED and len(payload) - pos == _TRACE.size:
+            raw_trace, raw_span = _TRACE.unpack_from(payload, pos)
+            trace_id, span_id = int.from_bytes(raw_trace, "big"), int.from_bytes(raw_span, "big")
+            pos += _TRACE.size
+        if version not in (_VERSION, _VERSION_TRACED) or role >= len(_ROLES) or pos != len(payload):
             raise InvalidId("malformed_id", "`response_id` has an unknown format")
         namespace, stack, revision, slice_ = fields
-        return ResponseRef(namespace, stack, revision, _ROLES[role], slice_, issued, nonce, mac)
+        return ResponseRef(namespace, stack, revision, _ROLES[role], slice_, issued, nonce, mac, trace_id, span_id)
 
 
 # ---------------------------------------------------------------- values
@@ -289,7 +316,10 @@ class FeedbackEndpoint:
     def __init__(
         self, store: PlanStore, metrics: RouterMetrics, signer: Signer,
         seen_limit: int = DEFAULT_SEEN_LIMIT, clock: Callable[[], float] = time.time,
+        tracer: tracing.Tracing | None = None, audit: AuditLog | None = None,
     ) -> None:  # fmt: skip
+        self.tracing = tracer or tracing.Tracing.off()
+        self.audit = audit
         self.store = store
         self.metrics = metrics
         self.signer = signer
@@ -298,7 +328,10 @@ class FeedbackEndpoint:
         self.counters = FeedbackMetrics(metrics.registry)
 
     @classmethod
-    def from_keys(cls, store: PlanStore, metrics: RouterMetrics, keys: Sequence[bytes], seen_limit: int = DEFAULT_SEEN_LIMIT) -> FeedbackEndpoint:
+    def from_keys(
+        cls, store: PlanStore, metrics: RouterMetrics, keys: Sequence[bytes], seen_limit: int = DEFAULT_SEEN_LIMIT,
+        tracer: tracing.Tracing | None = None, audit: AuditLog | None = None,
+    ) -> FeedbackEndpoint:
         if keys:
             signer = Signer(keys)
         else:
@@ -308,15 +341,15 @@ class FeedbackEndpoint:
                 KEY_ENV,
             )
             signer = Signer.ephemeral()
-        return cls(store, metrics, signer, seen_limit)
+        return cls(store, metrics, signer, seen_limit, tracer=tracer, audit=audit)
 
-    def response_id(self, labels: Labels) -> str:
+    def response_id(self, labels: Labels, trace: tracing.SpanContext | None = None) -> str:
         """The ``x-inferstack-response-id`` of an answer served now under ``labels`` (empty if it cannot be issued)."""
-        return self.signer.sign(labels, self.clock()) or ""
+        return self.signer.sign(labels, self.clock(), trace=trace) or ""
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
-            evaluator, ref, score = self._accept(await _read_bounded(request), identity_of(request))
+            evaluator, ref, score, token = self._accept(await _read_bounded(request), identity_of(request))
         except Refused as r:
             self.counters.refused.labels(r.reason).inc()
             return error_response(r.status, r.message, r.code)
@@ -327,9 +360,21 @@ class FeedbackEndpoint:
         # recorded: Prometheus decides its relevance by the revision label.
         self.metrics.record_samples(ref.labels, {evaluator: score})
         self.counters.recorded.labels(ref.namespace, ref.stack, evaluator).inc()
+        # In the answer's own trace, and in the audit log beside its request line.
+        result = tracing.Evaluation(evaluator, score, "up" if score >= 0.5 else "down")
+        self.tracing.later(ref.span_context, f"evaluate {evaluator}", [result],
+                           {"inferstack.stack": ref.stack, "inferstack.namespace": ref.namespace,
+                            "inferstack.revision": ref.revision, "inferstack.role": ref.role, "inferstack.slice": ref.slice,
+                            "inferstack.evaluator.kind": "feedback"})
+        if self.audit is not None:
+            self.audit.write(evaluation_record(
+                namespace=ref.namespace, stack=ref.stack, revision=ref.revision, role=ref.role, slice_=ref.slice,
+                evaluator=evaluator, score=score, label=result.label, response_id=token,
+                trace_id=format(ref.trace_id, "032x") if ref.trace_id else None,
+            ))
         return web.json_response({"status": "recorded", "evaluator": evaluator})
 
-    def _accept(self, data: bytes | None, identity: Identity = ANONYMOUS) -> tuple[str, ResponseRef, float]:
+    def _accept(self, data: bytes | None, identity: Identity = ANONYMOUS) -> tuple[str, ResponseRef, float, str]:
         if data is None:
             raise Refused(413, "too_large", f"the feedback body is larger than {MAX_BODY_BYTES} bytes", "request_too_large")
         try:
@@ -376,7 +421,7 @@ class FeedbackEndpoint:
         if key in self.seen:
             raise Refused(409, "duplicate", "feedback on this response was already recorded", "duplicate_feedback")
         self.seen.add(key)
-        return evaluator.name, ref, score
+        return evaluator.name, ref, score, token
 
     @staticmethod
     def _evaluator(evaluators: Sequence[Evaluator], name: str | None, stack: str) -> Evaluator:

@@ -41,6 +41,8 @@ from inferstack.api.v1alpha1 import Evaluator, JudgeMode
 from inferstack.core import judging
 from inferstack.core.durations import parse_seconds
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
+from inferstack.router import tracing
+from inferstack.router.audit import AuditLog, evaluation_record
 from inferstack.router.bundle import apply_bundle
 from inferstack.router.metrics import Labels, RouterMetrics
 
@@ -190,6 +192,8 @@ class _Job:
     body: Mapping[str, Any]
     answers: tuple[str, ...]
     baseline: str = ""
+    request_id: str = ""
+    trace: tracing.SpanContext | None = None  # the scored answer's span: the verdict is recorded in its trace
 
 
 @dataclass
@@ -206,6 +210,8 @@ class JudgeRunner:
     _queue: asyncio.Queue[_Job] | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _judges: dict[str, list[Judge]] = field(default_factory=dict)
+    tracer: tracing.Tracing = field(default_factory=tracing.Tracing.off)
+    audit: AuditLog | None = None
 
     # ----------------------------------------------------------- lifecycle
 
@@ -258,9 +264,11 @@ class JudgeRunner:
                     cand = Labels(
                         labels.namespace, labels.stack, plan.candidate.revision, "shadow", labels.slice
                     )
-                    self._submit(_Job(judge, plan, cand, body, both, baseline=plan.stable.revision), cost=2)
+                    self._submit(_Job(judge, plan, cand, body, both, baseline=plan.stable.revision, request_id=request_id,
+                                      trace=tracing.current_context()), cost=2)
             else:
-                self._submit(_Job(judge, plan, labels, body, (text,)), cost=1)
+                self._submit(_Job(judge, plan, labels, body, (text,), request_id=request_id, trace=tracing.current_context()),
+                             cost=1)
 
     def _submit(self, job: _Job, cost: int) -> None:
         assert self._queue is not None
@@ -305,18 +313,36 @@ class JudgeRunner:
                         job, judging.pairwise_messages(judge.criteria, job.body, candidate, stable)
                     )
                 )
-                self.metrics.record_pair(
-                    labels, job.baseline, judge.name, judging.pair_outcome(first, second)
-                )
+                outcome = judging.pair_outcome(first, second)
+                self.metrics.record_pair(labels, job.baseline, judge.name, outcome)
+                label = "win" if outcome > 0 else "loss" if outcome < 0 else "tie"
+                self._recorded(job, tracing.Evaluation(judge.name, outcome, label, f"candidate vs stable {job.baseline}"))
             else:
                 reply = await self._ask(
                     job, judging.rubric_messages(judge.criteria, job.body, job.answers[0])
                 )
-                self.metrics.record_samples(labels, {judge.name: judging.parse_rating(reply)})
+                rating = judging.parse_rating(reply)
+                self.metrics.record_samples(labels, {judge.name: rating})
+                self._recorded(job, tracing.Evaluation(judge.name, rating))
         except judging.JudgeReplyError as exc:
             self._error(labels, judge, "reply", str(exc))
         except JudgeError as exc:
             self._error(labels, judge, exc.kind, str(exc))
+
+    def _recorded(self, job: _Job, result: tracing.Evaluation) -> None:
+        """A verdict in the scored request's trace and in the audit log (metrics are recorded by the caller)."""
+        labels = job.labels
+        self.tracer.later(job.trace, f"evaluate {job.judge.name}", [result], {
+            "inferstack.stack": labels.stack, "inferstack.namespace": labels.namespace, "inferstack.revision": labels.revision,
+            "inferstack.role": labels.role, "inferstack.slice": labels.slice, "inferstack.request_id": job.request_id,
+            "inferstack.evaluator.kind": f"judge/{job.judge.mode}",
+        })  # fmt: skip
+        if self.audit is not None:
+            self.audit.write(evaluation_record(
+                namespace=labels.namespace, stack=labels.stack, revision=labels.revision, role=labels.role, slice_=labels.slice,
+                evaluator=job.judge.name, score=result.score, label=result.label, request_id=job.request_id,
+                trace_id=format(job.trace.trace_id, "032x") if job.trace is not None else None,
+            ))  # fmt: skip
 
     def _error(self, labels: Labels, judge: Judge, kind: str, message: str) -> None:
         self.metrics.eval_errors.labels(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from aiohttp import web
 
@@ -69,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Default: $INFERSTACK_FEEDBACK_KEY, else a random key of this process.",
     )
     p.add_argument("--feedback-seen-limit", type=int, default=65_536, help="Response ids remembered to refuse duplicate feedback.")
+    obs = p.add_argument_group("traces and audit log (docs/router.md, \"Traces and audit log\")")
+    obs.add_argument("--otlp-endpoint", default=None,
+                     help="Send OpenTelemetry traces (OTLP over HTTP) to this collector, e.g. http://otel-collector:4318. "
+                     "Default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, $OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing.")
+    obs.add_argument("--trace-sample-rate", type=float, default=0.1,
+                     help="Share of requests traced (0..1), decided by the router whatever a client's traceparent says.")
+    obs.add_argument("--audit-log", action="store_true", help="Write one JSON line per request (and per later evaluation) to stdout.")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="Seconds to drain in-flight streams on SIGTERM.")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -98,7 +106,17 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
         trusted_proxy_cidrs=tuple(c.strip() for c in args.trusted_proxy_cidrs.split(",") if c.strip()),
         trusted_proxy_tenant_header=args.trusted_proxy_tenant_header.strip(),
         max_keys_per_namespace=args.max_keys_per_namespace,
+        otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
+        trace_sample_rate=args.trace_sample_rate,
+        audit_log=args.audit_log,
     )
+
+
+def otlp_endpoint(flag: str | None) -> str | None:
+    """The flag, else the OpenTelemetry SDK's own variables (a traces endpoint is used as given)."""
+    if flag:
+        return flag
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
 
 
 def sources_from(args: argparse.Namespace, metrics: RouterMetrics) -> list[PlanSource]:
@@ -120,6 +138,8 @@ def key_sources_from(args: argparse.Namespace, auth: Authenticator) -> list[KeyS
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if not 0.0 <= args.trace_sample_rate <= 1.0:
+        raise SystemExit("inferstack-router: --trace-sample-rate must be within 0..1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = RouterMetrics()
     settings = settings_from(args)

@@ -20,6 +20,7 @@ import orjson
 from yarl import URL
 
 from inferstack.core.trafficplan import RevisionBundle
+from inferstack.router import tracing
 from inferstack.router.errors import UpstreamError, classify
 from inferstack.router.evaluators import MAX_CHECKED_CHARS
 
@@ -54,6 +55,9 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tool_calls: list[ToolCallSeen] = field(default_factory=list)
+    id: str = ""  # the model server's id of the answer (gen_ai.response.id)
+    model: str = ""  # the model that answered, as the server names it
+    finish_reasons: list[str] = field(default_factory=list)  # of the first choice
 
     def take_tool_calls(self, calls: object) -> None:
         """Collect ``tool_calls`` of a message or of a stream's deltas (merged by their index)."""
@@ -135,6 +139,7 @@ async def send(
     headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
     if bundle.api_key:
         headers["Authorization"] = f"Bearer {bundle.api_key}"
+    tracing.inject(headers)  # the model server joins the request's trace (W3C traceparent)
     try:
         response = await session.post(_url(bundle.url, path), data=dumps(body), headers=headers, timeout=timeout)
     except Exception as exc:
@@ -189,6 +194,18 @@ def _take_usage(answer: Answer, event: dict[str, Any]) -> None:
         answer.completion_tokens = int(usage.get("completion_tokens") or 0)
 
 
+def _take_identity(answer: Answer, event: dict[str, Any]) -> None:
+    """The answer's id and model, from its first event (every chunk of a stream repeats them)."""
+    ident, model = event.get("id"), event.get("model")
+    answer.id = ident[:256] if type(ident) is str else ""
+    answer.model = model[:256] if type(model) is str else ""
+
+
+def _take_finish(answer: Answer, reason: object) -> None:
+    if reason and type(reason) is str and len(answer.finish_reasons) < 4:
+        answer.finish_reasons.append(reason[:64])
+
+
 def parse_answer(body: bytes) -> Answer:
     """Usage and first-choice text of a non-streamed answer."""
     answer = Answer()
@@ -199,8 +216,10 @@ def parse_answer(body: bytes) -> Answer:
     if not isinstance(event, dict):
         return answer
     _take_usage(answer, event)
+    _take_identity(answer, event)
     choices = event.get("choices") or []
     if choices and isinstance(choices[0], dict):
+        _take_finish(answer, choices[0].get("finish_reason"))
         text = _choice_text(choices[0])
         answer.text = text[:MAX_CHECKED_CHARS]
         answer.truncated = len(text) > MAX_CHECKED_CHARS
@@ -339,6 +358,8 @@ class SSEObserver:
         for event in events:
             if type(event) is not dict:
                 continue
+            if not answer.id:
+                _take_identity(answer, event)
             usage = event.get("usage")
             if usage is not None and type(usage) is dict:
                 answer.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -352,6 +373,8 @@ class SSEObserver:
             for choice in choices:
                 if type(choice) is not dict or choice.get("index", 0) != 0:
                     continue
+                if choice.get("finish_reason") is not None:
+                    _take_finish(answer, choice["finish_reason"])
                 if "delta" in choice:
                     delta = choice["delta"]
                     if type(delta) is not dict:

@@ -34,3 +34,7 @@ class RouterSettings:
     trusted_proxy_cidrs: tuple[str, ...] = ()  # trusted-proxy: peers whose tenant header is believed
     trusted_proxy_tenant_header: str = ""
     max_keys_per_namespace: int = 1000
+    # Traces (router/tracing.py): OTLP/HTTP endpoint of a collector; None: no tracing at all.
+    otlp_endpoint: str | None = None
+    trace_sample_rate: float = 0.1  # share of requests traced, decided by the router (not by a client's traceparent)
+    audit_log: bool = False  # one JSON line per request on stdout (router/audit.py); the chart turns it on

@@ -17,9 +17,10 @@ from typing import Any
 import aiohttp
 
 from inferstack.core.trafficplan import RevisionBundle
-from inferstack.router import checks, proxy
+from inferstack.router import checks, proxy, tracing
 from inferstack.router.errors import UpstreamError, classify
 from inferstack.router.evaluators import Evaluators
+from inferstack.router.exchange import rule_evaluations
 from inferstack.router.metrics import Labels, RouterMetrics
 
 log = logging.getLogger(__name__)
@@ -78,17 +79,23 @@ async def mirror(
     max_response_bytes: int,
     evaluators: Evaluators | None = None,
     on_answer: Callable[[proxy.Answer], None] | None = None,
+    tracer: tracing.Tracing | None = None,
 ) -> None:
     """Send one mirrored request and record what came back under role="shadow"; ``on_answer`` sees the answer (judges)."""
     started = time.perf_counter()
     stream = bool(upstream_body.get("stream"))
     if stream:
         upstream_body, _ = proxy.ask_usage(upstream_body)  # nobody reads a mirror's stream: nothing to strip
+    span = tracing.current()  # the shadow copy's span (app.py), if traced
+    tracer = tracer or tracing.Tracing.off()
+    upstream = tracer.upstream(span, upstream_body, bundle)
     try:
-        response = await proxy.send(session, bundle, path, upstream_body, request_id=request_id + "-shadow", timeout=timeout)
+        with tracing.use(upstream):
+            response = await proxy.send(session, bundle, path, upstream_body, request_id=request_id + "-shadow", timeout=timeout)
         try:
             if response.status != 200:
                 metrics.record_error(labels, f"upstream_{response.status // 100}xx")
+                tracing.failed(span, f"upstream_{response.status // 100}xx")
                 return
             ttft = None
             if stream:
@@ -104,11 +111,24 @@ async def mirror(
             response.close()
     except UpstreamError as err:
         metrics.record_error(labels, err.kind)
+        tracing.failed(span, err.kind)
         return
     except (aiohttp.ClientError, TimeoutError) as exc:
         metrics.record_error(labels, classify(exc).kind)
+        tracing.failed(span, classify(exc).kind)
         return
-    record_checked_answer(metrics, labels, request_body, answer, started, ttft, evaluators)
+    finally:
+        tracing.end(upstream)
+    scores = record_checked_answer(metrics, labels, request_body, answer, started, ttft, evaluators)
+    if span.is_recording():
+        tracing.evaluations_event(span, rule_evaluations(scores), answer.id or None)
+        got: dict[str, str | int] = {
+            "gen_ai.response.id": answer.id, "gen_ai.response.model": answer.model,
+            "gen_ai.usage.input_tokens": answer.prompt_tokens, "gen_ai.usage.output_tokens": answer.completion_tokens,
+        }  # fmt: skip
+        span.set_attributes({k: v for k, v in got.items() if v})
+        if answer.finish_reasons:
+            span.set_attribute("gen_ai.response.finish_reasons", answer.finish_reasons)
     if on_answer is not None:
         on_answer(answer)
 
@@ -121,11 +141,12 @@ def record_checked_answer(
     started: float,
     ttft: float | None,
     evaluators: Evaluators | None = None,
-) -> None:
+) -> dict[str, float]:
     """Run the online checks and the stack's evaluators on one answer; record everything measured.
 
     The same for answers returned to clients and for mirrored ones, so a
-    shadow step's verdicts are computed exactly like a canary's.
+    shadow step's verdicts are computed exactly like a canary's. Returns the
+    evaluators' scores, which are also the current span's evaluation events.
     """
     results = checks.run_checks(request_body, answer.text, truncated=answer.truncated)
     metrics.record_answer(
@@ -137,5 +158,8 @@ def record_checked_answer(
         checks=results,
         score=checks.quality_score(results),
     )
-    if evaluators is not None:
-        metrics.record_samples(labels, evaluators.score(request_body, answer))
+    if evaluators is None:
+        return {}
+    scores = evaluators.score(request_body, answer)
+    metrics.record_samples(labels, scores)
+    return scores

@@ -43,6 +43,9 @@ SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("slots", asyncio.Semaphore)
 # The last bodies received, so tests can see exactly what the router forwarded
 # (in process, or over HTTP: GET /debug/received).
 RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received", deque)
+# The W3C traceparent of each chat/completions request ("" when none), so tests can see the
+# router passed its trace on (GET /debug/traceparents).
+TRACEPARENTS: web.AppKey[deque[str]] = web.AppKey("traceparents", deque)
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
@@ -68,6 +71,10 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _received(request: web.Request) -> web.Response:
     received: deque[dict[str, Any]] = request.app[RECEIVED]
     return web.json_response(list(received))
+
+
+async def _traceparents(request: web.Request) -> web.Response:
+    return web.json_response(list(request.app[TRACEPARENTS]))
 
 
 async def _embeddings(request: web.Request) -> web.Response:
@@ -113,6 +120,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         return _error(400, "request body must be a JSON object", "BadRequestError")
     request.app[RECEIVED].append(body)
+    request.app[TRACEPARENTS].append(request.headers.get("traceparent", ""))
     if body.get("model") != settings.served_model:
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model_not_found")
     try:
@@ -202,11 +210,13 @@ def build_app(settings: StandinSettings) -> web.Application:
     app[METRICS] = StandinMetrics(settings.served_model)
     app[SLOTS] = asyncio.Semaphore(settings.max_num_seqs)
     app[RECEIVED] = deque(maxlen=100)
+    app[TRACEPARENTS] = deque(maxlen=100)
     app.router.add_post("/v1/chat/completions", _completions)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/debug/received", _received)
+    app.router.add_get("/debug/traceparents", _traceparents)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     return app

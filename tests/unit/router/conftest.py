@@ -15,6 +15,7 @@ from inferstack.router.app import ROUTER, build_admin_app, build_app
 from inferstack.router.auth import Authenticator, KeyTable
 from inferstack.router.plansource import PlanStore
 from inferstack.router.settings import RouterSettings
+from inferstack.router.tracing import Tracing
 from inferstack.standin.app import StandinSettings
 from inferstack.standin.app import build_app as build_standin
 
@@ -99,13 +100,13 @@ async def router_client() -> AsyncIterator[Callable[..., Any]]:
 
     async def start(
         *plans: TrafficPlan, settings: RouterSettings | None = None, auth: Authenticator | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, tracer: Tracing | None = None,
     ) -> TestClient:
         store = PlanStore()
         for plan in plans:
             store.apply(plan)
         auth = auth or Authenticator("api-keys", key_table((TEST_KEY, "team-a", "tests", "*")))
-        app = build_app(store, settings or RouterSettings(upstream_timeout=5), auth=auth)
+        app = build_app(store, settings or RouterSettings(upstream_timeout=5), auth=auth, tracer=tracer)
         client = TestClient(TestServer(app), headers={"Authorization": f"Bearer {TEST_KEY}"} if headers is None else headers)
         await client.start_server()
         admin = TestClient(TestServer(build_admin_app(app[ROUTER])))
