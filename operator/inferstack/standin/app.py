@@ -74,7 +74,8 @@ async def _received(request: web.Request) -> web.Response:
 
 
 async def _traceparents(request: web.Request) -> web.Response:
-    return web.json_response(list(request.app[TRACEPARENTS]))
+    values: deque[str] = request.app[TRACEPARENTS]
+    return web.json_response(list(values))
 
 
 async def _embeddings(request: web.Request) -> web.Response:
