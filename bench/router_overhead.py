@@ -10,7 +10,9 @@ One run starts, on loopback:
   candidate: ``inferstack`` (``--auth none``, four rule checks at their default settings, the
   row compared with Envoy), and the optional modes ``+auth`` (an API key checked on every
   request), ``+judge`` (a rubric judge on 10 % of answers, served by ``inferstack-standin
-  --judge``) and ``scale`` (two routers behind a round-robin split, at twice the rate);
+  --judge``), ``+trace`` and ``+trace10`` (OTLP traces of 100 % and 10 % of requests, exported
+  to ``bench/otlp_sink.py``), ``+audit`` (the JSON audit line of every request, to a file) and
+  ``scale`` (two routers behind a round-robin split, at twice the rate);
 
 then drives each scenario (non-streamed; streamed 32 and 256 events in one burst; paced
 streams, one event every ``--pace-ms``) at a fixed open-loop rate through each of them with
@@ -278,8 +280,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=4.0, help="Seconds measured per row (after a short warm-up).")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"Comma-separated, of {', '.join(SCENARIOS)}.")
-    p.add_argument("--modes", default="inferstack,+auth,+judge,scale",
-                   help="inferstack rows besides direct and Envoy: inferstack, +auth, +judge, scale.")
+    p.add_argument("--modes", default="inferstack,+auth,+judge,+trace,+trace10,+audit,scale",
+                   help="inferstack rows besides direct and Envoy: inferstack, +auth, +judge, +trace, +trace10, +audit, scale.")
     p.add_argument("--pace-ms", type=float, default=2.0, help="Gap between the events of a paced stream.")
     p.add_argument("--repeat", type=int, default=3, help="Measurements per scenario and proxy (the median is shown).")
     p.add_argument("--baseline", metavar="DIR",
@@ -354,6 +356,19 @@ def main() -> None:
             target, pid, metrics = router("judge", PROXY_CORE, evaluation, none)
             started.append(metrics)
             proxies.append(Proxy("inferstack +judge", [target], [pid], models, metrics))
+        if "+trace" in modes or "+trace10" in modes:
+            sink = free_port()
+            procs.append(spawn(LOAD_CORE, [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(sink)], work / "sink.log"))
+            for mode, rate in (("+trace", "1.0"), ("+trace10", "0.1")):
+                if mode in modes:
+                    traced = ["--otlp-endpoint", f"http://127.0.0.1:{sink}", "--trace-sample-rate", rate]
+                    target, pid, metrics = router(mode[1:], PROXY_CORE, EVALUATION, [*none, *traced])
+                    started.append(metrics)
+                    proxies.append(Proxy(f"inferstack {mode}", [target], [pid], models, metrics))
+        if "+audit" in modes:
+            target, pid, metrics = router("audit", PROXY_CORE, EVALUATION, [*none, "--audit-log"])
+            started.append(metrics)
+            proxies.append(Proxy("inferstack +audit", [target], [pid], models, metrics))
         if "scale" in modes:
             # Two replicas of the same plan; only two cores here, so the second shares core 0 with the load.
             second, second_pid, metrics = router("second", LOAD_CORE, EVALUATION, none)
