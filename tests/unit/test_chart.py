@@ -657,6 +657,20 @@ def test_helm_render_feedback_key():
 
 
 @needs_helm
+def test_helm_render_tracing_and_audit_log():
+    """Traces are off until an endpoint is named; the audit log is on by default."""
+    def router_args(*sets: str) -> list[str]:
+        docs = render(*sets)
+        deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    args = router_args()
+    assert "--audit-log" in args and not any(a.startswith(("--otlp-endpoint", "--trace-sample-rate")) for a in args)
+    args = router_args("router.tracing.otlpEndpoint=http://otel:4318", "router.tracing.sampleRate=0.25", "router.auditLog=false")
+    assert "--otlp-endpoint=http://otel:4318" in args and "--trace-sample-rate=0.25" in args and "--audit-log" not in args
+
+
+@needs_helm
 def test_helm_render_operator_without_leader_election():
     docs = render("operator.config.leaderElection.enabled=false", "operator.replicas=1")
     operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "demo-inferstack-operator")
