@@ -6,7 +6,9 @@ Plans carry the marker as their endpoint token (the file source takes
 fake model servers on loopback echo the Authorization header in 5xx and 4xx
 bodies, hang past the timeout, or break a stream; one plan points at a port
 nobody listens on; malformed plans carry the marker where pydantic would quote
-it; invalid requests carry it in headers and bodies.
+it; invalid requests carry it in headers and bodies. The router writes its audit
+log (to the same log) and exports a trace of every request to an OTLP receiver
+here: neither may carry the marker either.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def stack(name: str, url: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+EXPORTED: list[bytes] = []  # OTLP trace exports the router sent (protobuf bodies)
+
+
 async def fake_model_server() -> tuple[web.AppRunner, str]:
     """Model servers that fail in every way, each echoing what it was sent."""
 
@@ -46,6 +51,10 @@ async def fake_model_server() -> tuple[web.AppRunner, str]:
     async def echo_401(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": f"Incorrect API key: {request.headers.get('Authorization')}"}},
                                  status=401)
+
+    async def traces(request: web.Request) -> web.Response:
+        EXPORTED.append(await request.read())
+        return web.Response(content_type="application/x-protobuf")
 
     async def hang(request: web.Request) -> web.Response:
         await asyncio.sleep(10)
@@ -62,6 +71,7 @@ async def fake_model_server() -> tuple[web.AppRunner, str]:
     app = web.Application()
     for name, handler in (("echo5xx", echo_5xx), ("echo401", echo_401), ("hang", hang), ("broken", broken_stream)):
         app.router.add_post(f"/{name}/v1/chat/completions", handler)
+    app.router.add_post("/v1/traces", traces)
     runner = web.AppRunner(app)
     await runner.setup()
     with socket.socket() as s:
@@ -103,7 +113,8 @@ async def test_marker_token_reaches_no_log_and_no_response(procs: Processes, tmp
         missing["stable"].pop("apiKey")  # its Secret could not be read
         (plans / "missing-secret.json").write_text(json.dumps(missing))
 
-        router = procs.router(plans, "--log-level", "DEBUG", "--upstream-timeout", "1")
+        router = procs.router(plans, "--log-level", "DEBUG", "--upstream-timeout", "1", "--audit-log",
+                              "--otlp-endpoint", fake, "--trace-sample-rate", "1")
         seen: list[str] = []  # every status line, header and body the router answered
 
         async def call(session: aiohttp.ClientSession, path: str, body: Any = None, data: bytes | None = None,
@@ -151,16 +162,20 @@ async def test_marker_token_reaches_no_log_and_no_response(procs: Processes, tmp
         wait_until("shadow mirror and plan rejections logged",
                    lambda: "rejected plan file" in log.read_text() and log.read_text().count("rejected plan file") >= 6)
         await asyncio.sleep(0.5)
+        await asyncio.to_thread(procs.stop_all)  # the router flushes its traces on the way out, to this receiver
     finally:
         await runner.cleanup()
         closed.close()
-    procs.stop_all()
     text = log.read_text()
     # The failures were logged (with details), just never the token.
     assert text.count("rejected plan file") >= 6, text
     for kind in ("upstream_5xx", "timeout", "connect", "upstream_disconnect"):
         assert kind in text, kind
     assert "HTTP 500" in text and "<redacted>" in text  # the echoing body is there, its token redacted
+    audit = [json.loads(line) for line in text.splitlines() if line.startswith('{"event"')]
+    assert len([a for a in audit if a["event"] == "request"]) >= 8, audit  # every routed request has its line
+    assert EXPORTED and sum(len(b) for b in EXPORTED) > 1000  # traces were exported (flushed at shutdown)
+    assert not [b for b in EXPORTED if MARKER.encode() in b]
     leaked = [line for line in text.splitlines() if MARKER in line]
     assert not leaked, leaked
     leaked = [line for line in seen if MARKER in line]
