@@ -516,3 +516,34 @@ async def test_a_judge_stacks_system_prompt_keeps_the_judges_instructions(
     system = sent["messages"][0]["content"]
     assert system.startswith("You grade support answers.") and system.endswith(judging.RUBRIC_SYSTEM)
     assert "tools" not in sent  # a judge call asks for a verdict, not a tool call
+
+
+async def test_verdicts_land_in_the_scored_answers_trace(runners: Runners, judge_server: TestServer) -> None:
+    """Inside a traced request, a verdict is an ``evaluate`` span under the request's span, with its event."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from inferstack.router.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    tracer = Tracing.to_exporter(exporter, 1.0)
+    plan = judged_plan(url_of(judge_server))
+    runner, _ = runners(plan, tracer=tracer)
+    with tracer.request({}, "chat support", {}) as request_span:  # as the router's handler does
+        runner.expect_pair(plan, "req-1")
+        runner.answered(plan, STABLE, BODY, RIGHT, "req-1")
+        runner.answered(plan, SHADOW, BODY, WRONG, "req-1")
+    await drained(runner)
+    assert tracer.provider is not None and tracer.provider.force_flush()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert request_span is not None
+    for name in ("evaluate quality", "evaluate preferred"):
+        span = spans[name]
+        assert span.context.trace_id == request_span.get_span_context().trace_id
+        assert span.parent is not None and span.parent.span_id == request_span.get_span_context().span_id
+        assert span.attributes["inferstack.request_id"] == "req-1"
+    (pair,) = spans["evaluate preferred"].events
+    assert pair.name == "gen_ai.evaluation.result"
+    assert pair.attributes["gen_ai.evaluation.score.label"] == "loss" and pair.attributes["gen_ai.evaluation.score.value"] == -1.0
+    assert spans["evaluate preferred"].attributes["inferstack.revision"] == "rev-b"
+    # Two rubric verdicts (stable and shadow answers) and one pairwise: three evaluate spans in all.
+    assert len([s for s in exporter.get_finished_spans() if s.name.startswith("evaluate ")]) == 3
