@@ -230,7 +230,8 @@ class Router:
                 tracing.evaluations_event(span, rule_evaluations(ex.evaluations), ex.completion_id or None)
                 if ex.error is not None:
                     tracing.failed(span, ex.error)
-        self.audit.write(ex.audit_record())
+        if self.audit.enabled:
+            self.audit.write(ex.audit_record())
         return response
 
     def _slice(self, plan: TrafficPlan, headers: Any) -> str:
