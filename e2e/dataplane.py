@@ -182,6 +182,7 @@ class DataPlane:
     judge_position_bias: bool = False  # the judge says [[A]] where it should say [[C]]
     judge_model: str = "standin-judge"
     judge_port: int = field(default_factory=free_port)
+    router_args: tuple[str, ...] = ()  # more router flags (e.g. --otlp-endpoint for the tracing e2e)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     @property
@@ -236,7 +237,7 @@ class DataPlane:
             "router",
             [str(VENV_BIN / "inferstack-router"), "--host", "127.0.0.1", "--port", str(self.router_port),
              "--metrics-port", str(self.router_metrics_port), "--auth", "api-keys",
-             "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), "--count-legacy-plans", *ns_args],
+             "--kubeconfig", os.environ["KUBECONFIG"], "--slices", ",".join(SLICE_QUESTIONS), "--count-legacy-plans", *ns_args, *self.router_args],
             self.log_dir, f"{self.router_metrics_url}/healthz",
         ).start()  # fmt: skip
         self.write_scrape_targets()
