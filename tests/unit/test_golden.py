@@ -221,6 +221,20 @@ def test_verdicts_show_both_pass_rates_and_the_interval() -> None:
     assert billing.delta == pytest.approx(-0.6) and billing.delta_upper is not None and billing.delta_upper < -0.1
 
 
+def test_every_verdict_on_the_replayed_cases_names_them_in_evaluated_by() -> None:
+    # status.gates[].evaluatedBy says which cases decided, so the verdict can be reproduced.
+    h = golden.cases_hash([("cases/cases.jsonl", line())])
+    named = f"golden set golden, cases sha256:{h[:12]}"
+    judged = golden.verdicts(spec(), "golden", golden.Report(h, 200, {"billing": counts(100, 40, 100, 40)}), h)
+    critical = golden.verdicts(spec(), "golden", golden.Report(h, 30, {}, critical_failed=("x",)), h)
+    no_gate = golden.verdicts(spec(gates=[]), "golden", golden.Report(h, 3, {"billing": counts(3, 3, 3, 3)}), h)
+    for v in judged + critical + no_gate:
+        assert v.evaluated_by == named and v.to_status()["evaluatedBy"] == named, v
+    # Nothing replayed these cases: no identity to show.
+    changed = golden.verdicts(spec(), "golden", golden.Report("other", 200, {"billing": counts(100, 100, 100, 100)}), h)
+    assert [v.evaluated_by for v in changed] == [""]
+
+
 def test_a_golden_set_without_a_gate_still_blocks_on_critical_cases() -> None:
     no_gate = spec(gates=[])
     ok = golden.verdicts(no_gate, "golden", golden.Report("h", 3, {"billing": counts(3, 1, 3, 1)}), "h")
