@@ -221,6 +221,17 @@ def test_verdicts_show_both_pass_rates_and_the_interval() -> None:
     assert billing.delta == pytest.approx(-0.6) and billing.delta_upper is not None and billing.delta_upper < -0.1
 
 
+def test_a_candidate_that_wins_some_cases_is_judged_on_its_true_difference() -> None:
+    # 100 billing cases: the candidate passes 70, the stable revision 60, both 40; so the
+    # candidate wins 30 pairs and loses 20: d = +0.1 per pair, a candidate better than stable.
+    report = golden.Report("h", 100, {"billing": counts(100, 70, 60, 40)})
+    billing = golden.verdicts(spec(), "golden", report, "h")[0]
+    assert billing.slice == "billing" and (billing.value, billing.baseline) == (0.7, 0.6)
+    assert billing.delta == pytest.approx(0.1)
+    assert billing.delta_lower is not None and billing.delta_upper is not None
+    assert billing.delta_lower < 0.1 < billing.delta_upper and billing.verdict != Verdict.FAIL
+
+
 def test_every_verdict_on_the_replayed_cases_names_them_in_evaluated_by() -> None:
     # status.gates[].evaluatedBy says which cases decided, so the verdict can be reproduced.
     h = golden.cases_hash([("cases/cases.jsonl", line())])

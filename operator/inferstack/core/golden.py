@@ -234,6 +234,16 @@ class SliceCounts:
     candidate_passes: int = 0
     stable_passes: int = 0
 
+    @property
+    def wins(self) -> int:
+        """Pairs the candidate passed and the stable revision failed (d = +1): (Σd² + Σd)/2."""
+        return (self.diff_squares + self.diff_sum) // 2
+
+    @property
+    def losses(self) -> int:
+        """Pairs the candidate failed and the stable revision passed (d = -1): (Σd² - Σd)/2."""
+        return (self.diff_squares - self.diff_sum) // 2
+
     def __add__(self, o: SliceCounts) -> SliceCounts:
         return SliceCounts(
             self.pairs + o.pairs,
@@ -578,7 +588,8 @@ def verdicts(spec: InferenceStackSpec, evaluator: str, report: Report, expected_
     for gate in gates:
         for slice_ in gate_slices(gate, spec):
             c = report.total() if slice_ == AGGREGATE else report.slices.get(slice_, SliceCounts())
-            v = judge(gate, slice_, Arm(float(c.pairs), float(c.diff_sum), float(c.diff_squares)), None, alpha, by)
+            # A paired Arm is (pairs, wins, losses), what evaluation.judge reads for d in {-1, 0, +1}.
+            v = judge(gate, slice_, Arm(float(c.pairs), float(c.wins), float(c.losses)), None, alpha, by)
             note = f" ({report.errors} cases errored)" if report.errors else ""
             out.append(
                 replace(
