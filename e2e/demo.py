@@ -152,7 +152,7 @@ MARK = {"Pass": "ok", "Fail": "FAIL", "Inconclusive": "wait"}
 
 
 def judge_cell(g: dict[str, Any]) -> str:
-    """``billing Δ-1.00[-1.58,-0.42] FAIL``: the judge's net wins per pair and its anytime-valid interval."""
+    """``billing Δ-1.00[-1.00,-0.42] FAIL``: the judge's net wins per pair and its anytime-valid interval (within -1..1)."""
     where, verdict = g.get("slice") or "all", MARK.get(g.get("verdict", "?"), g.get("verdict", "?"))
     if g.get("delta") is None:
         return f"{where} - {verdict}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from inferstack.api.v1alpha1 import InferenceStack
-from inferstack.core import golden
+from inferstack.core import evaluation, golden
 from inferstack.standin.fixtures import FIXTURES, REFUSAL
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
@@ -66,3 +66,12 @@ def test_the_documented_error_message() -> None:
         raise AssertionError("a bad line parsed")
     documented = re.search(r"e\.g\.\n`(golden set [^`]*)`", section())
     assert documented is not None and verdict.message == documented.group(1)
+
+
+def test_the_documented_evaluated_by_is_the_identity_of_the_documented_cases() -> None:
+    stack, _ = example()
+    (configmap, _) = documents()
+    (ev,) = stack.spec.evaluation.evaluators
+    hash_ = golden.cases_hash([("support-golden/cases.jsonl", configmap["data"]["cases.jsonl"])])
+    documented = re.search(r"for the example above\n`(golden set [^`]*)`", section())
+    assert documented is not None and evaluation.identity(ev, hash_) == documented.group(1)

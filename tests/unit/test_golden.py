@@ -221,6 +221,31 @@ def test_verdicts_show_both_pass_rates_and_the_interval() -> None:
     assert billing.delta == pytest.approx(-0.6) and billing.delta_upper is not None and billing.delta_upper < -0.1
 
 
+def test_a_candidate_that_wins_some_cases_is_judged_on_its_true_difference() -> None:
+    # 100 billing cases: the candidate passes 70, the stable revision 60, both 40; so the
+    # candidate wins 30 pairs and loses 20: d = +0.1 per pair, a candidate better than stable.
+    report = golden.Report("h", 100, {"billing": counts(100, 70, 60, 40)})
+    billing = golden.verdicts(spec(), "golden", report, "h")[0]
+    assert billing.slice == "billing" and (billing.value, billing.baseline) == (0.7, 0.6)
+    assert billing.delta == pytest.approx(0.1)
+    assert billing.delta_lower is not None and billing.delta_upper is not None
+    assert billing.delta_lower < 0.1 < billing.delta_upper and billing.verdict != Verdict.FAIL
+
+
+def test_every_verdict_on_the_replayed_cases_names_them_in_evaluated_by() -> None:
+    # status.gates[].evaluatedBy says which cases decided, so the verdict can be reproduced.
+    h = golden.cases_hash([("cases/cases.jsonl", line())])
+    named = f"golden set golden, cases sha256:{h[:12]}"
+    judged = golden.verdicts(spec(), "golden", golden.Report(h, 200, {"billing": counts(100, 40, 100, 40)}), h)
+    critical = golden.verdicts(spec(), "golden", golden.Report(h, 30, {}, critical_failed=("x",)), h)
+    no_gate = golden.verdicts(spec(gates=[]), "golden", golden.Report(h, 3, {"billing": counts(3, 3, 3, 3)}), h)
+    for v in judged + critical + no_gate:
+        assert v.evaluated_by == named and v.to_status()["evaluatedBy"] == named, v
+    # Nothing replayed these cases: no identity to show.
+    changed = golden.verdicts(spec(), "golden", golden.Report("other", 200, {"billing": counts(100, 100, 100, 100)}), h)
+    assert [v.evaluated_by for v in changed] == [""]
+
+
 def test_a_golden_set_without_a_gate_still_blocks_on_critical_cases() -> None:
     no_gate = spec(gates=[])
     ok = golden.verdicts(no_gate, "golden", golden.Report("h", 3, {"billing": counts(3, 1, 3, 1)}), "h")

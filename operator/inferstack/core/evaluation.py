@@ -270,17 +270,21 @@ class Arm:
     error: str = ""
 
 
-def identity(evaluator: Evaluator | None) -> str:
+def identity(evaluator: Evaluator | None, cases_hash: str = "") -> str:
     """What produced an evaluator's samples, for ``status.gates[].evaluatedBy`` (empty when nothing needs naming).
 
     Judges: mode, model or stack, and a hash over the prompt wording and
-    criteria (``judging.identity``); a rule check: its kind. Golden sets name
-    their case files' content hash from the Job's report (core/golden.py).
+    criteria (``judging.identity``); a rule check: its kind. A golden set:
+    its name and ``cases_hash``, the content hash of the cases its Job
+    replayed (``golden.cases_hash``, read back from the Job's report by
+    core/golden.py); empty without one, since nothing was replayed yet.
     """
     if evaluator is None:
         return ""
     if evaluator.judge is not None:
         return judging.describe(evaluator.judge)
+    if evaluator.golden_set is not None:
+        return f"golden set {evaluator.name}, cases sha256:{cases_hash[:12]}" if cases_hash else ""
     if evaluator.feedback is not None:
         return "user feedback"
     if evaluator.rule is not None:

@@ -41,7 +41,7 @@ from inferstack import GROUP
 from inferstack.api.v1alpha1 import Evaluator, InferenceStackSpec, RolloutStep
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
-from inferstack.core.evaluation import Arm, gate_slices, judge, sequence_alpha
+from inferstack.core.evaluation import Arm, gate_slices, identity, judge, sequence_alpha
 from inferstack.core.gates import AGGREGATE, GateVerdict, Verdict
 from inferstack.core.revision import digest
 from inferstack.core.trafficplan import RevisionBundle
@@ -233,6 +233,16 @@ class SliceCounts:
     diff_squares: int = 0
     candidate_passes: int = 0
     stable_passes: int = 0
+
+    @property
+    def wins(self) -> int:
+        """Pairs the candidate passed and the stable revision failed (d = +1): (Σd² + Σd)/2."""
+        return (self.diff_squares + self.diff_sum) // 2
+
+    @property
+    def losses(self) -> int:
+        """Pairs the candidate failed and the stable revision passed (d = -1): (Σd² - Σd)/2."""
+        return (self.diff_squares - self.diff_sum) // 2
 
     def __add__(self, o: SliceCounts) -> SliceCounts:
         return SliceCounts(
@@ -542,15 +552,24 @@ def inconclusive(spec: InferenceStackSpec, evaluator: str, why: str) -> list[Gat
 
 
 def verdicts(spec: InferenceStackSpec, evaluator: str, report: Report, expected_hash: str) -> list[GateVerdict]:
-    """Gate verdicts from a golden Job's report."""
+    """Gate verdicts from a golden Job's report.
+
+    A verdict judged on the replayed cases names them in ``evaluated_by``
+    (``evaluation.identity``: the golden set and its content hash), so it can
+    be reproduced.
+    """
     if report.cases_hash != expected_hash:
         return inconclusive(spec, evaluator, f"the Job replayed cases {report.cases_hash}, not {expected_hash} (they changed)")
     if report.error and not report.cases:
         return inconclusive(spec, evaluator, f"the Job could not run: {report.error}")
+    by = identity(next((e for e in spec.evaluation.evaluators if e.name == evaluator), None), report.cases_hash)
     if report.critical_failed:
         ids = _ids(report.critical_failed, report.critical_failed_more)
         why = f"golden set {evaluator}: critical case failed on the candidate: {ids}"
-        return [GateVerdict(g, AGGREGATE, Verdict.FAIL, threshold="every critical case passes", message=why) for g in _gate_names(spec, evaluator)]
+        return [
+            GateVerdict(g, AGGREGATE, Verdict.FAIL, threshold="every critical case passes", message=why, evaluated_by=by)
+            for g in _gate_names(spec, evaluator)
+        ]
     if report.critical_errors:
         ids = _ids(report.critical_errors, report.critical_errors_more)
         return inconclusive(spec, evaluator, f"critical case could not be checked (request failed): {ids}; {report.error}")
@@ -561,7 +580,7 @@ def verdicts(spec: InferenceStackSpec, evaluator: str, report: Report, expected_
             GateVerdict(
                 evaluator, AGGREGATE, Verdict.PASS, value=_rate(total.candidate_passes, total.pairs),
                 baseline=_rate(total.stable_passes, total.pairs), samples=total.pairs,
-                message=f"golden set {evaluator}: {report.cases} cases, every critical case passed",
+                message=f"golden set {evaluator}: {report.cases} cases, every critical case passed", evaluated_by=by,
             )
         ]  # fmt: skip
     alpha = sequence_alpha(spec)
@@ -569,7 +588,8 @@ def verdicts(spec: InferenceStackSpec, evaluator: str, report: Report, expected_
     for gate in gates:
         for slice_ in gate_slices(gate, spec):
             c = report.total() if slice_ == AGGREGATE else report.slices.get(slice_, SliceCounts())
-            v = judge(gate, slice_, Arm(float(c.pairs), float(c.diff_sum), float(c.diff_squares)), None, alpha)
+            # A paired Arm is (pairs, wins, losses), what evaluation.judge reads for d in {-1, 0, +1}.
+            v = judge(gate, slice_, Arm(float(c.pairs), float(c.wins), float(c.losses)), None, alpha, by)
             note = f" ({report.errors} cases errored)" if report.errors else ""
             out.append(
                 replace(
