@@ -275,7 +275,8 @@ class Router:
                     timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
                     max_response_bytes=self.settings.max_response_bytes,
                     evaluators=self._evaluators(plan, bundle.revision),
-                    on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id),
+                    on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id,
+                                                                  prepared.documents),
                     tracer=self.tracing,
                     retrieved=prepared.document_ids,  # the candidate's own documents: its answer is scored on them
                 )
@@ -497,7 +498,7 @@ class Router:
         scores = record_checked_answer(self.metrics, labels, body, answer, started, ttft, self._evaluators(plan, labels.revision),
                                        tuple(d.id for d in documents))
         ex.answered(answer, scores)
-        self.judges.answered(plan, labels, body, answer.text, request_id)
+        self.judges.answered(plan, labels, body, answer.text, request_id, documents)
 
 
 ROUTER: web.AppKey[Router] = web.AppKey("router", Router)

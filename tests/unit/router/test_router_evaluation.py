@@ -11,9 +11,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from inferstack.core import judging
 from inferstack.core.retrieval import Document
 from inferstack.core.trafficplan import RetrievalPlan, TrafficPlan
 from inferstack.router.app import ROUTER
+from inferstack.standin.app import RECEIVED as STANDIN_RECEIVED
+from inferstack.standin.app import StandinSettings
+from inferstack.standin.app import build_app as build_standin
 
 REFUND = {"model": "support", "messages": [{"role": "user", "content": "How do I get a refund?"}]}
 EVALUATION = {
@@ -136,13 +140,14 @@ async def citing_server() -> AsyncIterator[TestServer]:
         yield server
 
 
-def rag_plan(citing: TestServer, *, stable_version: str | None = "v1", candidate_version: str | None = "v2", **fields: Any) -> TrafficPlan:
+def rag_plan(citing: TestServer, *, stable_version: str | None = "v1", candidate_version: str | None = "v2",
+             evaluation: dict[str, Any] = CITES, **fields: Any) -> TrafficPlan:
     """Both revisions served by the citing model; each retrieves from its own index version (None: no retriever)."""
     def bundle(rev: str, version: str | None) -> dict[str, Any]:
         return {"revision": rev, "url": str(citing.make_url("")), "servedModel": "m", "cacheNamespace": f"team-a.support.{rev}",
                 "promptHash": f"hash-{rev}", "systemPrompt": "Cite your sources.",
                 **({"retrieval": retrieval(version)} if version else {})}
-    return TrafficPlan.model_validate({"stack": "support", "namespace": "team-a", "serial": 1, "evaluation": CITES,
+    return TrafficPlan.model_validate({"stack": "support", "namespace": "team-a", "serial": 1, "evaluation": evaluation,
                                        "stable": bundle("rev-a", stable_version), "candidate": bundle("rev-b", candidate_version),
                                        **fields})
 
@@ -203,3 +208,22 @@ async def test_no_sample_when_nothing_was_retrieved(router_client, citing_server
     assert resp.status == 200 and resp.headers["x-inferstack-retrieved"] == ""
     assert retriever.versions == []
     assert cites(client, "rev-a", "stable") == (0, 0)
+
+
+async def test_the_judge_sees_the_documents_each_answer_was_given(router_client, citing_server) -> None:
+    """Client-facing and shadow answers reach a rubric judge with their own revision's documents."""
+    async with TestServer(build_standin(StandinSettings(served_model="judge", judge=True))) as judge:
+        grounded = {"name": "grounded", "judge": {"endpoint": {"url": str(judge.make_url("/v1")), "model": "judge"},
+                                                  "criteria": "Supported by the retrieved documents.", "sampleRate": 1.0}}
+        plan = rag_plan(citing_server, candidateWeight=0, shadowPercent=100, evaluation={**CITES, "evaluators": [grounded]})
+        client, _ = await serve_rag(router_client, plan)
+        resp = await client.post("/v1/chat/completions", json=REFUND, headers={"x-user-id": "u", "x-team-slice": "billing"})
+        assert resp.status == 200
+        for _ in range(300):  # the mirror and the judge run in the background: poll with a deadline
+            if len(judge.app[STANDIN_RECEIVED]) == 2:
+                break
+            await asyncio.sleep(0.01)
+        prompts = [m["messages"][1]["content"] for m in judge.app[STANDIN_RECEIVED]]
+        assert sorted(judging.read_section(p, judging.DOCUMENTS) or "" for p in prompts) == [
+            "[kb-1] Refunds take 5 days.", "[kb-2] Refunds take 90 days."]
+        assert all(judging.read_section(p, judging.ANSWER) == CITED for p in prompts)
