@@ -97,6 +97,15 @@ def _re2(pattern: str) -> Any:
     return re2.compile(pattern, options=options)
 
 
+def _search(compiled: Any, text: str) -> bool:
+    """RE2 search on ``text``. An answer may hold a lone surrogate (a model's ``"\\ud800"``
+    escape, which JSON decodes), which RE2's UTF-8 cannot take: it is searched as U+FFFD."""
+    try:
+        return compiled.search(text) is not None
+    except UnicodeEncodeError:
+        return compiled.search(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")) is not None
+
+
 def _refusal(markers: Sequence[str]) -> Score:
     lowered_markers = tuple(m.lower() for m in markers)
 
@@ -170,7 +179,7 @@ def _must_match(pattern: str, *, present: bool) -> Score:
     compiled = _re2(pattern)
 
     def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
-        found = compiled.search(answer.text) is not None
+        found = _search(compiled, answer.text)
         if found:
             return 1.0 if present else 0.0
         if answer.truncated:
@@ -206,7 +215,7 @@ def _cites_retrieved() -> Score:
             pattern = _citation_pattern(ids)
         except (re2.error, UnicodeError):  # an id RE2 cannot take (a lone surrogate): nothing to look for
             return None
-        if pattern.search(answer.text) is not None:
+        if _search(pattern, answer.text):
             return 1.0
         return None if answer.truncated else 0.0  # the citation may be in the part the router did not keep
 

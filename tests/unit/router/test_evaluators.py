@@ -141,3 +141,18 @@ def test_score_passes_the_retrieved_ids_to_the_rules() -> None:
     assert compiled.score({}, SeenAnswer("See [kb-12]."), ("kb-12",)) == {"cites": 1.0}
     assert compiled.score({}, SeenAnswer("See [kb-12]."), ("kb-3",)) == {"cites": 0.0}
     assert compiled.score({}, SeenAnswer("See [kb-12].")) == {}  # nothing retrieved: no sample
+
+
+@pytest.mark.parametrize(
+    ("spec", "retrieved", "expected"),
+    [
+        pytest.param({"mustMatch": "kb"}, (), 1.0, id="must-match"),
+        pytest.param({"mustNotMatch": "kb"}, (), 0.0, id="must-not-match"),
+        pytest.param({"citesRetrieved": {}}, ("kb-12",), 1.0, id="cites-retrieved"),
+    ],
+)
+def test_a_lone_surrogate_in_an_answer_is_searched_not_raised(spec: dict[str, Any], retrieved: tuple[str, ...],
+                                                               expected: float) -> None:
+    """A model may write "\\ud800" in its JSON; json decodes it to a lone surrogate RE2 cannot encode."""
+    text = "odd \ud800 text, see [kb-12] \U0001f600"
+    assert compile_rule(rule(**spec), {})({}, answer(text, retrieved=retrieved)) == expected

@@ -227,3 +227,22 @@ async def test_the_judge_sees_the_documents_each_answer_was_given(router_client,
         assert sorted(judging.read_section(p, judging.DOCUMENTS) or "" for p in prompts) == [
             "[kb-1] Refunds take 5 days.", "[kb-2] Refunds take 90 days."]
         assert all(judging.read_section(p, judging.ANSWER) == CITED for p in prompts)
+
+
+async def test_an_answer_with_a_lone_surrogate_is_served_and_scored(router_client) -> None:
+    """JSON allows "\ud800" alone; it decodes to a str RE2 cannot encode. The rules must not turn it into a 500."""
+    async def chat(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"id": "c", "choices": [{"index": 0, "finish_reason": "stop", "message": '
+                                 b'{"role": "assistant", "content": "odd \\ud800 answer: 5 days"}}]}', content_type="application/json")
+
+    model = web.Application()
+    model.router.add_post("/v1/chat/completions", chat)
+    async with TestServer(model) as server:
+        stable = {"revision": "rev-a", "url": str(server.make_url("")), "servedModel": "m", "cacheNamespace": "c"}
+        plan = TrafficPlan.model_validate({"stack": "support", "namespace": "team-a", "serial": 1, "stable": stable,
+                                           "evaluation": EVALUATION})
+        client = await router_client(plan)
+        resp = await client.post("/v1/chat/completions", json=REFUND, headers={"x-team-slice": "billing"})
+        assert resp.status == 200 and "\\ud800" in await resp.text()
+        labels = {"namespace": "team-a", "stack": "support", "revision": "rev-a", "role": "stable", "slice": "billing"}
+        assert sample(client, "inferstack_eval_score_sum_total", **labels, evaluator="mentions-days") == 1
