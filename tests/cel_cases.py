@@ -463,7 +463,7 @@ REFUSED: list[Refused] = [
         "rule-with-two-kinds",
         stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}, "maxLength": 100}}]}, gates=[EGATE]),
         "spec.evaluation.evaluators[0].rule",
-        "spec.evaluation.evaluators[].rule needs exactly one of refusal, json, jsonSchema, toolArguments, mustMatch, mustNotMatch, maxLength",
+        "spec.evaluation.evaluators[].rule needs exactly one of refusal, json, jsonSchema, toolArguments, mustMatch, mustNotMatch, maxLength, citesRetrieved",
     ),
     Refused(
         "evaluator-with-two-kinds",
@@ -510,6 +510,14 @@ REFUSED: list[Refused] = [
         stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "feedback": {}}]}, gates=[EGATE], rollout=steps({"shadow": {}})),
         "spec.gates",
         "a gate names a feedback evaluator, but users give feedback only on answers they see and spec.rollout.steps has no canary or ramp step",
+    ),
+    Refused(
+        "cites-retrieved-gate-without-store",
+        stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "rule": {"citesRetrieved": {}}}]}, gates=[EGATE],
+              retriever={k: v for k, v in RETRIEVER.items() if k not in ("store", "endpoint")}),
+        "spec.gates",
+        "a gate names a citesRetrieved evaluator, which scores only answers given retrieved documents, but "
+        "spec.retriever has no store to retrieve them from; add one or remove the gate",
     ),
     Refused(
         "webhook-with-url-and-secret",
@@ -564,6 +572,12 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("longest-duration", stack(rollout={"scaleDownDelay": "8760h", "analysisInterval": "1s", "progressDeadline": "1s"})),
     ("extra-args-near-owned-flags", stack(model=model(engine={"extraArgs": ["--model-loader-extra-config={}", "--max-num-seqs=64", "--tokenizer-revision=main"]}))),
     ("hosted-model", stack(model=model(**HOSTED))),
+    ("cites-retrieved-gate-with-store", stack(
+        retriever=RETRIEVER, evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "rule": {"citesRetrieved": {}}}]}, gates=[EGATE],
+    )),
+    ("cites-retrieved-without-gate-or-store", stack(
+        evaluation={**EVAL, "evaluators": [*EVAL["evaluators"], {"name": "cites", "rule": {"citesRetrieved": {}}}]}, gates=[EGATE],
+    )),
     ("every-evaluator-kind", stack(
         evaluation={**GOLDEN_EVAL, "evaluators": [
             *GOLDEN_EVAL["evaluators"],

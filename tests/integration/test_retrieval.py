@@ -152,6 +152,34 @@ async def test_shadow_copies_search_the_candidates_index(
                lambda: metric(router, "inferstack_router_retrievals_total", revision="rev-b", role="shadow") >= 1)
 
 
+async def test_rules_and_judges_score_each_answer_on_its_own_revisions_documents(
+    procs: Processes, backends: tuple[Proc, Proc], embedder: Proc, pg: PgServer, tmp_path: Path
+) -> None:
+    """citesRetrieved and a judge, on the stable answer (index v1) and the shadow answer (index v2) of one request."""
+    stable, candidate = backends
+    judge = procs.standin("judge", "--judge")
+    evaluation = {"evaluators": [
+        {"name": "cites", "rule": {"citesRetrieved": {}}},
+        {"name": "grounded", "judge": {"endpoint": {"url": judge.url + "/v1", "model": "judge"},
+                                       "criteria": "Supported by the retrieved documents.", "sampleRate": 1.0}},
+    ]}  # fmt: skip
+    path = tmp_path / "plan.json"
+    write_plan(path, rag_plan(stable, candidate, embedder, pg.dsn, shadowPercent=100, evaluation=evaluation))
+    router = procs.router(path)
+    status, headers, _ = await ask(router, content="Do you ship to Canada?")
+    assert status == 200 and headers["x-inferstack-retrieved"].startswith("kb-ship-1")
+    wait_until("both answers judged", lambda: len(received(judge)) == 2)
+    prompts = [b["messages"][1]["content"] for b in received(judge)]
+    seen = sorted(p[p.index("[The Start of Retrieved Documents]"):p.index("[The End of Retrieved Documents]")] for p in prompts)
+    assert "[kb-ship-1] Shipping to Canada takes 5 to 8 working days." in seen[0] and "kb-ship-2" not in seen[0]
+    assert "[kb-ship-2] Shipping to Canada is suspended this month." in seen[1] and "kb-ship-1" not in seen[1]
+    # The stand-in model cites nothing: each answer is one sample, a failing one, under its own role.
+    for role, revision in (("stable", "rev-a"), ("shadow", "rev-b")):
+        labels = {"revision": revision, "role": role, "evaluator": "cites"}
+        wait_until(f"{role} answer scored", lambda labels=labels: metric(router, "inferstack_eval_samples_total", **labels) == 1)
+        assert metric(router, "inferstack_eval_score_sum_total", **labels) == 0
+
+
 @pytest.mark.parametrize("policy", ["Fail", "AnswerWithoutContext"])
 async def test_a_missing_index_version_follows_the_failure_policy(
     procs: Processes, backends: tuple[Proc, Proc], embedder: Proc, pg: PgServer, tmp_path: Path, policy: str

@@ -13,18 +13,23 @@ import yaml
 
 from inferstack.api.v1alpha1 import InferenceStack, JudgeMode
 from inferstack.core import judging
+from inferstack.core.retrieval import Document
+from inferstack.router.evaluators import AnswerView, compile_rule
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
 
 
-def doc_judges() -> list:
+def doc_stacks() -> list[InferenceStack]:
     out = []
     for body in re.findall(r"^```yaml\n(.*?)^```", DOC.read_text(), re.M | re.S):
         for doc in yaml.safe_load_all(body):
             if isinstance(doc, dict) and doc.get("kind") == "InferenceStack":
-                stack = InferenceStack.model_validate(doc)
-                out += [e.judge for e in stack.spec.evaluation.evaluators if e.judge is not None]
+                out.append(InferenceStack.model_validate(doc))
     return out
+
+
+def doc_judges() -> list:
+    return [e.judge for stack in doc_stacks() for e in stack.spec.evaluation.evaluators if e.judge is not None]
 
 
 def test_the_docs_show_both_judge_modes_and_both_targets() -> None:
@@ -44,3 +49,26 @@ def test_each_documented_criteria_is_what_the_judge_reads() -> None:
         assert judging.read_section(prompt, judging.CRITERIA) == judge.criteria
         assert judging.read_section(prompt, judging.CONVERSATION) == "user: How do I get a refund?"
         assert len(judging.identity(judge)) == 12
+
+
+def test_the_groundedness_example_gates_on_citations_and_on_a_judge_that_sees_the_documents() -> None:
+    (stack,) = [s for s in doc_stacks() if s.spec.retriever is not None]  # valid: its store makes the cites gate legal
+    evaluators = {e.name: e for e in stack.spec.evaluation.evaluators}
+    gated = {g.evaluator for g in stack.spec.gates}
+    assert gated == {"cites-sources", "grounded"}
+    rule = evaluators["cites-sources"].rule
+    assert rule is not None and rule.cites_retrieved is not None
+    cites = compile_rule(rule, {})
+    answer = "Refunds take 5 days [kb-12]."
+    assert cites({}, AnswerView(answer, length=len(answer), retrieved=("kb-12", "kb-3"))) == 1.0
+    assert cites({}, AnswerView(answer, length=len(answer), retrieved=("kb-3",))) == 0.0
+    assert cites({}, AnswerView(answer, length=len(answer))) is None
+
+    judge = evaluators["grounded"].judge
+    assert judge is not None and judge.mode == JudgeMode.RUBRIC
+    documents = judging.documents_text([Document("kb-12", "Refunds take 5 days.", 0.9)])
+    body = {"messages": [{"role": "user", "content": "How do I get a refund?"}]}
+    prompt = judging.rubric_messages(judge.criteria, body, answer, documents)[-1]["content"]
+    assert judging.read_section(prompt, judging.CRITERIA) == judge.criteria
+    assert judging.read_section(prompt, judging.DOCUMENTS) == "[kb-12] Refunds take 5 days."
+    assert judging.read_section(prompt, judging.ANSWER) == answer

@@ -15,12 +15,21 @@ from inferstack.core.judging import (
     ANSWER_B,
     CONVERSATION,
     CRITERIA,
+    DOCUMENTS,
+    DOCUMENTS_A,
+    DOCUMENTS_B,
     MAX_ANSWER_CHARS,
     MAX_CONVERSATION_CHARS,
+    MAX_DOCUMENT_CHARS,
+    MAX_DOCUMENTS_CHARS,
+    NO_DOCUMENTS,
     PAIRWISE_SYSTEM,
+    PAIRWISE_SYSTEM_WITH_DOCUMENTS,
     RUBRIC_SYSTEM,
+    RUBRIC_SYSTEM_WITH_DOCUMENTS,
     JudgeReplyError,
     conversation,
+    documents_text,
     identity,
     pair_outcome,
     pairwise_messages,
@@ -34,6 +43,7 @@ from inferstack.core.judging import (
     sampled,
     section,
 )
+from inferstack.core.retrieval import Document
 
 # ------------------------------------------------------------------ ratings
 
@@ -225,7 +235,7 @@ def test_identity_ignores_how_many_verdicts(changes: dict[str, Any]) -> None:
 def test_identity_changes_with_the_prompt_version(monkeypatch: pytest.MonkeyPatch) -> None:
     before = identity(judge())
     assert len(before) == 12 and int(before, 16) >= 0
-    monkeypatch.setattr(judging, "PROMPT_VERSION", "inferstack-judge-v2")
+    monkeypatch.setattr(judging, "PROMPT_VERSION", "inferstack-judge-v3")
     assert identity(judge()) != before
 
 
@@ -319,6 +329,62 @@ def test_pairwise_prompt_puts_each_answer_in_its_section() -> None:
     assert read_section(text, ANSWER_A) == "first answer"
     assert read_section(text, ANSWER_B) == "second answer"
     assert read_section(text, ANSWER) is None  # "Answer" alone is not a prefix match of the others
+
+
+KB = [Document("kb-1", "Refunds take 5 days.", 0.9, {"title": "Refunds"}), Document("kb-2", "Shipping is free.", 0.5)]
+
+
+def test_documents_are_shown_by_id_and_text_nearest_first() -> None:
+    assert documents_text(KB) == "[kb-1] Refunds take 5 days.\n\n[kb-2] Shipping is free."
+    assert documents_text([]) == ""
+
+
+def test_documents_are_bounded_and_the_rest_is_counted() -> None:
+    long = Document("kb-long", "y" * (MAX_DOCUMENT_CHARS + 500), 0.9)
+    assert documents_text([long]) == "[kb-long] " + "y" * MAX_DOCUMENT_CHARS + " [...]"
+    many = [Document(f"kb-{i}", "z" * 3000, 0.5) for i in range(10)]
+    text = documents_text(many)
+    assert len(text) <= MAX_DOCUMENTS_CHARS
+    assert text.startswith("[kb-0] ") and "[kb-4]" in text and "[kb-5]" not in text  # whole entries, nearest first
+    assert text.endswith("(5 more retrieved documents not shown)")
+    assert documents_text([Document("k" * 1000, "t", 0.1)]) == "[" + "k" * 256 + "] t"
+
+
+def test_a_rubric_judge_sees_the_documents_before_the_answer() -> None:
+    messages = rubric_messages("Grounded in the documents.", BODY, "Refunds take 5 days [kb-1].", documents_text(KB))
+    assert messages[0]["content"] == RUBRIC_SYSTEM_WITH_DOCUMENTS != RUBRIC_SYSTEM
+    text = user_text(messages)
+    assert read_section(text, DOCUMENTS) == "[kb-1] Refunds take 5 days.\n\n[kb-2] Shipping is free."
+    assert text.index(section(CONVERSATION, "user: How do I get a refund?")) < text.index(f"[The Start of {DOCUMENTS}]")
+    assert text.index(f"[The End of {DOCUMENTS}]") < text.index(f"[The Start of {ANSWER}]")
+    assert read_section(text, ANSWER) == "Refunds take 5 days [kb-1]."
+
+
+def test_without_documents_the_prompt_is_as_it_was() -> None:
+    assert rubric_messages("c", BODY, "a", "") == rubric_messages("c", BODY, "a")
+    assert DOCUMENTS not in user_text(rubric_messages("c", BODY, "a"))
+    messages = pairwise_messages("c", BODY, "a", "b")
+    assert messages[0]["content"] == PAIRWISE_SYSTEM and "Retrieved Documents" not in user_text(messages)
+
+
+def test_a_pairwise_judge_sees_each_answers_own_documents() -> None:
+    stable, candidate = documents_text(KB[:1]), documents_text(KB[1:])
+    messages = pairwise_messages("c", BODY, "stable answer", "candidate answer", stable, candidate)
+    assert messages[0]["content"] == PAIRWISE_SYSTEM_WITH_DOCUMENTS
+    text = user_text(messages)
+    assert read_section(text, DOCUMENTS_A) == "[kb-1] Refunds take 5 days."
+    assert read_section(text, DOCUMENTS_B) == "[kb-2] Shipping is free."
+    order = [text.index(f"[The Start of {name}]") for name in (DOCUMENTS_A, ANSWER_A, DOCUMENTS_B, ANSWER_B)]
+    assert order == sorted(order)
+    assert read_section(text, DOCUMENTS) is None  # the rubric's section name is no prefix of these
+
+
+def test_a_pair_where_one_side_retrieved_nothing_says_so_on_that_side() -> None:
+    """Both sides get the section, so swapping the answers swaps everything about them (the position check)."""
+    first = user_text(pairwise_messages("c", BODY, "stable", "candidate", "", documents_text(KB)))
+    swapped = user_text(pairwise_messages("c", BODY, "candidate", "stable", documents_text(KB), ""))
+    assert read_section(first, DOCUMENTS_A) == NO_DOCUMENTS and read_section(first, DOCUMENTS_B) == documents_text(KB)
+    assert read_section(swapped, DOCUMENTS_A) == documents_text(KB) and read_section(swapped, DOCUMENTS_B) == NO_DOCUMENTS
 
 
 def test_answers_are_cut_to_the_checked_length() -> None:

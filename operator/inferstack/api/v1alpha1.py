@@ -616,12 +616,17 @@ class JsonCheck(Model):
     answers to requests that asked for JSON (``response_format``)."""
 
 
+class CitesRetrievedCheck(Model):
+    """Passes when the answer names the id of a document retrieved for its own request (``[kb-12]``,
+    ``(kb-12)``, ``source: kb-12``; not ``kb-123``). Scores only answers that were given documents."""
+
+
 class RuleCheck(Model):
     """One deterministic check the router runs on every answer it sees (client-facing and shadow).
 
     Each answer scores 1 (pass) or 0 (fail); a check that does not apply to an
     answer (``json`` when no JSON was asked for, ``toolArguments`` without a
-    tool call) gives no sample.
+    tool call, ``citesRetrieved`` when nothing was retrieved) gives no sample.
     """
 
     refusal: RefusalCheck | None = Field(None, description="Passes when the answer is not a refusal.")
@@ -633,14 +638,20 @@ class RuleCheck(Model):
     must_match: str | None = Field(None, min_length=1, max_length=1024, description="RE2 pattern the answer must contain.")
     must_not_match: str | None = Field(None, min_length=1, max_length=1024, description="RE2 pattern the answer must not contain.")
     max_length: int | None = Field(None, ge=1, le=1_000_000, description="Most characters an answer may have.")
+    cites_retrieved: CitesRetrievedCheck | None = Field(
+        None, description="Passes when the answer names the id of a document retrieved for its request; "
+        "no sample when nothing was retrieved.",
+    )
 
     cel_rules = (
         Rule(
             "[has(self.refusal), has(self.json), has(self.jsonSchema), has(self.toolArguments), has(self.mustMatch), "
-            "has(self.mustNotMatch), has(self.maxLength)].filter(x, x).size() == 1",
+            "has(self.mustNotMatch), has(self.maxLength), has(self.citesRetrieved)].filter(x, x).size() == 1",
             "spec.evaluation.evaluators[].rule needs exactly one of refusal, json, jsonSchema, toolArguments, "
-            "mustMatch, mustNotMatch, maxLength",
-            lambda r: sum(v is not None for v in (r.refusal, r.json_, r.json_schema, r.tool_arguments, r.must_match, r.must_not_match, r.max_length)) == 1,
+            "mustMatch, mustNotMatch, maxLength, citesRetrieved",
+            lambda r: sum(v is not None for v in (
+                r.refusal, r.json_, r.json_schema, r.tool_arguments, r.must_match, r.must_not_match, r.max_length, r.cites_retrieved,
+            )) == 1,
         ),
     )
 
@@ -1137,6 +1148,17 @@ class InferenceStackSpec(Model):
                 e.judge and e.judge.mode == JudgeMode.PAIRWISE and any(g.evaluator == e.name for g in s.gates)
                 for e in s.evaluation.evaluators
             ) or any(st.shadow for st in s.rollout.steps),
+            field_path=".gates",
+        ),
+        Rule(
+            "self.evaluation.evaluators.all(e, !has(e.rule) || !has(e.rule.citesRetrieved) || !self.gates.exists(g, "
+            "has(g.evaluator) && g.evaluator == e.name)) || (has(self.retriever) && has(self.retriever.store))",
+            "a gate names a citesRetrieved evaluator, which scores only answers given retrieved documents, but "
+            "spec.retriever has no store to retrieve them from; add one or remove the gate",
+            lambda s: not any(
+                e.rule is not None and e.rule.cites_retrieved is not None and any(g.evaluator == e.name for g in s.gates)
+                for e in s.evaluation.evaluators
+            ) or (s.retriever is not None and s.retriever.store is not None),
             field_path=".gates",
         ),
         Rule(

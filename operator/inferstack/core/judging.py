@@ -18,6 +18,13 @@ MT-Bench and Chatbot Arena", NeurIPS 2023, its ``single-v1`` and
 A reply with no verdict in the required form is a judge *error*, never a
 score: a judge that cannot follow its format must not move a gate.
 
+An answer of a revision that retrieves is judged with the documents it was
+given (``documents_text``: ids and texts, bounded), in a "Retrieved
+Documents" section before the answer; in a pair, each answer with its own
+revision's documents. A judge can then tell a grounded answer from one that
+ignores or contradicts its sources (its criteria say how much that matters).
+Without documents the prompt has no such section.
+
 Which requests are judged is decided by the request id alone
 (``sampled``), so every router replica judges the same requests and a
 retried request is judged at most once per replica.
@@ -33,10 +40,15 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from inferstack.api.v1alpha1 import JudgeMode, LLMJudge
+from inferstack.core.retrieval import Document
 
-PROMPT_VERSION: Final = "inferstack-judge-v1"  # part of the judge's identity: a new wording is a new judge
+# Part of the judge's identity: a new wording is a new judge. v2: retrieved documents are shown.
+PROMPT_VERSION: Final = "inferstack-judge-v2"
 MAX_ANSWER_CHARS: Final = 8192  # what the router keeps of an answer (evaluators.MAX_CHECKED_CHARS)
 MAX_CONVERSATION_CHARS: Final = 8192  # the newest part of the client's conversation shown to the judge
+MAX_DOCUMENT_CHARS: Final = 2048  # of each retrieved document's text shown to the judge
+MAX_DOCUMENT_ID_CHARS: Final = 256
+MAX_DOCUMENTS_CHARS: Final = 12288  # of all an answer's documents: the nearest first, whole entries only
 
 RUBRIC_SYSTEM: Final = (
     "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant "
@@ -52,6 +64,17 @@ PAIRWISE_SYSTEM: Final = (
     'verdict by strictly following this format: "[[A]]" if assistant A is better, "[[B]]" if assistant B '
     'is better, and "[[C]]" for a tie.'
 )
+# With retrieved documents: the same instructions and one sentence saying what the documents are.
+RUBRIC_SYSTEM_WITH_DOCUMENTS: Final = RUBRIC_SYSTEM.replace(
+    " Begin your evaluation",
+    " The assistant was given the retrieved documents displayed below as context for its response."
+    " Begin your evaluation",
+)
+PAIRWISE_SYSTEM_WITH_DOCUMENTS: Final = PAIRWISE_SYSTEM.replace(
+    " Begin your evaluation",
+    " Each assistant was given its own retrieved documents as context for its response; they are displayed"
+    " before its answer. Begin your evaluation",
+)
 
 # The markers that frame each part of a judge prompt; the stand-in reads them back.
 CRITERIA, CONVERSATION, ANSWER, ANSWER_A, ANSWER_B = (
@@ -61,6 +84,12 @@ CRITERIA, CONVERSATION, ANSWER, ANSWER_A, ANSWER_B = (
     "Assistant A's Answer",
     "Assistant B's Answer",
 )
+DOCUMENTS, DOCUMENTS_A, DOCUMENTS_B = (
+    "Retrieved Documents",
+    "Assistant A's Retrieved Documents",
+    "Assistant B's Retrieved Documents",
+)
+NO_DOCUMENTS: Final = "(no documents were retrieved for this assistant)"
 _RATING: Final = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _CHOICE: Final = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 
@@ -129,29 +158,55 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def rubric_messages(criteria: str, body: Mapping[str, Any], answer: str) -> list[dict[str, str]]:
-    user = "\n\n".join(
-        (
-            section(CRITERIA, criteria),
-            section(CONVERSATION, conversation(body)),
-            section(ANSWER, answer[:MAX_ANSWER_CHARS]),
-        )
-    )
-    return [{"role": "system", "content": RUBRIC_SYSTEM}, {"role": "user", "content": user}]
+def documents_text(documents: Sequence[Document]) -> str:
+    """The documents an answer was given, as the judge sees them: ``[id] text`` entries, nearest first, bounded.
+
+    Each text is cut at ``MAX_DOCUMENT_CHARS`` (each id at
+    ``MAX_DOCUMENT_ID_CHARS``); entries are added while the whole stays within
+    ``MAX_DOCUMENTS_CHARS``, and a last line counts the ones left out. ""
+    when there are none: the prompt then has no documents section.
+    """
+    entries: list[str] = []
+    size = 0
+    for d in documents:
+        text = d.text if len(d.text) <= MAX_DOCUMENT_CHARS else d.text[:MAX_DOCUMENT_CHARS] + " [...]"
+        entry = f"[{d.id[:MAX_DOCUMENT_ID_CHARS]}] {text}"
+        if size + len(entry) + 2 > MAX_DOCUMENTS_CHARS - 64:  # room for the line counting the rest
+            break
+        entries.append(entry)
+        size += len(entry) + 2
+    if len(entries) < len(documents):
+        entries.append(f"({len(documents) - len(entries)} more retrieved documents not shown)")
+    return "\n\n".join(entries)
+
+
+def rubric_messages(criteria: str, body: Mapping[str, Any], answer: str, documents: str = "") -> list[dict[str, str]]:
+    """A rubric judge's prompt; ``documents`` (:func:`documents_text`) are what the answer was given."""
+    parts = [section(CRITERIA, criteria), section(CONVERSATION, conversation(body))]
+    if documents:
+        parts.append(section(DOCUMENTS, documents[:MAX_DOCUMENTS_CHARS]))
+    parts.append(section(ANSWER, answer[:MAX_ANSWER_CHARS]))
+    system = RUBRIC_SYSTEM_WITH_DOCUMENTS if documents else RUBRIC_SYSTEM
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def pairwise_messages(
-    criteria: str, body: Mapping[str, Any], answer_a: str, answer_b: str
+    criteria: str, body: Mapping[str, Any], answer_a: str, answer_b: str, documents_a: str = "", documents_b: str = ""
 ) -> list[dict[str, str]]:
-    user = "\n\n".join(
-        (
-            section(CRITERIA, criteria),
-            section(CONVERSATION, conversation(body)),
-            section(ANSWER_A, answer_a[:MAX_ANSWER_CHARS]),
-            section(ANSWER_B, answer_b[:MAX_ANSWER_CHARS]),
-        )
-    )
-    return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}]
+    """A pairwise judge's prompt; each answer is shown after its own revision's documents.
+
+    When either side has documents both sides get the section (``NO_DOCUMENTS``
+    for one that had none), so swapping the answers swaps everything about them.
+    """
+    with_documents = bool(documents_a or documents_b)
+    parts = [section(CRITERIA, criteria), section(CONVERSATION, conversation(body))]
+    for name, documents, answer_name, answer in ((DOCUMENTS_A, documents_a, ANSWER_A, answer_a),
+                                                 (DOCUMENTS_B, documents_b, ANSWER_B, answer_b)):
+        if with_documents:
+            parts.append(section(name, documents[:MAX_DOCUMENTS_CHARS] or NO_DOCUMENTS))
+        parts.append(section(answer_name, answer[:MAX_ANSWER_CHARS]))
+    system = PAIRWISE_SYSTEM_WITH_DOCUMENTS if with_documents else PAIRWISE_SYSTEM
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def request_body(model: str, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferstack.api.v1alpha1 import OTHER_SLICE
+from inferstack.core.retrieval import Document
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
 from inferstack.router import proxy, requests, tracing
 from inferstack.router.assignment import Role, choose
@@ -275,8 +276,10 @@ class Router:
                     timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
                     max_response_bytes=self.settings.max_response_bytes,
                     evaluators=self._evaluators(plan, bundle.revision),
-                    on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id),
+                    on_answer=lambda answer: self.judges.answered(plan, labels, body, answer.text, request_id,
+                                                                  prepared.documents),
                     tracer=self.tracing,
+                    retrieved=prepared.document_ids,  # the candidate's own documents: its answer is scored on them
                 )
 
         self.shadow.submit(plan.namespace, plan.stack, shadowed())
@@ -323,6 +326,7 @@ class Router:
         }
         ex.response_id = headers[RESPONSE_ID_HEADER]
         prompts = self._prompts(plan, bundle.revision)
+        documents: tuple[Document, ...] = ()  # what this revision retrieved: the answer's evaluators see them
         if prompts is None:
             upstream_body = apply_bundle(body, bundle, tenant, chat=chat)  # no retriever, no template: no await
         else:
@@ -335,6 +339,7 @@ class Router:
             if prepared.retrieved is not None:
                 headers[RETRIEVED_HEADER] = prepared.retrieved
                 ex.retrieved = prepared.retrieved
+            documents = prepared.documents
         ex.sent(upstream_body)
         stream = bool(body.get("stream"))
 
@@ -375,8 +380,8 @@ class Router:
         # the answer was not read to the end, which makes vLLM abort the generation.
         try:
             if stream and response.status == 200:
-                return await self._stream(request, response, labels, headers, body, started, plan, strip_usage, ex)
-            return await self._whole(response, labels, headers, body, started, cache, key, plan, ex)
+                return await self._stream(request, response, labels, headers, body, started, plan, strip_usage, ex, documents)
+            return await self._whole(response, labels, headers, body, started, cache, key, plan, ex, documents)
         except UpstreamError as err:
             self.metrics.record_error(labels, err.kind)
             tracing.failed(upstream, err.kind)
@@ -397,6 +402,7 @@ class Router:
     async def _whole(
         self, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str], body: dict[str, Any],
         started: float, cache: ResponseCache | None, key: str, plan: TrafficPlan, ex: Exchange,
+        documents: Sequence[Document],
     ) -> web.Response:
         data = await proxy.read_bounded(response, self.settings.max_response_bytes)
         content_type = response.headers.get("Content-Type", "application/json")
@@ -409,7 +415,7 @@ class Router:
                 data = data.replace(bundle_key.encode(), b"<redacted>")
             return web.Response(body=data, status=response.status, headers={**headers, "Content-Type": content_type})
         answer = proxy.parse_answer(data)
-        self._record(plan, labels, body, answer, started, None, headers["x-request-id"], ex)
+        self._record(plan, labels, body, answer, started, None, headers["x-request-id"], ex, documents)
         if cache is not None:
             cache.put(key, data, content_type, plan.response_cache.ttl_seconds)
         return web.Response(body=data, headers={**headers, "Content-Type": content_type})
@@ -417,6 +423,7 @@ class Router:
     async def _stream(
         self, request: web.Request, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str],
         body: dict[str, Any], started: float, plan: TrafficPlan, strip_usage: bool, ex: Exchange,
+        documents: Sequence[Document],
     ) -> web.StreamResponse:
         out = web.StreamResponse(
             headers={
@@ -472,7 +479,7 @@ class Router:
             ex.error = "client_disconnect"
             return out
         await out.write_eof()
-        self._record(plan, labels, body, observer.finish(), started, ttft, headers["x-request-id"], ex)
+        self._record(plan, labels, body, observer.finish(), started, ttft, headers["x-request-id"], ex, documents)
         return out
 
     async def _write_bounded(self, out: web.StreamResponse, chunk: bytes, request: web.Request) -> None:
@@ -486,11 +493,13 @@ class Router:
 
     def _record(
         self, plan: TrafficPlan, labels: Labels, body: dict[str, Any], answer: proxy.Answer, started: float,
-        ttft: float | None, request_id: str, ex: Exchange,
+        ttft: float | None, request_id: str, ex: Exchange, documents: Sequence[Document],
     ) -> None:
-        scores = record_checked_answer(self.metrics, labels, body, answer, started, ttft, self._evaluators(plan, labels.revision))
+        """Score a client-facing answer; ``documents``: what its revision retrieved for it (none: nothing)."""
+        scores = record_checked_answer(self.metrics, labels, body, answer, started, ttft, self._evaluators(plan, labels.revision),
+                                       tuple(d.id for d in documents))
         ex.answered(answer, scores)
-        self.judges.answered(plan, labels, body, answer.text, request_id)
+        self.judges.answered(plan, labels, body, answer.text, request_id, documents)
 
 
 ROUTER: web.AppKey[Router] = web.AppKey("router", Router)

@@ -77,6 +77,11 @@ class Refusal(Exception):
 class Prepared:
     body: dict[str, Any]
     retrieved: str | None = None  # the x-inferstack-retrieved value; None when the revision retrieves nothing
+    documents: tuple[Document, ...] = ()  # what was retrieved, nearest first: for the evaluators and judges
+
+    @property
+    def document_ids(self) -> tuple[str, ...]:
+        return tuple(d.id for d in self.documents)
 
 
 def _secrets_of(plan: RetrievalPlan) -> tuple[str | None, ...]:
@@ -133,4 +138,4 @@ async def prepare(
     except TemplateError as exc:
         metrics.record_error(labels, "template")
         raise Refusal(500, f"{exc} (request id {request_id})", "template_error") from None
-    return Prepared(apply_bundle(body, bundle, tenant, chat=chat, system_prompt=system), header)
+    return Prepared(apply_bundle(body, bundle, tenant, chat=chat, system_prompt=system), header, tuple(documents))

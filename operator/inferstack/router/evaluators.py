@@ -2,8 +2,9 @@
 
 Each evaluator turns one answer into one sample: 1.0 (pass), 0.0 (fail), or
 None when the check does not apply to that answer (``json`` when no JSON was
-asked for, ``toolArguments`` without a tool call, a verdict that would need
-more of a truncated answer than the router kept). A sample is what the
+asked for, ``toolArguments`` without a tool call, ``citesRetrieved`` when no
+document was retrieved for the request, a verdict that would need more of a
+truncated answer than the router kept). A sample is what the
 one-shape eval metrics count (samples, sum, sum of squares) and what an
 evaluator gate compares between the candidate and the stable revision.
 
@@ -26,6 +27,9 @@ import re2
 from inferstack.api.v1alpha1 import Evaluator, RuleCheck
 
 MAX_CHECKED_CHARS: Final = 8192  # answers are checked on a bounded prefix
+MAX_CITED_ID_CHARS: Final = 256  # a longer document id is not looked for in answers (no model cites one)
+# What an id must not touch to count as cited: a letter, a digit or "_" (so kb-12 is not cited by kb-123).
+_NOT_ID_CHAR: Final = r"[^\pL\pN_]"
 _FENCE: Final = re.compile(r"^```(?:json)?\s*|\s*```$")
 
 
@@ -44,6 +48,9 @@ class AnswerView:
     truncated: bool = False  # ``text`` is a prefix of a longer answer
     length: int = 0  # characters of the whole answer, counted even past the prefix
     tool_calls: Sequence[ToolCall] = ()
+    # The ids of the documents retrieved for this answer's own request, nearest first: the
+    # serving revision's retrieval (a shadow answer: the candidate's); () when nothing was retrieved.
+    retrieved: Sequence[str] = ()
 
 
 Score = Callable[[Mapping[str, Any], AnswerView], float | None]
@@ -88,6 +95,15 @@ def _re2(pattern: str) -> Any:
     options = re2.Options()
     options.log_errors = False
     return re2.compile(pattern, options=options)
+
+
+def _search(compiled: Any, text: str) -> bool:
+    """RE2 search on ``text``. An answer may hold a lone surrogate (a model's ``"\\ud800"``
+    escape, which JSON decodes), which RE2's UTF-8 cannot take: it is searched as U+FFFD."""
+    try:
+        return compiled.search(text) is not None
+    except UnicodeEncodeError:
+        return compiled.search(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")) is not None
 
 
 def _refusal(markers: Sequence[str]) -> Score:
@@ -163,7 +179,7 @@ def _must_match(pattern: str, *, present: bool) -> Score:
     compiled = _re2(pattern)
 
     def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
-        found = compiled.search(answer.text) is not None
+        found = _search(compiled, answer.text)
         if found:
             return 1.0 if present else 0.0
         if answer.truncated:
@@ -176,6 +192,32 @@ def _must_match(pattern: str, *, present: bool) -> Score:
 def _max_length(limit: int) -> Score:
     def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
         return 1.0 if answer.length <= limit else 0.0
+
+    return score
+
+
+def _citation_pattern(ids: Sequence[str]) -> Any:
+    """One RE2 search for any of ``ids`` standing alone: not preceded or followed by a letter, digit or ``_``.
+
+    Compiled per answer (ids differ per request; about 50 µs for topK 5) and
+    never cached: a cache of patterns over long ids would hold megabytes.
+    RE2 keeps the search linear in the answer whatever the ids are."""
+    alternatives = "|".join(re2.escape(i) for i in ids)
+    return _re2(f"(?:^|{_NOT_ID_CHAR})(?:{alternatives})(?:{_NOT_ID_CHAR}|$)")
+
+
+def _cites_retrieved() -> Score:
+    def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
+        ids = tuple(dict.fromkeys(i for i in answer.retrieved if i.strip() and len(i) <= MAX_CITED_ID_CHARS))
+        if not ids:
+            return None  # nothing retrieved (or nothing citable): the answer had nothing to cite
+        try:
+            pattern = _citation_pattern(ids)
+        except (re2.error, UnicodeError):  # an id RE2 cannot take (a lone surrogate): nothing to look for
+            return None
+        if _search(pattern, answer.text):
+            return 1.0
+        return None if answer.truncated else 0.0  # the citation may be in the part the router did not keep
 
     return score
 
@@ -194,6 +236,8 @@ def compile_rule(rule: RuleCheck, tools: Mapping[str, Any]) -> Score:
         return _must_match(rule.must_match, present=True)
     if rule.must_not_match is not None:
         return _must_match(rule.must_not_match, present=False)
+    if rule.cites_retrieved is not None:
+        return _cites_retrieved()
     assert rule.max_length is not None  # the API demands exactly one kind
     return _max_length(rule.max_length)
 
@@ -210,12 +254,13 @@ class Evaluators:
         validators = tool_validators(tools) if any(r.tool_arguments for r in rules.values()) else {}
         return cls({name: compile_rule(rule, validators) for name, rule in rules.items()})
 
-    def score(self, body: Mapping[str, Any], answer: SeenAnswer) -> dict[str, float]:
-        """``run`` on a ``proxy.Answer`` (text prefix, length, tool calls as the router saw them)."""
+    def score(self, body: Mapping[str, Any], answer: SeenAnswer, retrieved: Sequence[str] = ()) -> dict[str, float]:
+        """``run`` on a ``proxy.Answer`` (text prefix, length, tool calls as the router saw them) and the ids
+        of the documents retrieved for it (by the revision that produced it)."""
         if not self.scores:
             return {}
         calls = tuple(ToolCall(c.name, c.arguments, c.truncated) for c in answer.tool_calls)
-        return self.run(body, AnswerView(answer.text, answer.truncated, answer.length, calls))
+        return self.run(body, AnswerView(answer.text, answer.truncated, answer.length, calls, tuple(retrieved)))
 
     def run(self, body: Mapping[str, Any], answer: AnswerView) -> dict[str, float]:
         """Evaluator name -> sample, for the evaluators that apply to this answer."""

@@ -17,6 +17,11 @@ What is asked and how replies are read is :mod:`inferstack.core.judging`
 * **A budget** per stack and evaluator (``maxCallsPerMinute``, a token
   bucket per replica): over it, jobs are dropped and counted. A pairwise job
   costs two calls (both orders).
+* **Documents**: an answer of a revision that retrieves is judged with the
+  documents that revision retrieved for it (a shadow answer: the
+  candidate's), rendered and bounded (``judging.documents_text``, at most
+  12,288 characters per answer) when the answer is taken, so the queue and the pairs
+  table hold bounded text, never the documents themselves.
 * **Errors are errors**: a judge that is down, slow, answers non-200 or
   without a verdict in the required form adds to
   ``inferstack_eval_errors_total`` and gives no sample. A gate then sees no
@@ -31,7 +36,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -40,6 +45,7 @@ import aiohttp
 from inferstack.api.v1alpha1 import Evaluator, JudgeMode
 from inferstack.core import judging
 from inferstack.core.durations import parse_seconds
+from inferstack.core.retrieval import Document
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
 from inferstack.router import tracing
 from inferstack.router.audit import AuditLog, evaluation_record
@@ -120,11 +126,19 @@ class Budget:
 # ------------------------------------------------------------------- pairs
 
 
+@dataclass(frozen=True)
+class Judged:
+    """One answer as a judge sees it: its text and the documents it was given (``judging.documents_text``; "": none)."""
+
+    text: str
+    documents: str = ""
+
+
 @dataclass
 class _Pair:
     expires: float
-    stable: str | None = None
-    candidate: str | None = None
+    stable: Judged | None = None
+    candidate: Judged | None = None
 
 
 class Pairs:
@@ -155,15 +169,15 @@ class Pairs:
         out, self._expired = self._expired, []
         return out
 
-    def add(self, key: tuple[str, str, str], role: str, text: str) -> tuple[str, str] | None:
-        """Add one half; the (stable, candidate) texts once both are here, else None."""
+    def add(self, key: tuple[str, str, str], role: str, text: str, documents: str = "") -> tuple[Judged, Judged] | None:
+        """Add one half (its text and rendered documents); the (stable, candidate) answers once both are here, else None."""
         pair = self._pairs.get(key)
         if pair is None:
             return None
         if role == "shadow":
-            pair.candidate = text
+            pair.candidate = Judged(text, documents)
         else:
-            pair.stable = text
+            pair.stable = Judged(text, documents)
         if pair.stable is None or pair.candidate is None:
             return None
         del self._pairs[key]
@@ -190,7 +204,7 @@ class _Job:
     plan: TrafficPlan
     labels: Labels  # for a pair: the candidate's labels; ``baseline`` is the stable revision
     body: Mapping[str, Any]
-    answers: tuple[str, ...]
+    answers: tuple[Judged, ...]  # a pair: (stable, candidate)
     baseline: str = ""
     request_id: str = ""
     trace: tracing.SpanContext | None = None  # the scored answer's span: the verdict is recorded in its trace
@@ -250,16 +264,23 @@ class JudgeRunner:
             self.metrics.eval_dropped.labels(namespace, stack, name, "unpaired").inc()
 
     def answered(
-        self, plan: TrafficPlan, labels: Labels, body: Mapping[str, Any], text: str, request_id: str
+        self, plan: TrafficPlan, labels: Labels, body: Mapping[str, Any], text: str, request_id: str,
+        documents: Sequence[Document] = (),
     ) -> None:
-        """An answer the router saw (client-facing or shadow): judge it if sampled, or complete a pair."""
+        """An answer the router saw (client-facing or shadow): judge it if sampled, or complete a pair.
+
+        ``documents``: what the answer's revision retrieved for it; the judge sees them with the answer.
+        """
+        rendered: str | None = None  # rendered once, and only for a request some judge samples
         for judge in self._judges.get(plan.key, ()):
             if not judging.sampled(request_id, judge.name, judge.rate):
                 continue
+            if rendered is None:
+                rendered = judging.documents_text(documents)
             if judge.pairwise:
                 if labels.role not in ("stable", "shadow"):
                     continue  # pairs are a stable answer and the candidate's shadow answer of one request
-                both = self.pairs.add((plan.key, judge.name, request_id), labels.role, text)
+                both = self.pairs.add((plan.key, judge.name, request_id), labels.role, text, rendered)
                 if both is not None and plan.candidate is not None:
                     cand = Labels(
                         labels.namespace, labels.stack, plan.candidate.revision, "shadow", labels.slice
@@ -267,8 +288,8 @@ class JudgeRunner:
                     self._submit(_Job(judge, plan, cand, body, both, baseline=plan.stable.revision, request_id=request_id,
                                       trace=tracing.current_context()), cost=2)
             else:
-                self._submit(_Job(judge, plan, labels, body, (text,), request_id=request_id, trace=tracing.current_context()),
-                             cost=1)
+                self._submit(_Job(judge, plan, labels, body, (Judged(text, rendered),), request_id=request_id,
+                                  trace=tracing.current_context()), cost=1)
 
     def _submit(self, job: _Job, cost: int) -> None:
         assert self._queue is not None
@@ -305,12 +326,14 @@ class JudgeRunner:
                 stable, candidate = job.answers
                 first = judging.parse_choice(
                     await self._ask(
-                        job, judging.pairwise_messages(judge.criteria, job.body, stable, candidate)
+                        job, judging.pairwise_messages(judge.criteria, job.body, stable.text, candidate.text,
+                                                       stable.documents, candidate.documents)
                     )
                 )
                 second = judging.parse_choice(
                     await self._ask(
-                        job, judging.pairwise_messages(judge.criteria, job.body, candidate, stable)
+                        job, judging.pairwise_messages(judge.criteria, job.body, candidate.text, stable.text,
+                                                       candidate.documents, stable.documents)
                     )
                 )
                 outcome = judging.pair_outcome(first, second)
@@ -318,8 +341,9 @@ class JudgeRunner:
                 label = "win" if outcome > 0 else "loss" if outcome < 0 else "tie"
                 self._recorded(job, tracing.Evaluation(judge.name, outcome, label, f"candidate vs stable {job.baseline}"))
             else:
+                answer = job.answers[0]
                 reply = await self._ask(
-                    job, judging.rubric_messages(judge.criteria, job.body, job.answers[0])
+                    job, judging.rubric_messages(judge.criteria, job.body, answer.text, answer.documents)
                 )
                 rating = judging.parse_rating(reply)
                 self.metrics.record_samples(labels, {judge.name: rating})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -80,8 +80,11 @@ async def mirror(
     evaluators: Evaluators | None = None,
     on_answer: Callable[[proxy.Answer], None] | None = None,
     tracer: tracing.Tracing | None = None,
+    retrieved: Sequence[str] = (),
 ) -> None:
-    """Send one mirrored request and record what came back under role="shadow"; ``on_answer`` sees the answer (judges)."""
+    """Send one mirrored request and record what came back under role="shadow"; ``on_answer`` sees the answer (judges).
+
+    ``retrieved``: the ids of the documents the candidate's own retrieval put in ``upstream_body``."""
     started = time.perf_counter()
     stream = bool(upstream_body.get("stream"))
     if stream:
@@ -119,7 +122,7 @@ async def mirror(
         return
     finally:
         tracing.end(upstream)
-    scores = record_checked_answer(metrics, labels, request_body, answer, started, ttft, evaluators)
+    scores = record_checked_answer(metrics, labels, request_body, answer, started, ttft, evaluators, retrieved)
     if span.is_recording():
         tracing.evaluations_event(span, rule_evaluations(scores), answer.id or None)
         got: dict[str, str | int] = {
@@ -141,12 +144,15 @@ def record_checked_answer(
     started: float,
     ttft: float | None,
     evaluators: Evaluators | None = None,
+    retrieved: Sequence[str] = (),
 ) -> dict[str, float]:
     """Run the online checks and the stack's evaluators on one answer; record everything measured.
 
     The same for answers returned to clients and for mirrored ones, so a
-    shadow step's verdicts are computed exactly like a canary's. Returns the
-    evaluators' scores, which are also the current span's evaluation events.
+    shadow step's verdicts are computed exactly like a canary's. ``retrieved``:
+    the ids of the documents retrieved for this answer by the revision that
+    produced it. Returns the evaluators' scores, which are also the current
+    span's evaluation events.
     """
     results = checks.run_checks(request_body, answer.text, truncated=answer.truncated)
     metrics.record_answer(
@@ -160,6 +166,6 @@ def record_checked_answer(
     )
     if evaluators is None:
         return {}
-    scores = evaluators.score(request_body, answer)
+    scores = evaluators.score(request_body, answer, retrieved)
     metrics.record_samples(labels, scores)
     return scores

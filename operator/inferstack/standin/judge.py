@@ -15,7 +15,11 @@ a tie ``[[C]]``, or ``[[A]]`` with ``position_bias`` (the first-position
 preference MT-Bench measured), which the router's position swap must turn
 back into a tie.
 
-The reply never quotes the prompt: no criteria, question or answer text.
+Retrieved-documents sections (a groundedness prompt) are read past: the
+verdict depends on the question and the answer only, so a judged revision
+that retrieves gets the same verdicts as one that does not.
+
+The reply never quotes the prompt: no criteria, question, document or answer text.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ async def test_retrieved_documents_reach_the_system_message_and_the_header() -> 
     b, metrics, retriever = bundle(retrieval=retrieval()), RouterMetrics(), FakeRetriever(DOCS)
     prepared = await run(b, retriever, metrics)
     assert retriever.queries == ["refund?"]
-    assert prepared.retrieved == "kb-1,kb-2"
+    assert prepared.retrieved == "kb-1,kb-2" and prepared.document_ids == ("kb-1", "kb-2")
     system, user = prepared.body["messages"]
     assert system == {"role": "system", "content": "Be brief.\n\nRetrieved documents:\n[kb-1] Refunds take 5 days.\n[kb-2] Shipping is free."}
     assert user == {"role": "user", "content": "refund?"}  # the client's system message is the stack's to replace

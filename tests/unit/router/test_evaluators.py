@@ -21,8 +21,9 @@ def rule(**kw: Any) -> RuleCheck:
     return RuleCheck.model_validate(kw)
 
 
-def answer(text: str = "", *, truncated: bool = False, length: int | None = None, calls: tuple[ToolCall, ...] = ()) -> AnswerView:
-    return AnswerView(text, truncated, len(text) if length is None else length, calls)
+def answer(text: str = "", *, truncated: bool = False, length: int | None = None, calls: tuple[ToolCall, ...] = (),
+           retrieved: tuple[str, ...] = ()) -> AnswerView:
+    return AnswerView(text, truncated, len(text) if length is None else length, calls, retrieved)
 
 
 @pytest.mark.parametrize(
@@ -87,3 +88,71 @@ def test_a_pathological_pattern_runs_in_linear_time() -> None:
     """(a+)+$ backtracks exponentially in Python's re; RE2 answers at once (the unit tier's 10 s timeout guards it)."""
     score = compile_rule(rule(mustNotMatch="(a+)+$"), {})
     assert score({}, answer("a" * 5000 + "!")) == 1.0
+
+
+KB = ("kb-12", "kb-7")  # what retrieval gave this answer, nearest first
+
+
+@pytest.mark.parametrize(
+    ("text", "retrieved", "truncated", "expected"),
+    [
+        pytest.param("Refunds take 5 days [kb-12].", KB, False, 1.0, id="bracketed"),
+        pytest.param("See kb-7 for details", KB, False, 1.0, id="the-second-document-counts-too"),
+        pytest.param("kb-12", KB, False, 1.0, id="the-whole-answer"),
+        pytest.param("(source: kb-12)", KB, False, 1.0, id="in-parentheses"),
+        pytest.param("Refunds take 5 days.", KB, False, 0.0, id="no-citation"),
+        pytest.param("Refunds take 5 days [kb-123].", KB, False, 0.0, id="a-longer-id-is-another-document"),
+        pytest.param("Refunds take 5 days [xkb-12].", KB, False, 0.0, id="inside-a-word"),
+        pytest.param("Refunds take 5 days [kb_12].", KB, False, 0.0, id="another-id"),
+        pytest.param("Refunds take 5 days [KB-12].", KB, False, 0.0, id="ids-are-case-sensitive"),
+        pytest.param("Refunds take 5 days [kb-9].", KB, False, 0.0, id="an-id-that-was-not-retrieved"),
+        pytest.param("See [kb-12é].", KB, False, 0.0, id="a-letter-outside-ascii-touches-it"),
+        pytest.param("Policy [refund.v2] applies.", ("refund.v2",), False, 1.0, id="dots-in-an-id"),
+        pytest.param("Policy [refundXv2] applies.", ("refund.v2",), False, 0.0, id="an-id-is-no-pattern"),
+        pytest.param("Policy [a|b] applies.", ("a|b", "(x"), False, 1.0, id="regex-characters-are-literal"),
+        pytest.param("Refunds take 5 days [kb-12].", (), False, None, id="nothing-retrieved"),
+        pytest.param("Refunds take 5 days [kb-12].", ("", "  "), False, None, id="only-empty-ids"),
+        pytest.param("x" * 100, KB, True, None, id="maybe-in-the-part-not-kept"),
+        pytest.param("[kb-12] " + "x" * 100, KB, True, 1.0, id="found-in-the-kept-part"),
+        pytest.param("[" + "k" * 300 + "]", ("k" * 300,), False, None, id="an-id-too-long-to-look-for"),
+    ],
+)  # fmt: skip
+def test_cites_retrieved(text: str, retrieved: tuple[str, ...], truncated: bool, expected: float | None) -> None:
+    score = compile_rule(rule(citesRetrieved={}), {})
+    assert score({}, answer(text, truncated=truncated, retrieved=retrieved)) == expected
+
+
+def test_cites_retrieved_runs_in_linear_time_on_hostile_ids() -> None:
+    """Overlapping ids over an answer made of them: a find-and-check loop is quadratic here, RE2 is not."""
+    ids = tuple("a" * k for k in range(1, 101))
+    score = compile_rule(rule(citesRetrieved={}), {})
+    assert score({}, answer("a" * 8192, retrieved=ids)) == 0.0  # no id stands alone
+
+
+class SeenAnswer:
+    """What ``Evaluators.score`` reads of a ``proxy.Answer``."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.truncated, self.length, self.tool_calls = text, False, len(text), ()
+
+
+def test_score_passes_the_retrieved_ids_to_the_rules() -> None:
+    compiled = Evaluators.compile([Evaluator.model_validate({"name": "cites", "rule": {"citesRetrieved": {}}})], [])
+    assert compiled.score({}, SeenAnswer("See [kb-12]."), ("kb-12",)) == {"cites": 1.0}
+    assert compiled.score({}, SeenAnswer("See [kb-12]."), ("kb-3",)) == {"cites": 0.0}
+    assert compiled.score({}, SeenAnswer("See [kb-12].")) == {}  # nothing retrieved: no sample
+
+
+@pytest.mark.parametrize(
+    ("spec", "retrieved", "expected"),
+    [
+        pytest.param({"mustMatch": "kb"}, (), 1.0, id="must-match"),
+        pytest.param({"mustNotMatch": "kb"}, (), 0.0, id="must-not-match"),
+        pytest.param({"citesRetrieved": {}}, ("kb-12",), 1.0, id="cites-retrieved"),
+    ],
+)
+def test_a_lone_surrogate_in_an_answer_is_searched_not_raised(spec: dict[str, Any], retrieved: tuple[str, ...],
+                                                               expected: float) -> None:
+    """A model may write "\\ud800" in its JSON; json decodes it to a lone surrogate RE2 cannot encode."""
+    text = "odd \ud800 text, see [kb-12] \U0001f600"
+    assert compile_rule(rule(**spec), {})({}, answer(text, retrieved=retrieved)) == expected

@@ -14,9 +14,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from inferstack.core import judging
-from inferstack.core.judging import ANSWER, ANSWER_A, ANSWER_B, read_section
+from inferstack.core.judging import (
+    ANSWER,
+    ANSWER_A,
+    ANSWER_B,
+    DOCUMENTS,
+    DOCUMENTS_A,
+    DOCUMENTS_B,
+    read_section,
+)
+from inferstack.core.retrieval import Document
 from inferstack.core.trafficplan import TrafficPlan
-from inferstack.router.judge import Budget, JudgeRunner, Pairs
+from inferstack.router.judge import Budget, Judged, JudgeRunner, Pairs
 from inferstack.router.metrics import Labels, RouterMetrics
 from inferstack.router.plansource import PlanStore
 from inferstack.standin import fixtures
@@ -95,7 +104,7 @@ def test_pairs_complete_on_both_halves_in_either_order(order: tuple[str, str]) -
     texts = {"stable": "stable answer", "shadow": "candidate answer"}
     assert pairs.expect(key)
     assert pairs.add(key, order[0], texts[order[0]]) is None
-    assert pairs.add(key, order[1], texts[order[1]]) == ("stable answer", "candidate answer")
+    assert pairs.add(key, order[1], texts[order[1]]) == (Judged("stable answer"), Judged("candidate answer"))
     assert len(pairs) == 0
     assert pairs.add(key, "stable", "again") is None  # done: a retry's answer opens nothing
 
@@ -308,6 +317,44 @@ async def test_a_wrong_candidate_loses_its_pair(runners: Runners, judge_server: 
     await drained(runner)
     assert pairs_of(runner) == (3, 1, 1)
     assert len(runner.pairs) == 0
+
+
+V1 = [Document("kb-1", "Refunds take 5 days.", 0.9)]  # the stable revision's index version
+V2 = [Document("kb-2", "Refunds take 90 days.", 0.9)]  # the candidate's
+
+
+async def test_a_rubric_judge_sees_the_documents_its_answer_was_given(runners: Runners, judge_server: TestServer) -> None:
+    plan = make_plan(endpoint_judge("quality", url_of(judge_server)))
+    runner, _ = runners(plan)
+    runner.answered(plan, STABLE, BODY, RIGHT, "req-1", V1)
+    runner.answered(plan, SHADOW, BODY, WRONG, "req-1", V2)
+    runner.answered(plan, STABLE, BODY, RIGHT, "req-2")  # nothing retrieved: no documents section
+    await drained(runner)
+    asked = [m["messages"] for m in judge_server.app[RECEIVED]]
+    seen = {(read_section(m[1]["content"], ANSWER), read_section(m[1]["content"], DOCUMENTS), m[0]["content"]) for m in asked}
+    assert len(asked) == 3 and seen == {
+        (RIGHT, "[kb-1] Refunds take 5 days.", judging.RUBRIC_SYSTEM_WITH_DOCUMENTS),
+        (WRONG, "[kb-2] Refunds take 90 days.", judging.RUBRIC_SYSTEM_WITH_DOCUMENTS),  # the shadow answer: the candidate's own
+        (RIGHT, None, judging.RUBRIC_SYSTEM),
+    }
+    # The stand-in still judges: documents change the prompt, not its verdict.
+    assert samples(runner, STABLE, "quality") == (2, pytest.approx(16 / 9))
+    assert samples(runner, SHADOW, "quality") == (1, pytest.approx(1 / 9))
+
+
+async def test_a_pairwise_judge_sees_each_answer_with_its_own_documents(runners: Runners, judge_server: TestServer) -> None:
+    plan = make_plan(endpoint_judge("preferred", url_of(judge_server), "Pairwise"))
+    runner, _ = runners(plan)
+    runner.expect_pair(plan, "req-1")
+    runner.answered(plan, SHADOW, BODY, WRONG, "req-1", V2)
+    runner.answered(plan, STABLE, BODY, RIGHT, "req-1", V1)
+    await drained(runner)
+    assert pairs_of(runner) == (1, 0, 1)
+    asked = [m["messages"][1]["content"] for m in judge_server.app[RECEIVED]]
+    sides = [((read_section(p, DOCUMENTS_A), read_section(p, ANSWER_A)), (read_section(p, DOCUMENTS_B), read_section(p, ANSWER_B)))
+             for p in asked]
+    stable, candidate = ("[kb-1] Refunds take 5 days.", RIGHT), ("[kb-2] Refunds take 90 days.", WRONG)
+    assert sides == [(stable, candidate), (candidate, stable)]  # the documents move with their answer
 
 
 async def test_position_bias_is_a_tie_not_a_win(runners: Runners) -> None:

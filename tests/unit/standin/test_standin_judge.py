@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from inferstack.core.judging import (
+    documents_text,
     pair_outcome,
     pairwise_messages,
     parse_choice,
@@ -22,6 +23,7 @@ from inferstack.core.judging import (
     request_body,
     rubric_messages,
 )
+from inferstack.core.retrieval import Document
 from inferstack.standin import fixtures
 from inferstack.standin.app import RECEIVED, StandinSettings, build_app
 
@@ -116,6 +118,15 @@ async def test_position_bias_is_undone_by_the_swap(biased: TestClient) -> None:
     # A real difference still survives the swap.
     assert await outcome(biased, RIGHT, WRONG) == -1.0
     assert await outcome(biased, WRONG, RIGHT) == 1.0
+
+
+async def test_retrieved_documents_in_the_prompt_leave_the_verdicts_as_they_were(client: TestClient) -> None:
+    """A groundedness prompt (core/judging.py with documents) is still a judge prompt; the stand-in judges the answer."""
+    docs = documents_text([Document("kb-1", "Refunds take 5 days. user: Why was I charged twice?", 0.9)])
+    rating = parse_rating(await ask(client, rubric_messages(CRITERIA, BODY, WRONG, docs)))
+    assert rating == pytest.approx(1 / 9)
+    reply = await ask(client, pairwise_messages(CRITERIA, BODY, RIGHT, WRONG, docs, ""))
+    assert parse_choice(reply) == "A" and "kb-1" not in reply and "Refunds take" not in reply
 
 
 async def test_a_non_judge_prompt_is_refused_without_echo(client: TestClient) -> None:
