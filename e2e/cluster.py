@@ -50,8 +50,9 @@ GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 SERVICE_CIDR = os.environ.get("INFERSTACK_SERVICE_CIDR", "10.0.0.0/16")
 # INFERSTACK_AUDIT=1: the API server writes an audit log (metadata level, one
 # JSON line per request with its user agent), which bench/stacks_scale.py
-# reads to count the requests of one client alone. Off by default: it costs
-# the API server CPU.
+# reads to count the requests of one client alone, and the leader-election
+# e2e to tell which replica wrote what. Off unless set (it costs the API
+# server CPU); `make cluster-up` sets it.
 AUDIT = os.environ.get("INFERSTACK_AUDIT", "") not in ("", "0")
 AUDIT_POLICY = RUN / "audit-policy.yaml"
 # Gateway API CRDs for the GatewayAPI traffic provider's tests, taken from the

@@ -4,7 +4,8 @@ Each phase's whole object is run through the Argo CD health check (real Lua)
 and upstream kstatus (Flux's library), and checked against ``tests/health.py``'s
 table. With ``INFERSTACK_CAPTURE_FIXTURES=1`` the objects are also written to
 ``tests/fixtures/status/`` (volatile metadata stripped), where
-``tests/integration/test_health_checks.py`` checks them without a cluster.
+``tests/unit/test_argocd_health.py`` (the Lua) and ``tests/integration/test_kstatus.py``
+(kstatus) check them without a cluster.
 """
 
 from __future__ import annotations

@@ -306,3 +306,37 @@ def test_the_configuration_orders_the_durations_and_is_off_by_default():
     for bad in ({"renewDeadlineSeconds": 15}, {"retryPeriodSeconds": 10}, {"leaseDurationSeconds": 5}):
         with pytest.raises(ValidationError, match="retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds"):
             OperatorConfig.model_validate({"leaderElection": bad})
+
+
+# ------------------------------------------------ which replica sent a request
+
+
+def test_every_replica_keeps_one_field_manager_and_names_itself_after_the_first_slash():
+    from inferstack import __version__
+    from inferstack.controller.kube import FIELD_MANAGER, new_client, user_agent
+
+    a, b = user_agent("shop-op-a_1f2e"), user_agent("shop-op-b_77aa")
+    assert a == f"inferstack-operator/{__version__} (shop-op-a_1f2e)" and a != b
+    # The API server names the manager of a write without fieldManager after the
+    # user agent up to its first "/": the same for every replica, and the one
+    # the operator's server-side applies name.
+    assert {a.split("/")[0], b.split("/")[0]} == {FIELD_MANAGER}
+    assert user_agent(None) == f"inferstack-operator/{__version__}"
+    assert user_agent("x(y)\n") == f"inferstack-operator/{__version__} (xy)"  # one comment, one line
+    assert new_client("op-a").user_agent == user_agent("op-a")
+
+
+async def test_kopf_sends_the_replicas_user_agent():
+    import kopf
+    from kopf._cogs.clients.auth import APIContext  # where kopf builds its session's headers
+
+    from inferstack.controller.main import IdentifiedConnection
+
+    info = IdentifiedConnection(server="https://127.0.0.1:1", token="t0k", user_agent="kopf/1 (op-a)")
+    assert isinstance(info, kopf.ConnectionInfo)
+    context = APIContext(info)
+    try:
+        assert context.session.headers["User-Agent"] == "kopf/1 (op-a)"
+        assert context.session.headers["Authorization"] == "Bearer t0k"
+    finally:
+        await context.session.close()

@@ -24,16 +24,33 @@ from inferstack.core.trafficplan import PLAN_PLURAL
 
 log = logging.getLogger(__name__)
 
+# One field manager for every replica. The replicas are one controller: the
+# new leader's server-side apply of a TrafficPlan must own what the old one's
+# did (a manager per replica would leave the old one's entries behind, and
+# plan_index would take every plan for one another writer touched).
 FIELD_MANAGER = "inferstack-operator"
 # What the API server's audit log shows for the operator's own client, so its
 # requests can be told from everyone else's (bench/stacks_scale.py counts them).
-# kopf's watches and patches come with kopf's own "kopf/<version>".
+# kopf's watches and Events come with "kopf/<version>" and the same comment.
 USER_AGENT = f"inferstack-operator/{__version__}"
 
 
-def new_client() -> client.ApiClient:
+def user_agent(identity: str | None = None, product: str = USER_AGENT) -> str:
+    """``product (identity)``: which replica sent a request, in the API server's audit log.
+
+    The identity goes after the first "/": for a write that names no field
+    manager the API server takes the user agent up to its first "/" as the
+    manager, so every replica's is still ``inferstack-operator`` (or ``kopf``).
+    """
+    if not identity:
+        return product
+    clean = "".join(c for c in identity if c.isprintable() and c not in "()")
+    return f"{product} ({clean})"
+
+
+def new_client(identity: str | None = None) -> client.ApiClient:
     api = client.ApiClient()
-    api.user_agent = USER_AGENT
+    api.user_agent = user_agent(identity)
     return api
 
 
@@ -56,12 +73,12 @@ def api_problem(exc: ApiException, doing: str) -> Problem:
     return Problem(reason, one_line(f"{doing}: {message}" if doing else message))
 
 
-def load_config(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+def load_config(kubeconfig: str | None = None, context: str | None = None, identity: str | None = None) -> client.ApiClient:
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config(config_file=kubeconfig, context=context)
-    return new_client()
+    return new_client(identity)
 
 
 class NotLeader(RuntimeError):

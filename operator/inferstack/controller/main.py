@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import yaml
 
 from inferstack import GROUP
 from inferstack.controller import handlers, kopf_fixes
-from inferstack.controller.kube import Kube, load_config, new_client
+from inferstack.controller.kube import Kube, load_config, new_client, user_agent
 from inferstack.controller.leader import Elector, KubeLeases, default_identity, default_namespace
 from inferstack.controller.notify import Notifier
 from inferstack.core.config import OperatorConfig
@@ -55,11 +56,33 @@ async def end_election(**_) -> None:
     await elector.release()
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IdentifiedConnection(kopf.ConnectionInfo):
+    """kopf's credentials, and a User-Agent naming this replica (kopf adds its own only when none is set)."""
+
+    user_agent: str = ""
+
+    def as_http_headers(self) -> dict[str, str]:
+        return {**super().as_http_headers(), **({"User-Agent": self.user_agent} if self.user_agent else {})}
+
+
+class Identity:
+    """This process's name: in the Lease, and in the user agent of all its requests."""
+
+    name: str | None = None
+
+
 @kopf.on.login()
 def login(**kwargs):
     # Reuse the kubernetes client configuration loaded in main() (kubeconfig
-    # context or in-cluster service account).
-    return kopf.login_via_client(**kwargs)
+    # context or in-cluster service account). kopf's watches and Events name
+    # the replica too, so the API server's audit log tells which replica sent
+    # what: "kopf/<version> (<identity>)".
+    info = kopf.login_via_client(**kwargs)
+    if info is None or not Identity.name:
+        return info
+    fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+    return IdentifiedConnection(**fields, user_agent=user_agent(Identity.name, f"kopf/{kopf.__version__}"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resync-seconds", type=float, help="override resyncSeconds from the configuration")
     parser.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus metrics here (0 = off)")
     parser.add_argument("--metrics-host", default="0.0.0.0")
-    parser.add_argument("--identity", help="this replica's name in the leader-election Lease (default: $POD_NAME or the host, and a random suffix)")
+    parser.add_argument(
+        "--identity",
+        help="this replica's name in the leader-election Lease and in the user agent of its API requests (default: $POD_NAME or the host, and a random suffix)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,15 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.resync_seconds:
         config = config.model_copy(update={"resync_seconds": args.resync_seconds})
     handlers.Runtime.config = config
-    api = load_config(args.kubeconfig, args.context)
+    identity = Identity.name = args.identity or default_identity()
+    api = load_config(args.kubeconfig, args.context, identity)
     if (election := config.leader_election).enabled:
         leases = KubeLeases(
             # Its own client (and connection pool): renewals never wait for a free connection.
-            new_client(), election.lease_namespace or default_namespace(), election.lease_name,
+            new_client(identity), election.lease_namespace or default_namespace(), election.lease_name,
             timeout=election.renew_deadline_seconds / 2,
         )  # fmt: skip
         handlers.Runtime.elector = Elector(
-            leases, args.identity or default_identity(), election,
+            leases, identity, election,
             on_started=handlers.start_all_loops, on_stopped=handlers.stop_all_loops,
         )  # fmt: skip
     handlers.Runtime.kube = Kube(api, fence=handlers.may_write)
