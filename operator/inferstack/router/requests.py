@@ -46,15 +46,19 @@ class Limits:
 class RequestError(Exception):
     """A refused request: an OpenAI-style ``invalid_request_error`` naming the field."""
 
-    def __init__(self, status: int, message: str, param: str | None, code: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None, code: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.close = close  # the connection cannot carry another request: answer, then close it
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.message, self.code, param=self.param)
+        response = error_response(self.status, self.message, self.code, param=self.param)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def _refuse(param: str | None, message: str, code: str = "invalid_value") -> RequestError:
@@ -70,10 +74,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     data = bytearray()
-    while chunk := await request.content.read(limit + 1 - len(data)):
-        data += chunk
-        if len(data) > limit:
-            raise too_large
+    try:
+        while chunk := await request.content.read(limit + 1 - len(data)):
+            data += chunk
+            if len(data) > limit:
+                raise too_large
+    except web.RequestPayloadError:
+        # aiohttp could not decode the body it was sent (a Content-Encoding that does not match the
+        # bytes, broken chunked framing): the client's fault, so a 400, never the middleware's 500.
+        # Its parser stops at such a body, so the connection cannot carry another request: the
+        # answer closes it, and the body counts as read (else aiohttp's drain of the unread rest
+        # re-raises the error after the handler, logs it as unhandled and resets the connection,
+        # which can lose the answer).
+        request.content.feed_eof()
+        raise RequestError(400, "the request body cannot be decoded (check Content-Encoding)", None, "invalid_body",
+                           close=True) from None
     return bytes(data)
 
 

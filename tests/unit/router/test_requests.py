@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -221,6 +222,26 @@ async def test_router_body_limit_is_a_json_413(make_plan, router_client) -> None
 
     resp = await client.post("/v1/chat/completions", data=chunks())
     assert resp.status == 413 and (await resp.json())["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_does_not_match_its_content_encoding_is_a_json_400(
+    make_plan, router_client, encoding, caplog
+) -> None:
+    """Found by the fuzz test: aiohttp's decoding error surfaced from the body read as the middleware's 500."""
+    import gzip
+    import zlib
+
+    client = await router_client(make_plan(candidate=False))
+    body = json.dumps({"model": "support", "messages": [USER]}).encode()
+    resp = await client.post("/v1/chat/completions", data=body, headers={"Content-Encoding": encoding})
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["code"] == "invalid_body"
+    assert resp.headers["Connection"] == "close"  # the parser cannot go on after such a body
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    resp = await client.post("/v1/chat/completions", data=packed, headers={"Content-Encoding": encoding})
+    assert resp.status == 200, await resp.text()  # a body that does match its encoding is read as before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text  # nothing "unhandled"
 
 
 async def test_unknown_paths_and_methods_are_json_too(make_plan, router_client) -> None:
