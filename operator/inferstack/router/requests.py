@@ -11,6 +11,11 @@ many extensions, and the model server judges those.
 The checks are cheap on purpose: this is on every request's path. Nothing is
 copied, and the nesting walk is skipped when the body has too few brackets to
 be deep.
+
+Requests aiohttp's own HTTP parser refuses (bad header bytes, lines over 8190
+bytes) never reach this module; :class:`MalformedRequestLog` keeps aiohttp's
+log of them to one line that quotes none of the request (it quoted the refused
+header line, which can be the API key).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from inferstack.router.errors import error_response
 
@@ -345,3 +352,45 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except Exception as exc:
         log.error("unexpected %s handling %s %s", type(exc).__name__, request.method, request.path, exc_info=exc)
         return error_response(500, "internal error in the router", "internal")
+
+
+# ------------------------------------------------------------ aiohttp's log
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp's own log of a request its HTTP parser refuses, made one line that quotes nothing the client sent.
+
+    aiohttp logs such a request at ERROR with a traceback whose message quotes the offending header line
+    (``Invalid header value char: b'Authorization: Bearer isk_...\\x00'``, or the first 100 bytes of a line
+    over 8190): a client's API key reached the router's log that way. And a body it cannot decode while it
+    drains what a handler did not read is logged as an "Unhandled exception", a traceback per request.
+    Both are the client's fault and no router error: this turns them into an INFO line with the peer and
+    the kind of error only. Any other record (a real server error) passes unchanged.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | web.RequestPayloadError):
+            return True
+        if record.msg == "Error handling request from %s" and isinstance(record.args, tuple) and record.args:
+            record.msg, record.args = "refused a malformed HTTP request from %s: %s", (record.args[0], type(exc).__name__)
+        else:
+            record.msg, record.args = "dropped the rest of a request body that cannot be decoded: %s", (type(exc).__name__,)
+        record.exc_info = record.exc_text = record.stack_info = None
+        if record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return self.logger.isEnabledFor(record.levelno)  # now INFO: dropped when the log is at WARNING
+
+
+def quiet_malformed_requests(logger: logging.Logger = server_logger) -> None:
+    """Install :class:`MalformedRequestLog` on aiohttp's server log (once; importing this module does it)."""
+    if not any(isinstance(f, MalformedRequestLog) for f in logger.filters):
+        logger.addFilter(MalformedRequestLog(logger))
+
+
+# Every router imports this module (router/app.py), and a refused request can come before any handler runs.
+quiet_malformed_requests()

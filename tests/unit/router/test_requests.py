@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -251,3 +252,56 @@ async def test_unknown_paths_and_methods_are_json_too(make_plan, router_client) 
     resp = await client.get("/v1/chat/completions")
     assert resp.status == 405 and "POST" in resp.headers["Allow"]
     assert "error" in await resp.json()
+
+
+async def _raw(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes no HTTP client library would, and read the answer to the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_requests_aiohttp_refuses_never_log_the_header_lines_they_quote(make_plan, router_client, caplog) -> None:
+    """aiohttp logged a refused header line at ERROR, traceback and all: an Authorization line is an API key."""
+    caplog.set_level(logging.INFO)
+    marker = "isk_MARKER-4f1d2a9c-never-in-a-log"
+    client = await router_client(make_plan(candidate=False))
+    port = client.server.port
+    start = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n"
+    for line in (b"Authorization: Bearer " + marker.encode() + b"\x01",  # a control character
+                 b"Authorization: Bearer " + marker.encode() + b"k" * 9000):  # a line over 8190 bytes
+        answer = await _raw(port, start + line + b"\r\n\r\n", b"{}")
+        assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+    # A body refused unread (a bad key) that aiohttp then cannot decode while it drains it.
+    junk = b"\x1f\x8b" + b"not gzip" * 20_000
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\n"
+            b"Authorization: Bearer " + marker.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(junk))
+    answer = await _raw(port, head, junk)
+    assert answer.split(b" ", 2)[1] == b"401", answer[:200]
+    assert marker not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "aiohttp.server"], caplog.text
+    assert "refused a malformed HTTP request" in caplog.text  # still said, in one line
+    resp = await client.post("/v1/chat/completions", json={"model": "support", "messages": [USER]})
+    assert resp.status == 200  # and the router serves on
+
+
+def test_the_malformed_request_filter_passes_other_records_and_respects_the_level() -> None:
+    import aiohttp.http_exceptions
+
+    from inferstack.router.requests import MalformedRequestLog
+
+    logger = logging.getLogger("test.malformed")
+    logger.setLevel(logging.WARNING)
+    quiet = MalformedRequestLog(logger)
+    other = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Error handling request from %s", ("peer",),
+                              (RuntimeError, RuntimeError("boom"), None))
+    assert quiet.filter(other) and other.exc_info is not None  # a real server error keeps its traceback
+    bad = aiohttp.http_exceptions.InvalidHeader(b"Authorization: Bearer secret")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Error handling request from %s", ("peer",),
+                               (type(bad), bad, None))
+    assert not quiet.filter(record)  # INFO now, and the logger is at WARNING
+    assert record.exc_info is None and "secret" not in record.getMessage() and record.levelno == logging.INFO
