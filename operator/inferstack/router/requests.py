@@ -2,7 +2,8 @@
 
 :func:`read_request` is called once at the top of the router's handling of
 ``/v1/chat/completions`` and ``/v1/completions``. It reads the body with its
-own bound (a JSON 413 past it, never aiohttp's plain text), parses it with a
+own bound (a JSON 413 past it, never aiohttp's plain text) and deadline (a JSON
+408 for a client that trickles it, ``Limits.read_timeout``), parses it with a
 nesting bound (a 400, never a ``RecursionError``), and checks the fields the
 router and a model server rely on, each refusal an OpenAI-style 400 naming the
 field in ``param``. Fields it does not know pass through untouched: vLLM has
@@ -20,6 +21,7 @@ header line, which can be the API key).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -48,6 +50,9 @@ class Limits:
     max_n: int = 128  # choices per request (OpenAI's own ceiling)
     max_tools: int = 512
     max_stop: int = 64
+    # Seconds the handler waits for the whole body, from when it starts reading: a client that trickles its
+    # body holds a handler, a connection and a growing buffer; past this it gets a 408 (None: no bound).
+    read_timeout: float | None = 30.0
 
 
 class RequestError(Exception):
@@ -75,17 +80,26 @@ def _refuse(param: str | None, message: str, code: str = "invalid_value") -> Req
 # ------------------------------------------------------------------ reading
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, reading no more than ``limit`` bytes of it: past that, a JSON 413."""
+async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
+    """The body, reading no more than ``limit`` bytes of it (past that, a JSON 413) for no longer than
+    ``timeout`` seconds in all (past that, a JSON 408: a deadline, not an idle timeout, so a byte now and then
+    does not keep a handler forever)."""
     too_large = RequestError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     data = bytearray()
     try:
-        while chunk := await request.content.read(limit + 1 - len(data)):
-            data += chunk
-            if len(data) > limit:
-                raise too_large
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(limit + 1 - len(data)):
+                data += chunk
+                if len(data) > limit:
+                    raise too_large
+    except TimeoutError:
+        # The rest of the body is never read, so the connection cannot carry another request: the answer
+        # closes it (aiohttp drains what still comes for at most its lingering time, 10 s, then closes).
+        # What was read so far is dropped with this frame.
+        raise RequestError(408, f"the request body was not received within {timeout:g} seconds", None,
+                           "request_timeout", close=True) from None
     except web.RequestPayloadError:
         # aiohttp could not decode the body it was sent (a Content-Encoding that does not match the
         # bytes, broken chunked framing): the client's fault, so a 400, never the middleware's 500.
@@ -134,7 +148,7 @@ def _deeper_than(body: Any, limit: int) -> bool:
 
 async def read_request(request: web.Request, limits: Limits, *, chat: bool) -> dict[str, Any]:
     """The request's body, read, parsed and checked; :class:`RequestError` when it is refused."""
-    body = parse_body(await read_body(request, limits.max_body_bytes), limits.max_depth)
+    body = parse_body(await read_body(request, limits.max_body_bytes, limits.read_timeout), limits.max_depth)
     validate(body, limits, chat=chat)
     return body
 

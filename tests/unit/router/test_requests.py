@@ -305,3 +305,32 @@ def test_the_malformed_request_filter_passes_other_records_and_respects_the_leve
                                (type(bad), bad, None))
     assert not quiet.filter(record)  # INFO now, and the logger is at WARNING
     assert record.exc_info is None and "secret" not in record.getMessage() and record.levelno == logging.INFO
+
+
+async def test_a_body_not_received_by_the_deadline_is_a_json_408(make_plan, router_client, make_keys) -> None:
+    import dataclasses
+
+    from inferstack.router.app import ROUTER
+    from inferstack.router.auth import Authenticator
+
+    assert Limits().read_timeout == 30.0  # the default; --request-read-timeout once main.py plumbs it
+    key = "isk_slow-upload-test-key"
+    client = await router_client(make_plan(candidate=False), headers={"Authorization": f"Bearer {key}"},
+                                 auth=Authenticator("api-keys", make_keys((key, "team-a", "tests", "*"))))
+    router = client.server.app[ROUTER]
+    router.limits = dataclasses.replace(router.limits, read_timeout=0.3)
+    for framing in (b"Content-Length: 100\r\n", b"Transfer-Encoding: chunked\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+                     + b"\r\n" + framing + b"\r\n" + (b"5\r\n" if b"chunked" in framing else b"") + b"{")
+        await writer.drain()
+        started = asyncio.get_running_loop().time()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # the body never comes
+        assert asyncio.get_running_loop().time() - started >= 0.25
+        assert head.split(b" ", 2)[1] == b"408" and b"Connection: close" in head, head
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error", error
+        writer.close()
+    resp = await client.post("/v1/chat/completions", json={"model": "support", "messages": [USER]})
+    assert resp.status == 200  # a body sent at once is far inside the deadline
