@@ -59,10 +59,12 @@ class Processes:
         self.started: list[subprocess.Popen] = []
         self.keys: dict[str, str] = {}  # namespace -> API key, shared by this test's routers
 
-    def spawn(self, name: str, module: str, args: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, module: str, args: list[str], code: str | None = None) -> subprocess.Popen:
+        """``python -m module args``, or ``python -c code args`` when ``code`` is given."""
         log = (self.logs / f"{name}.log").open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        command = ["-c", code] if code is not None else ["-m", module]
+        popen = subprocess.Popen([sys.executable, *command, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
         self.started.append(popen)
         return popen
 
@@ -74,9 +76,10 @@ class Processes:
         wait_until(f"standin {model}", lambda: http_ok(url + "/health"), proc=popen)
         return Proc(url, port, popen)
 
-    def router(self, plan_path: Path, *extra: str, namespaces: tuple[str, ...] = ("team-a",)) -> Proc:
+    def router(self, plan_path: Path, *extra: str, namespaces: tuple[str, ...] = ("team-a",), code: str | None = None) -> Proc:
         """A router with API keys from a file: per namespace one key (tenant "tests", every stack),
-        the same for every router of this test, as replicas share key Secrets."""
+        the same for every router of this test, as replicas share key Secrets. ``code``: run this
+        instead of ``-m inferstack.router.main`` (it gets the same arguments)."""
         port, metrics_port = free_port(), free_port()
         for ns in namespaces:
             self.keys.setdefault(ns, generate_key())
@@ -86,7 +89,7 @@ class Processes:
         popen = self.spawn(f"router-{port}", "inferstack.router.main",
                            ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
                             "--plan-file", str(plan_path), "--api-key-file", str(keys),
-                            "--plan-poll-interval", "0.1", "--log-level", "WARNING", *extra])  # fmt: skip
+                            "--plan-poll-interval", "0.1", "--log-level", "WARNING", *extra], code)  # fmt: skip
         metrics_url = f"http://127.0.0.1:{metrics_port}"
         wait_until("router", lambda: http_ok(metrics_url + "/readyz"), proc=popen)
         return Proc(f"http://127.0.0.1:{port}", port, popen, metrics_url, {ns: self.keys[ns] for ns in namespaces})

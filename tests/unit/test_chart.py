@@ -143,6 +143,29 @@ def test_operator_config_in_values_is_accepted_by_the_operator():
     assert set(config.pools) >= {"interactive", "batch"}  # the pools spec.model.pool may name
 
 
+# router.limits value -> (the router's flag, its attribute in parse_args)
+ROUTER_LIMITS = {
+    "cacheMaxBytes": ("--cache-max-bytes", "cache_max_bytes"),
+    "cacheMaxEntryBytes": ("--cache-max-entry-bytes", "cache_max_entry_bytes"),
+    "maxConcurrentStreams": ("--max-concurrent-streams", "max_concurrent_streams"),
+    "streamWriteTimeoutSeconds": ("--stream-write-timeout", "stream_write_timeout"),
+    "maxRequestBytes": ("--max-request-bytes", "max_request_bytes"),
+}
+
+
+def test_router_limits_in_values_are_the_routers_defaults():
+    """The chart states the router's limits; its defaults must be the router's own, so installing the chart
+    changes nothing, and every value must be one the template renders."""
+    from inferstack.router.main import parse_args
+
+    limits = values()["router"]["limits"]
+    assert sorted(limits) == sorted(ROUTER_LIMITS)
+    defaults = parse_args([])
+    for name, (flag, attr) in ROUTER_LIMITS.items():
+        assert limits[name] == getattr(defaults, attr), name
+        assert f"- {flag}={{{{" in (TEMPLATES / "router-deployment.yaml").read_text(), flag
+
+
 def test_security_context_is_hardened():
     v = values()
     c, p = v["containerSecurityContext"], v["podSecurityContext"]
@@ -560,6 +583,29 @@ def test_helm_render_router_ports_and_auth():
     with pytest.raises(subprocess.CalledProcessError) as err:
         render("router.auth.mode=trusted-proxy", "router.auth.trustedProxy.tenantHeader=x-forwarded-user")
     assert "trustedProxy.cidrs is required" in err.value.stderr
+
+
+@needs_helm
+def test_helm_render_router_limits():
+    """router.limits reaches the router's args, as numbers the router's own parser takes (not 6.7108864e+07)."""
+    from inferstack.router.main import parse_args
+
+    def router_args(docs):
+        router = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))
+        return router["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    args = router_args(render())
+    for name, (flag, _) in ROUTER_LIMITS.items():
+        assert f"{flag}={values()['router']['limits'][name]}" in args, (flag, args)
+    changed = {"cacheMaxBytes": 134217728, "cacheMaxEntryBytes": 65536, "maxConcurrentStreams": 64,
+               "streamWriteTimeoutSeconds": 7.5, "maxRequestBytes": 1048576}
+    args = router_args(render(*(f"router.limits.{k}={v}" for k, v in changed.items())))
+    parsed = parse_args(args)
+    for name, (flag, attr) in ROUTER_LIMITS.items():
+        assert f"{flag}={changed[name]}" in args, (flag, args)
+        assert getattr(parsed, attr) == changed[name], attr
+    # Stated once; router.extraArgs, appended after them, still win (argparse keeps the last).
+    assert sum(a.startswith("--cache-max-bytes") for a in args) == 1
 
 
 @needs_helm

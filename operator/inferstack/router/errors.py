@@ -54,7 +54,8 @@ def classify(exc: BaseException) -> UpstreamError:
     return UpstreamError("internal", 500, "router error", repr(exc))
 
 
-_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error", 404: "invalid_request_error",
+          408: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error", 502: "upstream_error", 503: "service_unavailable",
           504: "timeout", 500: "server_error"}
 

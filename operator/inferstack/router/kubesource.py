@@ -473,23 +473,30 @@ class KubePlanSource:
         core = client.CoreV1Api(api)
         spec = copy.deepcopy(spec)
 
-        def read(ref: dict[str, Any]) -> str:
+        def read(ref: dict[str, Any], key: str) -> str:
             secret = core.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
-            raw = (secret.data or {}).get(ref["key"])
+            raw = (secret.data or {}).get(key)
             if raw is None:
-                raise KeyError(f"Secret {namespace}/{ref['name']} has no key {ref['key']!r}")
+                raise KeyError(f"Secret {namespace}/{ref['name']} has no key {key!r}")
             return base64.b64decode(raw).decode().strip()
+
+        def token(ref: dict[str, Any], key: str) -> str:
+            value = read(ref, key)
+            if not sendable(value):
+                raise ValueError(f"Secret {namespace}/{ref['name']} key {key!r} holds no token an HTTP header can carry "
+                                 "(printable ASCII only)")
+            return value
 
         try:
             for role in ("stable", "candidate"):
                 bundle = spec.get(role) or {}
                 ref = bundle.get("apiKeySecretRef")
                 if ref:
-                    bundle["apiKey"] = read(ref)
+                    bundle["apiKey"] = token(ref, ref["key"])
                 # The vector store's DSN (user and password in it), by the same rules as a token.
                 retrieval = bundle.get("retrieval") or {}
                 if retrieval.get("storeSecretRef"):
-                    retrieval["storeDsn"] = read(retrieval["storeSecretRef"])
+                    retrieval["storeDsn"] = read(retrieval["storeSecretRef"], retrieval["storeSecretRef"]["key"])
             evaluation = spec.get("evaluation") or {}
             keys = evaluation.setdefault("judgeApiKeys", {})
             for ev in evaluation.get("evaluators") or []:
@@ -498,13 +505,25 @@ class KubePlanSource:
                     # A judge token that cannot be read is not the plan's fault:
                     # serve the plan, and let that judge's calls count as errors.
                     try:
-                        secret = core.read_namespaced_secret(ref["name"], namespace, _request_timeout=10)
-                        raw = (secret.data or {}).get(ref.get("key", "api-key"))
-                        if raw is not None:
-                            keys[ev["name"]] = base64.b64decode(raw).decode().strip()
-                    except ApiException as exc:
-                        log.error("plan in %s: cannot read judge %s's token: HTTP %s", namespace, ev.get("name"), exc.status)
+                        keys[ev["name"]] = token(ref, ref.get("key", "api-key"))
+                    except (ApiException, KeyError, ValueError, TypeError) as exc:
+                        log.error("plan in %s: cannot read judge %s's token: %s", namespace, ev.get("name"), why(exc))
         except (ApiException, KeyError, ValueError, TypeError) as exc:
-            log.error("plan in %s: cannot read an endpoint token or store DSN: %s", namespace, exc)
+            log.error("plan in %s: cannot read an endpoint token or store DSN: %s", namespace, why(exc))
             return obj
         return {**obj, "spec": spec}
+
+
+def sendable(token: str) -> bool:
+    """Whether a token can go in an HTTP header as it is: printable ASCII. A control or non-ASCII character
+    would make the HTTP client refuse every request to the endpoint (a 500 each); refused here, the plan is
+    rejected once, and the last good plan stays."""
+    return token.isascii() and token.isprintable()
+
+
+def why(exc: Exception) -> str:
+    """What went wrong reading a Secret, for the log: never a value of it. An API error is its status and
+    reason only (its string is several lines of the API server's headers and body)."""
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason or ''}".strip()
+    return str(exc)

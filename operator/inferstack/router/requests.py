@@ -2,7 +2,8 @@
 
 :func:`read_request` is called once at the top of the router's handling of
 ``/v1/chat/completions`` and ``/v1/completions``. It reads the body with its
-own bound (a JSON 413 past it, never aiohttp's plain text), parses it with a
+own bound (a JSON 413 past it, never aiohttp's plain text) and deadline (a JSON
+408 for a client that trickles it, ``Limits.read_timeout``), parses it with a
 nesting bound (a 400, never a ``RecursionError``), and checks the fields the
 router and a model server rely on, each refusal an OpenAI-style 400 naming the
 field in ``param``. Fields it does not know pass through untouched: vLLM has
@@ -11,10 +12,16 @@ many extensions, and the model server judges those.
 The checks are cheap on purpose: this is on every request's path. Nothing is
 copied, and the nesting walk is skipped when the body has too few brackets to
 be deep.
+
+Requests aiohttp's own HTTP parser refuses (bad header bytes, lines over 8190
+bytes) never reach this module; :class:`MalformedRequestLog` keeps aiohttp's
+log of them to one line that quotes none of the request (it quoted the refused
+header line, which can be the API key).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -22,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from inferstack.router.errors import error_response
 
@@ -41,20 +50,27 @@ class Limits:
     max_n: int = 128  # choices per request (OpenAI's own ceiling)
     max_tools: int = 512
     max_stop: int = 64
+    # Seconds the handler waits for the whole body, from when it starts reading: a client that trickles its
+    # body holds a handler, a connection and a growing buffer; past this it gets a 408 (None: no bound).
+    read_timeout: float | None = 30.0
 
 
 class RequestError(Exception):
     """A refused request: an OpenAI-style ``invalid_request_error`` naming the field."""
 
-    def __init__(self, status: int, message: str, param: str | None, code: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None, code: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.close = close  # the connection cannot carry another request: answer, then close it
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.message, self.code, param=self.param)
+        response = error_response(self.status, self.message, self.code, param=self.param)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def _refuse(param: str | None, message: str, code: str = "invalid_value") -> RequestError:
@@ -64,16 +80,36 @@ def _refuse(param: str | None, message: str, code: str = "invalid_value") -> Req
 # ------------------------------------------------------------------ reading
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, reading no more than ``limit`` bytes of it: past that, a JSON 413."""
+async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
+    """The body, reading no more than ``limit`` bytes of it (past that, a JSON 413) for no longer than
+    ``timeout`` seconds in all (past that, a JSON 408: a deadline, not an idle timeout, so a byte now and then
+    does not keep a handler forever)."""
     too_large = RequestError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     data = bytearray()
-    while chunk := await request.content.read(limit + 1 - len(data)):
-        data += chunk
-        if len(data) > limit:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(limit + 1 - len(data)):
+                data += chunk
+                if len(data) > limit:
+                    raise too_large
+    except TimeoutError:
+        # The rest of the body is never read, so the connection cannot carry another request: the answer
+        # closes it (aiohttp drains what still comes for at most its lingering time, 10 s, then closes).
+        # What was read so far is dropped with this frame.
+        raise RequestError(408, f"the request body was not received within {timeout:g} seconds", None,
+                           "request_timeout", close=True) from None
+    except web.RequestPayloadError:
+        # aiohttp could not decode the body it was sent (a Content-Encoding that does not match the
+        # bytes, broken chunked framing): the client's fault, so a 400, never the middleware's 500.
+        # Its parser stops at such a body, so the connection cannot carry another request: the
+        # answer closes it, and the body counts as read (else aiohttp's drain of the unread rest
+        # re-raises the error after the handler, logs it as unhandled and resets the connection,
+        # which can lose the answer).
+        request.content.feed_eof()
+        raise RequestError(400, "the request body cannot be decoded (check Content-Encoding)", None, "invalid_body",
+                           close=True) from None
     return bytes(data)
 
 
@@ -112,7 +148,7 @@ def _deeper_than(body: Any, limit: int) -> bool:
 
 async def read_request(request: web.Request, limits: Limits, *, chat: bool) -> dict[str, Any]:
     """The request's body, read, parsed and checked; :class:`RequestError` when it is refused."""
-    body = parse_body(await read_body(request, limits.max_body_bytes), limits.max_depth)
+    body = parse_body(await read_body(request, limits.max_body_bytes, limits.read_timeout), limits.max_depth)
     validate(body, limits, chat=chat)
     return body
 
@@ -330,3 +366,45 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except Exception as exc:
         log.error("unexpected %s handling %s %s", type(exc).__name__, request.method, request.path, exc_info=exc)
         return error_response(500, "internal error in the router", "internal")
+
+
+# ------------------------------------------------------------ aiohttp's log
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp's own log of a request its HTTP parser refuses, made one line that quotes nothing the client sent.
+
+    aiohttp logs such a request at ERROR with a traceback whose message quotes the offending header line
+    (``Invalid header value char: b'Authorization: Bearer isk_...\\x00'``, or the first 100 bytes of a line
+    over 8190): a client's API key reached the router's log that way. And a body it cannot decode while it
+    drains what a handler did not read is logged as an "Unhandled exception", a traceback per request.
+    Both are the client's fault and no router error: this turns them into an INFO line with the peer and
+    the kind of error only. Any other record (a real server error) passes unchanged.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | web.RequestPayloadError):
+            return True
+        if record.msg == "Error handling request from %s" and isinstance(record.args, tuple) and record.args:
+            record.msg, record.args = "refused a malformed HTTP request from %s: %s", (record.args[0], type(exc).__name__)
+        else:
+            record.msg, record.args = "dropped the rest of a request body that cannot be decoded: %s", (type(exc).__name__,)
+        record.exc_info = record.exc_text = record.stack_info = None
+        if record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return self.logger.isEnabledFor(record.levelno)  # now INFO: dropped when the log is at WARNING
+
+
+def quiet_malformed_requests(logger: logging.Logger = server_logger) -> None:
+    """Install :class:`MalformedRequestLog` on aiohttp's server log (once; importing this module does it)."""
+    if not any(isinstance(f, MalformedRequestLog) for f in logger.filters):
+        logger.addFilter(MalformedRequestLog(logger))
+
+
+# Every router imports this module (router/app.py), and a refused request can come before any handler runs.
+quiet_malformed_requests()

@@ -205,8 +205,13 @@ async def _generate(
     return response
 
 
+# vLLM (uvicorn) sets no request-size limit; aiohttp's default, 1 MiB, refused in plain text what the router
+# forwards (up to its own --max-request-bytes, 8 MiB, plus the bundle's prompt), which vLLM would take.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
 def build_app(settings: StandinSettings) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[SETTINGS] = settings
     app[METRICS] = StandinMetrics(settings.served_model)
     app[SLOTS] = asyncio.Semaphore(settings.max_num_seqs)

@@ -12,6 +12,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -130,6 +132,7 @@ class FakeKube:
         self.plans = Resource(self, "TrafficPlan")
         self.configmaps = Resource(self, "ConfigMap", label=PLAN_LABEL)
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.raw_secrets: dict[tuple[str, str], dict[str, str]] = {}  # data served as is: not base64, not UTF-8
         self.secret_reads: list[tuple[str, str]] = []
 
     async def notify(self) -> None:
@@ -151,9 +154,12 @@ class FakeKube:
     async def secret(self, request: web.Request) -> web.Response:
         key = (request.match_info["ns"], request.match_info["name"])
         self.secret_reads.append(key)
-        if key not in self.secrets:
+        if key in self.raw_secrets:
+            data = self.raw_secrets[key]
+        elif key in self.secrets:
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[key].items()}
+        else:
             return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
-        data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[key].items()}
         return web.json_response({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": key[1], "namespace": key[0]}, "data": data})
 
 
@@ -405,3 +411,136 @@ async def test_store_dsns_come_from_the_plans_namespace_like_tokens(fake) -> Non
     assert loaded is not None and loaded.store_dsn == "postgresql://bot:pw-real@db/docs"
     assert kube.secret_reads == [("team-a", "support-store")]
     await src.stop()
+
+
+# ------------------------------------------------- secrets through the Kubernetes path
+
+MARKER = "sk-MARKER-kube-5e0b7a21c4"
+CLIENT_KEY = "isk_unit-test-key-for-the-kube-path"
+
+
+def echo_server() -> TestServer:
+    """A hosted endpoint (and judge) that fails, echoing the token it was sent: in a 401 as hosted APIs
+    do, or with every header and the body in a 500."""
+
+    async def echo_5xx(request: web.Request) -> web.Response:
+        return web.json_response({"error": "boom", "headers": dict(request.headers), "body": await request.text()}, status=500)
+
+    async def echo_401(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": f"Incorrect API key: {request.headers.get('Authorization')}"}},
+                                 status=401)
+
+    app = web.Application()
+    app.router.add_post("/echo5xx/v1/chat/completions", echo_5xx)
+    app.router.add_post("/echo401/v1/chat/completions", echo_401)
+    return TestServer(app)
+
+
+async def test_a_marker_token_read_from_secrets_reaches_no_log_and_no_response(fake, stable_server, make_keys, caplog) -> None:
+    """_with_secrets through every error path: the Secret read and used (a hosted endpoint and a judge echo
+    it back in errors), read into a plan that then fails validation, a Secret without the key, with data that
+    is not base64 or not UTF-8, no Secret at all, a token no HTTP header can carry (refused with its plan: else
+    each request to the endpoint was a 500), a judge's Secret missing, a store DSN with the token as its password. The marker is in no log line (DEBUG, every logger) and in no
+    status line, header or body a client gets."""
+    from aiohttp.test_utils import TestClient
+
+    from inferstack.router.app import build_app
+    from inferstack.router.auth import Authenticator
+    from inferstack.router.settings import RouterSettings
+
+    caplog.set_level(logging.DEBUG)
+    kube, url = fake
+    kube.secrets[("team-a", "token")] = {"token": MARKER, "dsn": f"postgresql://bot:{MARKER}@127.0.0.1:1/docs"}
+    kube.secrets[("team-a", "other-key")] = {"unrelated": MARKER}  # the ref's key is not there
+    kube.raw_secrets[("team-a", "not-base64")] = {"token": f"!{MARKER}!"}
+    kube.raw_secrets[("team-a", "not-utf8")] = {"token": base64.b64encode(b"\xff" + MARKER.encode()).decode()}
+    kube.secrets[("team-a", "odd-token")] = {"token": MARKER + "\u20ac\x01"}  # latin-1 cannot carry it in a header
+    async with echo_server() as echo:
+        echo_url = str(echo.make_url("")).rstrip("/")
+        good_url = str(stable_server.make_url("")).rstrip("/")
+
+        def hosted(stack: str, at: str, secret: str = "token", key: str = "token") -> dict[str, Any]:
+            spec = plan_spec(1, stack=stack)
+            spec["stable"] = {**spec["stable"], "url": at, "apiKeySecretRef": {"name": secret, "key": key}}
+            return spec
+
+        def judged(stack: str, secret: str) -> dict[str, Any]:
+            spec = plan_spec(1, stack=stack)
+            spec["stable"] = {**spec["stable"], "url": good_url, "servedModel": "model-a"}
+            judge = {"mode": "Rubric", "endpoint": {"url": f"{echo_url}/echo5xx/v1", "model": "judge",
+                                                    "apiKeySecretRef": {"name": secret, "key": "token"}},
+                     "criteria": "Helpful answers.", "sampleRate": 1.0, "maxCallsPerMinute": 1000, "timeout": "5s"}
+            spec["evaluation"] = {"evaluators": [{"name": "quality", "judge": judge}]}
+            return spec
+
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: the embedding server refuses
+        store_spec = plan_spec(1, stack="rag")
+        store_spec["stable"] = {**store_spec["stable"], "url": good_url, "servedModel": "model-a", "retrieval": {
+            "embeddingUrl": f"http://127.0.0.1:{closed.getsockname()[1]}", "embeddingModel": "bge", "dimension": 8,
+            "index": "docs", "indexVersion": "v1", "storeSecretRef": {"name": "token", "key": "dsn"}}}
+        invalid = hosted("invalid", good_url)
+        invalid["stable"]["cacheNamespace"] = {"not": "a string"}  # the token is read first, then validation fails
+        specs = {
+            "echo401": hosted("echo401", f"{echo_url}/echo401"),
+            "echo5xx": hosted("echo5xx", f"{echo_url}/echo5xx"),
+            "judged": judged("judged", "token"),
+            "judge-no-secret": judged("judge-no-secret", "absent"),
+            "rag": store_spec,
+            "invalid": invalid,
+            "odd": hosted("odd", f"{echo_url}/echo401", secret="odd-token"),
+            "missing-key": hosted("missing-key", good_url, secret="other-key"),
+            "not-base64": hosted("not-base64", good_url, secret="not-base64"),
+            "not-utf8": hosted("not-utf8", good_url, secret="not-utf8"),
+            "no-secret": hosted("no-secret", good_url, secret="absent"),
+        }
+        served, refused = list(specs)[:5], list(specs)[5:]
+        for name, spec in specs.items():
+            await kube.stack(name, uid=f"uid-{name}")
+            await kube.plan(1, name=f"{name}-traffic", owners=owner(name, f"uid-{name}"), spec=spec)
+
+        metrics, store = RouterMetrics(), PlanStore()
+        auth = Authenticator("api-keys", make_keys((CLIENT_KEY, "team-a", "tests", "*")))
+        app = build_app(store, RouterSettings(upstream_timeout=5), sources=[source(url, metrics)], metrics=metrics, auth=auth)
+        seen: list[str] = []  # every status line, header and body a client got
+        async with TestClient(TestServer(app), headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as client:
+            errors = "inferstack_router_plan_errors_total"
+            await until(lambda: all(store.get(f"team-a/{n}") is not None for n in served) and all(
+                metrics.registry.get_sample_value(errors, {"source": f"team-a/{n}-traffic"}) for n in refused))
+
+            async def call(model: str, **extra: Any) -> int:
+                body = {"model": model, "messages": [{"role": "user", "content": "Where is my parcel?"}], **extra}
+                async with client.post("/v1/chat/completions", json=body) as resp:
+                    seen.append(f"{resp.status} {resp.reason}")
+                    seen.extend(f"{k}: {v}" for k, v in resp.headers.items())
+                    seen.append(await resp.text())
+                    return resp.status
+
+            assert await call("echo401") == 401  # the hosted endpoint's own 401, its quote of the key redacted
+            assert await call("echo5xx") == 502
+            assert await call("echo5xx", stream=True) == 502
+            assert await call("judged") == 200  # answered; its judge then fails on the echoing endpoint
+            assert await call("judge-no-secret") == 200  # a judge token that cannot be read is not the plan's fault
+            assert await call("rag") >= 500  # the embedding server refuses; the DSN is never used
+            for name in refused:
+                assert await call(name) == 404, name  # never served: rejected whole
+            async with client.get("/v1/models") as resp:
+                seen.append(await resp.text())
+            # The judge of "judged" called the echoing endpoint with the token and failed (logged at DEBUG).
+            await until(lambda: (metrics.registry.get_sample_value("inferstack_eval_errors_total", {
+                "namespace": "team-a", "stack": "judged", "revision": "rev-1", "evaluator": "quality", "kind": "http_5xx"})
+                or 0) > 0)
+        closed.close()
+
+    text = caplog.text
+    # The failures were logged, with what failed, just never the token.
+    # Missing key, not base64, not UTF-8, no Secret (its status only, not the API server's answer), odd token.
+    assert text.count("cannot read an endpoint token or store DSN") == 5, text
+    assert "HTTP 404 Not Found" in text and "HTTP response body" not in text and "no token an HTTP header can carry" in text
+    assert text.count("rejected TrafficPlan") == 6 and "cannot read judge quality's token: HTTP 404" in text
+    assert "<redacted>" in text  # the echoed Authorization header, in the 5xx's logged detail
+    encoded = base64.b64encode(MARKER.encode()).decode()
+    leaked = [line for line in text.splitlines() if MARKER in line or encoded in line]
+    assert not leaked, leaked
+    leaked = [line for line in seen if MARKER in line or encoded in line]
+    assert not leaked, leaked

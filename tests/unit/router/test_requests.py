@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -223,6 +225,26 @@ async def test_router_body_limit_is_a_json_413(make_plan, router_client) -> None
     assert resp.status == 413 and (await resp.json())["error"]["code"] == "request_too_large"
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_does_not_match_its_content_encoding_is_a_json_400(
+    make_plan, router_client, encoding, caplog
+) -> None:
+    """Found by the fuzz test: aiohttp's decoding error surfaced from the body read as the middleware's 500."""
+    import gzip
+    import zlib
+
+    client = await router_client(make_plan(candidate=False))
+    body = json.dumps({"model": "support", "messages": [USER]}).encode()
+    resp = await client.post("/v1/chat/completions", data=body, headers={"Content-Encoding": encoding})
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["code"] == "invalid_body"
+    assert resp.headers["Connection"] == "close"  # the parser cannot go on after such a body
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    resp = await client.post("/v1/chat/completions", data=packed, headers={"Content-Encoding": encoding})
+    assert resp.status == 200, await resp.text()  # a body that does match its encoding is read as before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text  # nothing "unhandled"
+
+
 async def test_unknown_paths_and_methods_are_json_too(make_plan, router_client) -> None:
     client = await router_client(make_plan(candidate=False))
     resp = await client.post("/v1/embeddings", json={})
@@ -230,3 +252,85 @@ async def test_unknown_paths_and_methods_are_json_too(make_plan, router_client) 
     resp = await client.get("/v1/chat/completions")
     assert resp.status == 405 and "POST" in resp.headers["Allow"]
     assert "error" in await resp.json()
+
+
+async def _raw(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes no HTTP client library would, and read the answer to the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_requests_aiohttp_refuses_never_log_the_header_lines_they_quote(make_plan, router_client, caplog) -> None:
+    """aiohttp logged a refused header line at ERROR, traceback and all: an Authorization line is an API key."""
+    caplog.set_level(logging.INFO)
+    marker = "isk_MARKER-4f1d2a9c-never-in-a-log"
+    client = await router_client(make_plan(candidate=False))
+    port = client.server.port
+    start = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n"
+    for line in (b"Authorization: Bearer " + marker.encode() + b"\x01",  # a control character
+                 b"Authorization: Bearer " + marker.encode() + b"k" * 9000):  # a line over 8190 bytes
+        answer = await _raw(port, start + line + b"\r\n\r\n", b"{}")
+        assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+    # A body refused unread (a bad key) that aiohttp then cannot decode while it drains it.
+    junk = b"\x1f\x8b" + b"not gzip" * 20_000
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\n"
+            b"Authorization: Bearer " + marker.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(junk))
+    answer = await _raw(port, head, junk)
+    assert answer.split(b" ", 2)[1] == b"401", answer[:200]
+    assert marker not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "aiohttp.server"], caplog.text
+    assert "refused a malformed HTTP request" in caplog.text  # still said, in one line
+    resp = await client.post("/v1/chat/completions", json={"model": "support", "messages": [USER]})
+    assert resp.status == 200  # and the router serves on
+
+
+def test_the_malformed_request_filter_passes_other_records_and_respects_the_level() -> None:
+    import aiohttp.http_exceptions
+
+    from inferstack.router.requests import MalformedRequestLog
+
+    logger = logging.getLogger("test.malformed")
+    logger.setLevel(logging.WARNING)
+    quiet = MalformedRequestLog(logger)
+    other = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Error handling request from %s", ("peer",),
+                              (RuntimeError, RuntimeError("boom"), None))
+    assert quiet.filter(other) and other.exc_info is not None  # a real server error keeps its traceback
+    bad = aiohttp.http_exceptions.InvalidHeader(b"Authorization: Bearer secret")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Error handling request from %s", ("peer",),
+                               (type(bad), bad, None))
+    assert not quiet.filter(record)  # INFO now, and the logger is at WARNING
+    assert record.exc_info is None and "secret" not in record.getMessage() and record.levelno == logging.INFO
+
+
+async def test_a_body_not_received_by_the_deadline_is_a_json_408(make_plan, router_client, make_keys) -> None:
+    import dataclasses
+
+    from inferstack.router.app import ROUTER
+    from inferstack.router.auth import Authenticator
+
+    assert Limits().read_timeout == 30.0  # the default; --request-read-timeout once main.py plumbs it
+    key = "isk_slow-upload-test-key"
+    client = await router_client(make_plan(candidate=False), headers={"Authorization": f"Bearer {key}"},
+                                 auth=Authenticator("api-keys", make_keys((key, "team-a", "tests", "*"))))
+    router = client.server.app[ROUTER]
+    router.limits = dataclasses.replace(router.limits, read_timeout=0.3)
+    for framing in (b"Content-Length: 100\r\n", b"Transfer-Encoding: chunked\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
+                     + b"\r\n" + framing + b"\r\n" + (b"5\r\n" if b"chunked" in framing else b"") + b"{")
+        await writer.drain()
+        started = asyncio.get_running_loop().time()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # the body never comes
+        assert asyncio.get_running_loop().time() - started >= 0.25
+        assert head.split(b" ", 2)[1] == b"408" and b"Connection: close" in head, head
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error", error
+        writer.close()
+    resp = await client.post("/v1/chat/completions", json={"model": "support", "messages": [USER]})
+    assert resp.status == 200  # a body sent at once is far inside the deadline

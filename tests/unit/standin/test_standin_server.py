@@ -102,3 +102,11 @@ async def test_what_the_model_received_is_readable_over_http(client: TestClient)
     await client.post("/v1/chat/completions", json=body)
     received = await (await client.get("/debug/received")).json()
     assert received[-1]["messages"][0]["content"] == "rendered context"
+
+
+async def test_a_prompt_the_router_may_forward_is_taken_like_vllm(client: TestClient) -> None:
+    """vLLM sets no request-size limit; aiohttp's 1 MiB default answered a 7 MB prompt (under the router's
+    8 MiB) with a plain-text 413, which the router passes through (found by tests/integration/test_fuzz_router.py)."""
+    body = {"model": "m1", "messages": [{"role": "user", "content": "parcel " * 1_000_000}]}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200, (await resp.text())[:200]
