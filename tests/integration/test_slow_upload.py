@@ -2,15 +2,11 @@
 OpenAI-style JSON 408 once the read deadline passes, instead of holding a handler for as long as it likes;
 other clients are served meanwhile, and an upload that is slow but in time is served.
 
-The deadline is ``requests.Limits.read_timeout`` (default 30 s). Until the router's command line has
-``--request-read-timeout`` (issue10-needs.patch: main.py and settings.py plumb it), the router is started
-through a small launcher (LAUNCHER) that sets the same field, so the test does not wait 30 s.
+The deadline is ``--request-read-timeout`` (default 30 s; 1.5 s here, so the test does not wait 30 s).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import socket
 import threading
@@ -19,35 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from inferstack.router.main import parse_args
-
 from .harness import Proc, Processes, plan, write_plan
 
 pytestmark = pytest.mark.timeout(60)
 
 READ_TIMEOUT = 1.5
 NORMAL = {"model": "support", "messages": [{"role": "user", "content": "Where is my parcel?"}]}
-# The router's own main(), with the default of Limits.read_timeout changed first: app.py builds its Limits
-# from requests.Limits at start-up, so this is what --request-read-timeout will do.
-LAUNCHER = """
-import functools
-from inferstack.router import requests
-requests.Limits = functools.partial(requests.Limits, read_timeout={seconds!r})
-from inferstack.router.main import main
-main()
-"""
-
-
-def read_timeout_args(seconds: float) -> tuple[list[str], str | None]:
-    """(extra arguments, launcher code or None) that give a router this read deadline."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            parse_args(["--request-read-timeout", str(seconds)])
-    except SystemExit:  # not plumbed yet
-        return [], LAUNCHER.format(seconds=seconds)
-    return ["--request-read-timeout", str(seconds)], None
-
-
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """One router for the module's tests (each test opens its own connections)."""
@@ -56,8 +29,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
         stable = procs.standin("model-a")
         path = procs.logs / "plan.json"
         write_plan(path, plan(stable, None, shadowPercent=0))
-        args, code = read_timeout_args(READ_TIMEOUT)
-        yield procs.router(path, *args, code=code)
+        yield procs.router(path, "--request-read-timeout", str(READ_TIMEOUT))
     finally:
         procs.stop_all()
 

@@ -150,6 +150,7 @@ ROUTER_LIMITS = {
     "maxConcurrentStreams": ("--max-concurrent-streams", "max_concurrent_streams"),
     "streamWriteTimeoutSeconds": ("--stream-write-timeout", "stream_write_timeout"),
     "maxRequestBytes": ("--max-request-bytes", "max_request_bytes"),
+    "requestReadTimeoutSeconds": ("--request-read-timeout", "request_read_timeout"),
 }
 
 
@@ -598,7 +599,7 @@ def test_helm_render_router_limits():
     for name, (flag, _) in ROUTER_LIMITS.items():
         assert f"{flag}={values()['router']['limits'][name]}" in args, (flag, args)
     changed = {"cacheMaxBytes": 134217728, "cacheMaxEntryBytes": 65536, "maxConcurrentStreams": 64,
-               "streamWriteTimeoutSeconds": 7.5, "maxRequestBytes": 1048576}
+               "streamWriteTimeoutSeconds": 7.5, "maxRequestBytes": 1048576, "requestReadTimeoutSeconds": 12.5}
     args = router_args(render(*(f"router.limits.{k}={v}" for k, v in changed.items())))
     parsed = parse_args(args)
     for name, (flag, attr) in ROUTER_LIMITS.items():

@@ -70,7 +70,7 @@ class Router:
         self.cache_memory = CacheMemory(settings.cache_max_bytes)
         self.limits = requests.Limits(
             max_body_bytes=settings.max_request_bytes, max_depth=settings.max_json_depth,
-            max_output_tokens=settings.max_output_tokens,
+            max_output_tokens=settings.max_output_tokens, read_timeout=settings.request_read_timeout,
         )
         self.streams = 0  # client-facing streams open now (--max-concurrent-streams)
         # Per stack: its evaluators compiled per revision (compiling per answer would be waste).

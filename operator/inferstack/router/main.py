@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slices", default="", help="Comma-separated slice allowlist; others become 'other'.")
     lim = p.add_argument_group("limits (hostile input never grows memory or label values)")
     lim.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024, help="Largest request body; more is a 413.")
+    lim.add_argument("--request-read-timeout", type=float, default=30.0,
+                     help="Seconds to receive a whole request body (a deadline, not an idle timeout); past it a JSON 408.")
     lim.add_argument("--max-json-depth", type=int, default=64, help="Deepest JSON nesting of a request body; deeper is a 400.")
     lim.add_argument("--max-output-tokens", type=int, default=131_072, help="Ceiling of max_tokens / max_completion_tokens.")
     lim.add_argument("--cache-max-bytes", type=int, default=64 * 1024 * 1024,
@@ -94,6 +96,7 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
         slices=tuple(s.strip() for s in args.slices.split(",") if s.strip()),
         candidate_fallback=not args.no_candidate_fallback,
         max_request_bytes=args.max_request_bytes,
+        request_read_timeout=args.request_read_timeout,
         max_json_depth=args.max_json_depth,
         max_output_tokens=args.max_output_tokens,
         cache_max_bytes=args.cache_max_bytes,

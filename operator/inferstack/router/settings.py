@@ -14,6 +14,7 @@ class RouterSettings:
     slices: tuple[str, ...] = ()  # allowlist of slice label values; others "other", none at all "default"
     candidate_fallback: bool = True  # retry a candidate connect error once on stable
     max_request_bytes: int = 8 * 1024 * 1024  # a larger body is a JSON 413 (router/requests.py)
+    request_read_timeout: float = 30.0  # seconds to receive a whole request body; past it a JSON 408
     max_json_depth: int = 64  # a body nested deeper is a 400
     max_output_tokens: int = 131_072  # ceiling of a request's max_tokens / max_completion_tokens
     cache_max_bytes: int = 64 * 1024 * 1024  # all response caches of this router together
