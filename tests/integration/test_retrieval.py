@@ -222,7 +222,7 @@ async def test_hostile_index_names_are_identifiers_never_sql(
     assert answer[1]["x-inferstack-retrieved"] == "kb-refund-1"
 
 
-async def test_a_stopped_store_fails_requests_clearly_and_its_dsn_never_leaks(
+async def test_a_store_stopped_mid_canary_follows_the_failure_policy_then_requests_resume_and_its_dsn_never_leaks(
     procs: Processes, backends: tuple[Proc, Proc], embedder: Proc, tmp_path: Path
 ) -> None:
     stable, candidate = backends
@@ -247,12 +247,29 @@ async def test_a_stopped_store_fails_requests_clearly_and_its_dsn_never_leaks(
         while (answer := await ask(router))[0] != 503:
             assert time.monotonic() < deadline, answer
         assert answer[2]["error"]["code"] == "retrieval_failed"
+        refused = answer
         assert metric(router, "inferstack_router_retrieval_errors_total", revision="rev-a", kind="store_unreachable") >= 1
+        # The store is back (the same server, tables and DSN): with no router restart and no plan change, the
+        # very next request gets v1's documents again (the pool drops the connections the stop closed, opens a new one)...
+        store.restart()
+        failed = metric(router, "inferstack_router_retrieval_errors_total")
+        answer = await ask(router)
+        assert answer[0] == 200, answer
+        assert answer[1]["x-inferstack-role"] == "stable" and answer[1]["x-inferstack-retrieved"].startswith("kb-refund-1")
+        assert metric(router, "inferstack_router_retrieval_errors_total") == failed
+        # ...and the canary, given its traffic back, gets v2's documents with context again.
+        without_context = metric(router, "inferstack_router_answered_without_context_total", revision="rev-b")
+        write_plan(path, {**copy.deepcopy(data), "serial": 3})
+        deadline = time.monotonic() + 10
+        while (answer := await ask(router))[1]["x-inferstack-role"] != "candidate":
+            assert time.monotonic() < deadline, answer
+        assert answer[0] == 200 and answer[1]["x-inferstack-retrieved"].startswith("kb-refund-2")
+        assert metric(router, "inferstack_router_answered_without_context_total", revision="rev-b") == without_context
     finally:
         store.cleanup()
     log = next(procs.logs.glob("router-*.log")).read_text()
     assert "retrieval from support-articles__v1 failed: store_unreachable" in log  # the failure is logged...
-    assert store.password not in log and store.password not in json.dumps(answer[2])  # ...but never the password
+    assert store.password not in log and store.password not in json.dumps(refused[2])  # ...but never the password
 
 
 async def test_a_streamed_answer_carries_the_retrieved_ids_and_a_stack_without_store_none(
