@@ -51,6 +51,23 @@ RETRIEVER: dict[str, Any] = {
     "onFailure": "AnswerWithoutContext",
 }
 HOSTED = {"endpoint": {"url": "https://llm.example.com/v1"}, "gpus": 0}
+# No endpoint: the operator deploys the embedding model (pinned; on CPU with a CPU build of vLLM).
+CPU_VLLM = "registry.example.com/vllm-cpu:v0.32.0"
+DEPLOYED = {
+    **{k: v for k, v in RETRIEVER.items() if k != "endpoint"},
+    "embedding": {"model": "BAAI/bge-small-en-v1.5", "revision": "5c38ec7c405ec4b44b94cc5a9bb96e735b38267a", "dimension": 384, "image": CPU_VLLM},
+}
+
+
+def deployed(**embedding: Any) -> dict[str, Any]:
+    """DEPLOYED with embedding fields replaced (a value of None removes the field)."""
+    out = copy.deepcopy(DEPLOYED)
+    for key, value in embedding.items():
+        if value is None:
+            out["embedding"].pop(key, None)
+        else:
+            out["embedding"][key] = value
+    return out
 
 
 EVAL: dict[str, Any] = {"slices": {"values": ["billing"]}, "evaluators": [{"name": "no-refusal", "rule": {"refusal": {}}}]}
@@ -107,6 +124,11 @@ def _unknown(where: str, placeholder: str) -> str:
     return f"spec.gates[].prometheus.{where} has an unknown placeholder {placeholder}; known: {KNOWN}"
 
 
+EMBEDDER_PIN = (
+    "spec.retriever.embedding.revision must pin the weights of the embedding model the operator deploys "
+        "(no spec.retriever.endpoint): set it to a 40-character commit hash, or set revisionPolicy: ImmutableTag "
+        "for a tag that never moves, or revisionPolicy: Unpinned to opt out"
+)
 SLICE_EQ = (
     "compares {{slice}} with = or !=, but it is a regular expression (.* for all slices): "
     'match it with =~, e.g. slice=~"{{slice}}"'
@@ -532,12 +554,53 @@ REFUSED: list[Refused] = [
         "spec.notifications.webhooks[]: set exactly one of url and urlSecretRef",
     ),
     # ------------------------------------------------------------------ retriever served from a store
+    # ------------------------------------------------------------------ an embedding model the operator deploys
     Refused(
-        "store-without-embedding-endpoint",
-        stack(retriever={k: v for k, v in RETRIEVER.items() if k != "endpoint"}),
-        "spec.retriever.endpoint",
-        "spec.retriever.endpoint is required with spec.retriever.store: "
-        "set it to the base URL of the embedding model's OpenAI-compatible server",
+        "deployed-embedder-unpinned",
+        stack(retriever=deployed(revision=None)),
+        "spec.retriever.embedding.revision",
+        EMBEDDER_PIN,
+    ),
+    Refused(
+        "deployed-embedder-tag-without-policy",
+        stack(retriever=deployed(revision="main")),
+        "spec.retriever.embedding.revision",
+        EMBEDDER_PIN,
+    ),
+    Refused(
+        "deployed-embedder-on-cpu-with-the-cuda-image",
+        stack(retriever=deployed(image=None)),
+        "spec.retriever.embedding.image",
+        "spec.retriever.embedding.image must be a CPU build of vLLM when the operator deploys the embedding model "
+        "on CPU (gpus: 0): the default vllm/vllm-openai:v0.32.0 runs on CUDA GPUs only; set image, or gpus: 1",
+    ),
+    Refused(
+        "embedder-settings-with-an-endpoint",
+        stack(retriever={**RETRIEVER, "embedding": {**RETRIEVER["embedding"], "gpus": 1}}),
+        "spec.retriever.embedding",
+        "spec.retriever.embedding image, gpus, replicas, resources and extraArgs are only read when the operator "
+        "deploys the embedding model, and spec.retriever.endpoint names a server you run: remove them, or remove endpoint",
+    ),
+    Refused(
+        "embedder-extra-args-set-the-runner",
+        stack(retriever=deployed(extraArgs=["--max-model-len=512", "--runner=generate"])),
+        "spec.retriever.embedding.extraArgs",
+        "spec.retriever.embedding.extraArgs must not set a flag the operator sets (--model, --served-model-name, "
+        "--port, --revision, --runner): set spec.retriever.embedding.model or revision instead",
+    ),
+    Refused(
+        "embedder-two-gpus",
+        stack(retriever=deployed(image=None, gpus=2)),
+        "spec.retriever.embedding.gpus",
+        "spec.retriever.embedding.gpus in body should be less than or equal to 1",
+        SCHEMA,
+    ),
+    Refused(
+        "embedder-memory-not-a-quantity",
+        stack(retriever=deployed(resources={"limits": {"memory": "4 GB"}})),
+        "spec.retriever.embedding.resources.limits.memory",
+        "spec.retriever.embedding.resources.limits.memory in body should match",
+        SCHEMA,
     ),
     Refused(
         "store-without-dimension",
@@ -560,6 +623,13 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("base", stack()),
     ("retriever-with-store", stack(retriever=RETRIEVER)),
     ("retriever-without-store", stack(retriever={"embedding": {"model": "bge"}, "index": {"name": "docs", "version": "1"}})),
+    ("deployed-embedder-on-cpu", stack(retriever=deployed(
+        replicas=2, resources={"requests": {"cpu": 2, "memory": "4Gi"}, "limits": {"cpu": "2500m", "memory": "4Gi"}},
+        extraArgs=["--gpu-memory-utilization=0.2", "--max-model-len", "512"],
+    ))),
+    ("deployed-embedder-on-a-gpu", stack(retriever=deployed(image=None, gpus=1))),
+    ("deployed-embedder-immutable-tag", stack(retriever=deployed(revision="v1.5", revisionPolicy="ImmutableTag"))),
+    ("deployed-embedder-unpinned-by-choice", stack(retriever=deployed(revision=None, revisionPolicy="Unpinned"))),
     ("evaluator-gate", stack(evaluation=EVAL, gates=[EGATE, {**EGATE, "name": "billing-only", "slices": ["billing"]}])),
     ("placeholders-with-spaces", stack(gates=[gate(prometheus={"query": QUERY.replace("{{revision}}", "{{ revision }}")})])),
     ("slice-not-matched-with-regex", stack(gates=[gate(prometheus={"query": QUERY.replace('slice=~"', 'slice!~"')})])),

@@ -1,7 +1,8 @@
 """Every vLLM argument list the operator writes is accepted by real vLLM's own parser.
 
-The lists are rendered by the operator's code (core/objects.py build_deployment) from the
-examples and from a table of specs, and parsed in one process of the vLLM venv
+The lists are rendered by the operator's code (core/objects.py build_deployment, and
+core/embedder.py build_embedder_deployment for the embedding models it runs) from the
+examples and from tables of specs, and parsed in one process of the vLLM venv
 (e2e/vllmbin/install.sh) as the image's entrypoint ``vllm serve`` parses them
 (e2e/vllmbin/checkargs.py). One parse per session: importing vLLM takes seconds.
 """
@@ -20,6 +21,7 @@ import yaml
 from inferstack.api.v1alpha1 import InferenceStackSpec
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
+from inferstack.core.embedder import build_embedder_deployment, embedder_of
 from inferstack.core.revision import compute_revision
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,10 +91,49 @@ def _table() -> dict[str, InferenceStackSpec]:
 SPECS = _table()
 
 
+def _embedding_spec(**embedding: Any) -> InferenceStackSpec:
+    """A retriever with a store and no endpoint: the operator runs the embedding model."""
+    return InferenceStackSpec.model_validate(
+        {
+            "model": {"name": "Qwen/Qwen2.5-7B-Instruct", "revision": COMMIT},
+            "prompt": {"version": "v1", "system": "s"},
+            "retriever": {
+                "embedding": {"model": "BAAI/bge-small-en-v1.5", "revision": COMMIT, "dimension": 384,
+                              "image": "registry.example.com/vllm-cpu:v0.32.0", **embedding},
+                "index": {"name": "docs", "version": "v1"},
+                "store": {"secretRef": {"name": "store"}},
+            },
+        }
+    )  # fmt: skip
+
+
+EMBEDDERS: dict[str, InferenceStackSpec] = {
+    "cpu": _embedding_spec(),
+    "gpu": _embedding_spec(gpus=1, image="vllm/vllm-openai:v0.32.0"),
+    "unpinned": _embedding_spec(revision=None, revisionPolicy="Unpinned"),
+    "tag": _embedding_spec(revision="v1.5", revisionPolicy="ImmutableTag"),
+    "decoder-model": _embedding_spec(model="Qwen/Qwen3-Embedding-0.6B", dimension=1024),
+    "cpu-tuned": _embedding_spec(
+        resources={"requests": {"cpu": 2, "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
+        extraArgs=["--gpu-memory-utilization=0.2", "--max-model-len", "512", "--dtype", "float32", "--enforce-eager"],
+    ),
+    "pooler-config": _embedding_spec(extraArgs=["--pooler-config", '{"seq_pooling_type": "CLS", "use_activation": true}']),
+}
+
+
 def operator_args(spec: InferenceStackSpec) -> list[str]:
     """The container args exactly as the operator writes them into the Deployment."""
     deployment = objects.build_deployment(STACK, spec, compute_revision(spec), OperatorConfig(), 1)
     container = vllmrun.model_container(deployment)
+    assert "command" not in container, "the image's entrypoint (vllm serve) runs the args"
+    return container["args"]
+
+
+def embedder_args(spec: InferenceStackSpec) -> list[str]:
+    """The container args of the embedding Deployment the operator writes for ``spec``."""
+    embedder = embedder_of(compute_revision(spec).parts)
+    assert embedder is not None
+    container = vllmrun.model_container(build_embedder_deployment(STACK, spec, embedder, OperatorConfig(), 1))
     assert "command" not in container, "the image's entrypoint (vllm serve) runs the args"
     return container["args"]
 
@@ -106,6 +147,8 @@ def verdicts() -> dict[str, dict[str, Any]]:
             raise
         pytest.skip(f"no vLLM venv (e2e/vllmbin/install.sh): {exc}")
     lists = {name: operator_args(spec) for name, spec in SPECS.items()}
+    lists |= {f"embedder-{name}": embedder_args(spec) for name, spec in EMBEDDERS.items()}
+    lists["control-embedder-bad-runner"] = [*embedder_args(EMBEDDERS["cpu"]), "--runner", "embed"]
     # The parser must refuse too, or "accepted" would mean nothing.
     lists["control-unknown-flag"] = [*lists["tp1-pp1"], "--no-such-flag"]
     lists["control-bad-dtype"] = [*lists["tp1-pp1"][:-1], "--dtype", "fp7"]
@@ -128,9 +171,20 @@ def test_vllm_accepts_the_operator_args(verdicts, name):
     )
 
 
+@pytest.mark.parametrize("name", sorted(EMBEDDERS))
+def test_vllm_accepts_the_embedder_args(verdicts, name):
+    verdict = verdicts[f"embedder-{name}"]
+    args = embedder_args(EMBEDDERS[name])
+    assert verdict["ok"], f"vLLM refuses the args the operator writes for embedder {name}: {verdict['error']}\nargs: {args}"
+    assert args[args.index("--runner") + 1] == "pooling"
+
+
 def test_vllm_refuses_what_it_should(verdicts):
     assert (
         not verdicts["control-unknown-flag"]["ok"]
         and "--no-such-flag" in verdicts["control-unknown-flag"]["error"]
     )
     assert not verdicts["control-bad-dtype"]["ok"] and "dtype" in verdicts["control-bad-dtype"]["error"]
+    # vLLM 0.32 has no --task; its runners are auto, generate, pooling, draft.
+    bad_runner = verdicts["control-embedder-bad-runner"]
+    assert not bad_runner["ok"] and "runner" in bad_runner["error"], bad_runner

@@ -69,6 +69,7 @@ PLACES = {
     "ModelSpec": ".spec.model",
     "PromptSpec": ".spec.prompt",
     "RetrieverSpec": ".spec.retriever",
+    "EmbeddingSpec": ".spec.retriever.embedding",
     "ToolsSpec": ".spec.tools",
     "RolloutStep": ".spec.rollout.steps[]",
     "RolloutSpec": ".spec.rollout",

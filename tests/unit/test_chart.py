@@ -740,7 +740,7 @@ def test_helm_render_operator_without_leader_election():
 def test_helm_render_network_policies():
     """Off by default; on: the router's OpenAI port from the named clients and its metrics from Prometheus only,
     the operator's egress only where it must go once the API server's address is given, and each listed
-    namespace's model servers reachable from the routers, its golden-set Jobs and Prometheus only."""
+    namespace's model servers and embedders reachable from the routers, its golden-set Jobs and Prometheus only."""
     assert not [d for d in render() if d["kind"] == "NetworkPolicy"]
     clients = "networkPolicy.routerClients[0].namespaceSelector.matchLabels.team=apps"
     docs = render("networkPolicy.enabled=true", clients, "networkPolicy.apiServerCIDRs={10.0.0.1/32}",
@@ -765,7 +765,10 @@ def test_helm_render_network_policies():
     assert operator["egress"][0] == {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}
     assert {p["port"] for rule in operator["egress"] for p in rule["ports"]} == {6443, 53, 9090}
     model = policies["team-a", "demo-inferstack-model-servers"]
-    assert model["podSelector"] == {"matchLabels": {"inferstack.dev/component": "model-server"}}
+    # the embedding models the operator runs (core/embedder.py) too: the router embeds queries there
+    assert model["podSelector"] == {
+        "matchExpressions": [{"key": "inferstack.dev/component", "operator": "In", "values": ["model-server", "embedder"]}]
+    }
     sources = model["ingress"][0]["from"]
     assert sources[0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "inferstack-system"}}
     assert sources[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "router"

@@ -52,6 +52,8 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         target = defs[node["$ref"].split("/")[-1]]
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return _resolve(merged, defs)
+    if node.get("x-kubernetes-int-or-string"):
+        return node  # Kubernetes' own union (a resource quantity): anyOf [integer, string] is structural here
     if "anyOf" in node:
         # Optional[X] is anyOf [X, null]; an absent field already means "none".
         options = [o for o in node["anyOf"] if o.get("type") != "null"]

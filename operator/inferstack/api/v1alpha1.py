@@ -16,7 +16,15 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
@@ -52,6 +60,12 @@ EXTENDED_RESOURCE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 URL_PATTERN = r"^https?://[^/?# ]+([/?#].*)?$"
 COMMIT_PATTERN = r"^[0-9a-f]{40}$"
+# Kubernetes' resource.Quantity, as controller-gen writes it into CRDs: 500m, 2, 1.5Gi, 1e3.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# The vLLM OpenAI server image of model Deployments and of the embedding Deployments the operator runs.
+VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
 MAX_WEIGHT = 100  # percent of users: the candidate serves everyone, which is the promotion
 MIN_ANALYSIS_INTERVAL = "1s"
 MIN_PROGRESS_DEADLINE = "1s"
@@ -177,7 +191,7 @@ class ModelSpec(Model):
     name: str = Field(..., min_length=1, max_length=256, description="Model id as vLLM serves it, e.g. meta-llama/Llama-3.1-8B-Instruct.")
     revision: str | None = Field(None, min_length=1, max_length=128, description="Model revision: a commit hash unless revisionPolicy says otherwise.")
     revision_policy: RevisionPolicy = RevisionPolicy.COMMIT
-    image: str = Field("vllm/vllm-openai:v0.32.0", min_length=1, max_length=512, description="vLLM OpenAI server image (its entrypoint, vllm serve, runs the args the operator writes).")
+    image: str = Field(VLLM_IMAGE, min_length=1, max_length=512, description="vLLM OpenAI server image (its entrypoint, vllm serve, runs the args the operator writes).")
     engine: EngineArgs = Field(default_factory=EngineArgs)
     gpus: int = Field(1, ge=0, le=64, description="GPUs per replica; must equal tensor x pipeline parallel size (0 for CPU or external).")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, pattern=EXTENDED_RESOURCE_PATTERN)
@@ -255,12 +269,68 @@ class PromptSpec(Model):
 # ----------------------------------------------------------------- retriever
 
 
+def _quantity(value: Any) -> Any:
+    """YAML reads ``cpu: 2`` as an integer; Kubernetes takes it as the quantity "2", and so does the revision."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    Field(max_length=64, pattern=QUANTITY_PATTERN),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY_PATTERN, "x-kubernetes-int-or-string": True}),
+]
+
+
+class EmbedderResources(Model):
+    """CPU and memory of each pod of an embedding Deployment, as a container's resources; the GPU comes from gpus."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=8)
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=8)
+
+
+# vLLM flags the operator writes for an embedding Deployment (core/embedder.py, embedder_args).
+OPERATOR_EMBEDDER_FLAGS = ("model", "served-model-name", "port", "revision", "runner")
+OPERATOR_EMBEDDER_FLAG_PATTERN = "^--(" + "|".join(f.replace("-", "[-_]") for f in OPERATOR_EMBEDDER_FLAGS) + ")([= \t]|$)"
+
+
 class EmbeddingSpec(Model):
+    """The embedding model. With a store and no spec.retriever.endpoint the operator deploys it: one vLLM Deployment
+    (pooling runner) per distinct embedding model, shared by the stack's revisions that use it; the fields after
+    dimension say how, and are read only then."""
+
     model: str = Field(..., min_length=1, max_length=256)
-    revision: str | None = Field(None, min_length=1, max_length=128)
+    revision: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Model revision; when the operator deploys the model, a commit hash unless revisionPolicy says otherwise.",
+    )
     # pgvector's vector type holds at most 16000 dimensions.
     dimension: int | None = Field(
         None, ge=1, le=16_000, description="Length of the model's embedding vectors; the index's vector column has this length."
+    )
+    revision_policy: RevisionPolicy = Field(RevisionPolicy.COMMIT, description="As spec.model.revisionPolicy, for a deployed model.")
+    image: str = Field(
+        VLLM_IMAGE, min_length=1, max_length=512,
+        description="vLLM image of a deployed model; gpus: 0 needs a CPU build of vLLM (the default image is CUDA-only).",
+    )
+    gpus: int = Field(0, ge=0, le=1, description="GPUs per replica of a deployed model: 0 (CPU, the default) or 1.")
+    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, pattern=EXTENDED_RESOURCE_PATTERN)
+    replicas: int = Field(
+        1, ge=1, le=100, description="Replicas of a deployed model while a live revision uses it. Scaling makes no new revision."
+    )
+    resources: EmbedderResources | None = Field(None, description="Requests and limits of each pod of a deployed model.")
+    extra_args: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list, max_length=64, description="Further vLLM flags of a deployed model, passed verbatim."
+    )
+
+    cel_rules = (
+        Rule(
+            f"self.extraArgs.all(a, !a.matches({cel_string(OPERATOR_EMBEDDER_FLAG_PATTERN)}))",
+            "spec.retriever.embedding.extraArgs must not set a flag the operator sets (--model, --served-model-name, "
+            "--port, --revision, --runner): set spec.retriever.embedding.model or revision instead",
+            lambda e: not any(matches(a, OPERATOR_EMBEDDER_FLAG_PATTERN) for a in e.extra_args),
+            field_path=".extraArgs",
+        ),
     )
 
 
@@ -300,7 +370,8 @@ class RetrieverSpec(Model):
     embedding: EmbeddingSpec
     index: IndexSpec
     endpoint: str | None = Field(
-        None, pattern=URL_PATTERN, max_length=2048, description="Base URL of the OpenAI-compatible /v1/embeddings server."
+        None, pattern=URL_PATTERN, max_length=2048,
+        description="Base URL of the OpenAI-compatible /v1/embeddings server; none (with a store): the operator deploys the embedding model.",
     )
     top_k: int = Field(5, ge=1, le=100)
     store: VectorStoreSpec | None = Field(None, description="The vector store the router searches; none: nothing is retrieved.")
@@ -323,12 +394,42 @@ class RetrieverSpec(Model):
             lambda r: True,
             field_path=".index.version",
         ),
+        # Without an endpoint the operator deploys the embedding model (core/embedder.py): pinned, and runnable.
         Rule(
-            "!has(self.store) || has(self.endpoint)",
-            "spec.retriever.endpoint is required with spec.retriever.store: "
-            "set it to the base URL of the embedding model's OpenAI-compatible server",
-            lambda r: r.store is None or r.endpoint is not None,
-            field_path=".endpoint",
+            "has(self.endpoint) || !has(self.store) || self.embedding.revisionPolicy == 'Unpinned' || "
+            "(has(self.embedding.revision) && (self.embedding.revisionPolicy == 'ImmutableTag' || "
+            f"self.embedding.revision.matches({cel_string(COMMIT_PATTERN)})))",
+            "spec.retriever.embedding.revision must pin the weights of the embedding model the operator deploys "
+            "(no spec.retriever.endpoint): set it to a 40-character commit hash, or set revisionPolicy: ImmutableTag "
+            "for a tag that never moves, or revisionPolicy: Unpinned to opt out",
+            lambda r: r.endpoint is not None
+            or r.store is None
+            or r.embedding.revision_policy == RevisionPolicy.UNPINNED
+            or (
+                r.embedding.revision is not None
+                and (r.embedding.revision_policy == RevisionPolicy.IMMUTABLE_TAG or matches(r.embedding.revision, COMMIT_PATTERN))
+            ),
+            field_path=".embedding.revision",
+        ),
+        Rule(
+            f"has(self.endpoint) || !has(self.store) || self.embedding.gpus > 0 || self.embedding.image != {cel_string(VLLM_IMAGE)}",
+            f"spec.retriever.embedding.image must be a CPU build of vLLM when the operator deploys the embedding model "
+            f"on CPU (gpus: 0): the default {VLLM_IMAGE} runs on CUDA GPUs only; set image, or gpus: 1",
+            lambda r: r.endpoint is not None or r.store is None or r.embedding.gpus > 0 or r.embedding.image != VLLM_IMAGE,
+            field_path=".embedding.image",
+        ),
+        Rule(
+            "!has(self.endpoint) || (self.embedding.image == "
+            f"{cel_string(VLLM_IMAGE)} && self.embedding.gpus == 0 && self.embedding.replicas == 1 && "
+            "!has(self.embedding.resources) && size(self.embedding.extraArgs) == 0)",
+            "spec.retriever.embedding image, gpus, replicas, resources and extraArgs are only read when the operator "
+            "deploys the embedding model, and spec.retriever.endpoint names a server you run: remove them, or remove endpoint",
+            lambda r: r.endpoint is None
+            or (
+                r.embedding.image == VLLM_IMAGE and r.embedding.gpus == 0 and r.embedding.replicas == 1
+                and r.embedding.resources is None and not r.embedding.extra_args
+            ),
+            field_path=".embedding",
         ),
         Rule(
             "!has(self.store) || has(self.embedding.dimension)",

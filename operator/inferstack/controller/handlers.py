@@ -38,10 +38,18 @@ from inferstack.controller.notify import Notifier
 from inferstack.controller.prometheus import PrometheusClient, analyse
 from inferstack.core import golden, objects
 from inferstack.core.config import OperatorConfig
+from inferstack.core.embedder import LABEL_EMBEDDER, embedder_name
 from inferstack.core.gateway import build_httproute
 from inferstack.core.notifications import notifications, targets
 from inferstack.core.promql import query_errors
-from inferstack.core.reconcile import Actions, DeploymentState, Observed, reconcile, status_patch
+from inferstack.core.reconcile import (
+    Actions,
+    DeploymentState,
+    Observed,
+    deadline_exceeded,
+    reconcile,
+    status_patch,
+)
 from inferstack.core.revision import ResolvedRefs, UnresolvedReference, compute_revision
 from inferstack.core.rollout import Analysis, Decision, RolloutState, analysis_window
 from inferstack.core.status import INVALID_SPEC, Problem, one_line
@@ -113,8 +121,9 @@ def _deployment_state(spec: dict[str, Any], status: dict[str, Any]) -> Deploymen
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
 def deployment_index(namespace, labels, spec, status, **_):
+    """A revision's model Deployment (revision label) or an embedder's (embedder label, core/embedder.py)."""
     key = (namespace, labels.get(objects.LABEL_STACK))
-    return {key: (labels.get(objects.LABEL_REVISION), _deployment_state(dict(spec), dict(status)))}
+    return {key: (labels.get(objects.LABEL_REVISION), labels.get(LABEL_EMBEDDER), _deployment_state(dict(spec), dict(status)))}
 
 
 @kopf.index("apps", "v1", "controllerrevisions", labels=OWNED)
@@ -196,14 +205,17 @@ def plans_seen(key: tuple[str, str], uid: str, plan_index, legacy_plan_index) ->
 
 
 def observe(key: tuple[str, str], deployment_index, revision_index, plans: PlansSeen) -> tuple[Observed, dict[str, dict]]:
-    deployments = {rev: st for rev, st in deployment_index.get(key, []) if rev}
+    entries = list(deployment_index.get(key, []))
+    deployments = {rev: st for rev, _, st in entries if rev}
+    embedders = {emb: st for rev, emb, st in entries if emb and not rev}
     revisions: dict[str, int] = {}
     parts: dict[str, dict] = {}
     for rev, number, data in revision_index.get(key, []):
         if rev:
             revisions[rev] = int(number)
             parts[rev] = data or {}
-    return Observed(deployments=deployments, revisions=revisions, plan_json=plans.current_json), parts
+    observed = Observed(deployments=deployments, revisions=revisions, plan_json=plans.current_json, parts=dict(parts), embedders=embedders)
+    return observed, parts
 
 
 # ----------------------------------------------------------------- reconcile
@@ -270,10 +282,17 @@ async def apply_objects(kube: Kube, body: dict[str, Any], actions: Actions) -> P
         for rev, replicas in actions.scale.items():
             step = f"scaling revision {rev} to {replicas}"
             await kube.scale(ns, objects.revision_name(name, rev), replicas)
+        for key, replicas in actions.scale_embedders.items():
+            step = f"scaling embedder {key} to {replicas}"
+            await kube.scale(ns, embedder_name(name, key), replicas)
         for rev in actions.delete_revisions:
             step = f"removing revision {rev}"
             await kube.delete_revision(ns, name, rev)
             post_event(body, "Normal", "RevisionCollected", f"revision {rev} removed (beyond revisionHistoryLimit)")
+        for key in actions.delete_embedders:
+            step = f"removing embedder {key}"
+            await kube.delete_embedder(ns, embedder_name(name, key))
+            post_event(body, "Normal", "EmbedderCollected", f"embedding Deployment {embedder_name(name, key)} removed (no kept revision uses it)")
     except ApiException as e:
         return api_problem(e, step)
     return None
@@ -357,6 +376,7 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
         return PassResult(patched=await write_status(kube, body, patch, unusable), problem=unusable)
     revision = compute_revision(spec, refs)
     parts.setdefault(revision.hash, revision.parts)
+    observed = replace(observed, parts=dict(parts))  # the spec's revision too, before its ControllerRevision exists
     # Revisions waiting for traffic get none until their index version is checked (core/indexcheck.py).
     status = body.get("status") or {}
     waiting = {revision.hash, status.get("candidateRevision")} - {status.get("stableRevision"), None}
@@ -426,8 +446,7 @@ def notify(body, spec, decision: Decision, observed: Observed, revision: str, re
     if recorded is None or Runtime.notifier is None:
         return
     meta = body["metadata"]
-    first = observed.deployments.get(revision)
-    stuck = decision.state.stable is None and first is not None and first.deadline_exceeded and recorded.get("phase") == "Failed"
+    stuck = decision.state.stable is None and deadline_exceeded(observed, revision) and recorded.get("phase") == "Failed"
     before = RolloutState.from_status(body.get("status"))
     found = notifications(meta["namespace"], meta["name"], spec, before, decision, now, first_revision_stuck=revision if stuck else None)
     for n in found:

@@ -170,6 +170,21 @@ class Kube:
                 if e.status != 404:
                     raise
 
+    async def delete_embedder(self, namespace: str, name: str) -> None:
+        """An embedder's Service and Deployment (core/embedder.py); background propagation deletes its pods."""
+        calls = [
+            (self.core.delete_namespaced_service, name),
+            # last: while it exists, the embedder counts as present and is retried
+            (self.apps.delete_namespaced_deployment, name),
+        ]
+        for fn, obj in calls:
+            API_WRITES.labels(namespace, fn.__name__.removeprefix("delete_namespaced_"), "delete").inc()
+            try:
+                await self._write(fn, obj, namespace, propagation_policy="Background")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
     async def delete_job(self, namespace: str, name: str) -> None:
         """A golden Job and its pod (background propagation); gone already is fine."""
         API_WRITES.labels(namespace, "Job", "delete").inc()

@@ -128,6 +128,9 @@ class OperatorConfig(_Model):
     # How the router reaches a revision. Inside a cluster this is the
     # revision's Service; tests on kwok (no kube-proxy) point it at stand-ins.
     backend_url_template: str = "http://{service}.{namespace}.svc:8000"
+    # How the router reaches an embedding model the operator deploys
+    # (core/embedder.py): {service}, {namespace}, {stack}, {embedder}.
+    embedder_url_template: str = "http://{service}.{namespace}.svc:8000"
     shm_size: str = "8Gi"
     model_port: int = 8000
     # Model loads take minutes: the startup probe allows this long before

@@ -48,6 +48,19 @@ def digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
+# The embedding fields that say how the operator runs the model (api/v1alpha1.py EmbeddingSpec), replicas aside.
+EMBEDDER_RUN_FIELDS = ("revisionPolicy", "image", "gpus", "gpuResourceName", "resources", "extraArgs")
+
+
+def deploys_embedder(retriever: dict[str, Any] | None) -> bool:
+    """Whether the operator runs a revision's embedding model: it searches a store and names no endpoint.
+
+    ``retriever`` is the revision's retriever part (camelCase, as its
+    ControllerRevision holds it), so an old revision answers for itself.
+    """
+    return bool(retriever and retriever.get("store") and not retriever.get("endpoint"))
+
+
 class UnresolvedReference(ValueError):
     """The spec refers to ConfigMap content that the caller did not supply."""
 
@@ -70,12 +83,21 @@ def revision_parts(spec: InferenceStackSpec, refs: ResolvedRefs | None = None) -
         # How a failure is handled is delivery, not content: no new revision for it.
         # Fields added later are left out while unset, so a stack's revision is
         # the same before and after an operator upgrade that added them.
-        retriever = spec.retriever.model_dump(mode="json", by_alias=True, exclude={"timeout", "on_failure"})
+        # Replicas of a deployed embedding model are delivery too.
+        retriever = spec.retriever.model_dump(
+            mode="json", by_alias=True, exclude={"timeout": True, "on_failure": True, "embedding": {"replicas"}}
+        )
         for optional in ("store", "queryTemplate"):
             if retriever[optional] is None:
                 del retriever[optional]
-        if retriever["embedding"]["dimension"] is None:
-            del retriever["embedding"]["dimension"]
+        embedding = retriever["embedding"]
+        for optional in ("dimension", "resources"):
+            if embedding[optional] is None:
+                del embedding[optional]
+        if not deploys_embedder(retriever):
+            # How the operator would run the model matters only when it does.
+            for key in EMBEDDER_RUN_FIELDS:
+                embedding.pop(key, None)
         parts["retriever"] = retriever
     if spec.tools is not None:
         tools: dict[str, Any] = {"version": spec.tools.version}

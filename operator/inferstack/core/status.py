@@ -35,7 +35,6 @@ from datetime import datetime
 from typing import Any, Final
 
 from inferstack.api.v1alpha1 import InferenceStackSpec, Phase
-from inferstack.core.indexcheck import IndexVerdict
 from inferstack.core.rollout import COMMAND_ANNOTATION, RolloutState, hold_reason, step_duration, step_label
 
 READY: Final = "Ready"
@@ -68,6 +67,19 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """Why the revision waiting for traffic gets none yet, besides its pods.
+
+    Its index version (core/indexcheck.py: ``IndexMissing``...) or the
+    embedding model the operator runs for it (core/embedder.py:
+    ``EmbedderNotReady``); the message says what to fix or what it waits for.
+    """
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Summary:
     phase: Phase
     message: str
@@ -92,14 +104,14 @@ def summarize(
     now: datetime,
     stuck: bool = False,
     problem: Problem | None = None,
-    index: IndexVerdict | None = None,
+    waiting: Wait | None = None,
 ) -> Summary:
     """Phase, message, step label and conditions; the only function that decides them.
 
     ``spec`` and ``revision`` may be None only with a ``problem`` (a spec the
     operator cannot even read). ``stuck``: the revision the spec asks for,
-    with no stable revision yet, missed its progress deadline. ``index``: the
-    revision waiting for traffic waits for its index version (core/indexcheck.py).
+    with no stable revision yet, missed its progress deadline. ``waiting``: what
+    the revision waiting for traffic waits for besides its pods.
     """
     step = step_label(spec.rollout.steps, state) if spec is not None else ""
     if problem is not None:
@@ -111,8 +123,8 @@ def summarize(
         message = f"revision {revision}: pods missed the progress deadline (enough free GPUs? image pullable?)"
         return Summary(Phase.FAILED, message, step, _stalled("ProgressDeadlineExceeded", message))
     phase, message = _rollout_phase(spec, state, revision, now)
-    if index is not None and state.step_index is None:  # no traffic yet: its index version is what it waits for
-        message = f"waiting for revision {state.candidate or revision}: {index.message} ({index.reason})"
+    if waiting is not None and state.step_index is None:  # no traffic yet: this is what it waits for
+        message = f"waiting for revision {state.candidate or revision}: {waiting.message} ({waiting.reason})"
     message = one_line(message)
     healthy, degraded = phase == Phase.HEALTHY, phase == Phase.DEGRADED
     conditions = {

@@ -29,6 +29,7 @@ from inferstack.api.v1alpha1 import Evaluator, InferenceStackSpec
 from inferstack.core import objects
 from inferstack.core.config import OperatorConfig
 from inferstack.core.durations import parse_duration
+from inferstack.core.embedder import embedder_of, embedder_url
 from inferstack.core.revision import cache_namespace, digest
 
 PLAN_KIND = "TrafficPlan"
@@ -226,23 +227,32 @@ def revision_bundle(
         # Only a reference: every namespace user may read plans (the view role), and a token never goes into one.
         api_key_secret_ref=SecretRef(**endpoint["apiKeySecretRef"]) if endpoint and endpoint.get("apiKeySecretRef") else None,
         system_template=(prompt.get("templates") or {}).get("system"),
-        retrieval=retrieval_plan(spec, parts.get("retriever")),
+        retrieval=retrieval_plan(meta, spec, parts, config),
     )
 
 
-def retrieval_plan(spec: InferenceStackSpec, retriever: dict[str, Any] | None) -> RetrievalPlan | None:
+def retrieval_plan(
+    meta: dict[str, Any], spec: InferenceStackSpec, parts: dict[str, Any], config: OperatorConfig
+) -> RetrievalPlan | None:
     """The revision's retrieval, from its own retriever part; None when it has no store to search.
 
     Content (index version, embedding, topK, template) comes from the
     revision's parts, so each revision keeps its own; the failure policy and
-    timeout are delivery settings and come from the spec in force.
+    timeout are delivery settings and come from the spec in force. With no
+    endpoint, queries are embedded by the embedding model the operator runs
+    for the revision (core/embedder.py), which it waits for before traffic.
     """
+    retriever = parts.get("retriever")
     if not retriever or not retriever.get("store"):
         return None
     delivery = spec.retriever
     store = retriever["store"]
+    embedder = embedder_of(parts)
     return RetrievalPlan(
-        embedding_url=retriever["endpoint"].rstrip("/").removesuffix("/v1"),
+        embedding_url=(
+            embedder_url(meta, embedder.key, config) if embedder is not None
+            else retriever["endpoint"].rstrip("/").removesuffix("/v1")
+        ),
         embedding_model=retriever["embedding"]["model"],
         dimension=retriever["embedding"]["dimension"],
         index=retriever["index"]["name"],
