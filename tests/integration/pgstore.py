@@ -60,14 +60,23 @@ class PgServer:
             os.chown(self.dir / "pw", entry.pw_uid, entry.pw_gid)
         subprocess.run([str(_bin() / "initdb"), "-D", str(self.dir / "data"), "-U", "inferstack", "--pwfile", str(self.dir / "pw"),
                         "-A", "scram-sha-256", "--no-sync"], user=self.user, check=True, capture_output=True, timeout=60)
+        self._run()
+        self.sql("CREATE EXTENSION IF NOT EXISTS vector")
+        return self
+
+    def restart(self) -> PgServer:
+        """After :meth:`stop`: the same server again, on its data directory and port (same DSN, same tables)."""
+        assert self.popen is not None and self.popen.poll() is not None, "stop() it first"
+        self._run()
+        return self
+
+    def _run(self) -> None:
         self.popen = subprocess.Popen(
             [str(_bin() / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port), "-k", str(self.dir),
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=50"],
-            user=self.user, stdout=(self.dir / "server.log").open("wb"), stderr=subprocess.STDOUT,
+            user=self.user, stdout=(self.dir / "server.log").open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_until("postgres", self._accepts, timeout=30, proc=self.popen)
-        self.sql("CREATE EXTENSION IF NOT EXISTS vector")
-        return self
 
     def _accepts(self) -> bool:
         try:
