@@ -375,6 +375,8 @@ def test_b_a_missing_index_version_keeps_the_candidate_waiting_without_traffic_u
         def rolled_back() -> dict[str, Any] | None:
             s = status(namespace, "shop")
             seen.append(s)
+            traffic = s.get("traffic") or {}
+            assert not traffic.get("candidateWeight") and not traffic.get("shadowPercent"), f"traffic to {cand}: {s.get('message')}"
             return s if s.get("phase") == "Degraded" else None
 
         rb = wait_until("the progress deadline", rolled_back, timeout=60)
@@ -384,7 +386,7 @@ def test_b_a_missing_index_version_keeps_the_candidate_waiting_without_traffic_u
     assert st["message"] == f"waiting for revision {cand}: {waiting} (IndexMissing)", st["message"]
     assert condition(st, "Reconciling")["status"] == "True" and waiting in condition(st, "Reconciling")["message"]
     assert condition(st, "Ready")["status"] == "False"
-    assert all(s["traffic"]["candidateWeight"] == 0 and s["traffic"]["shadowPercent"] == 0 for s in seen if s.get("traffic"))
+    assert len(seen) > 20, "the status was watched while the candidate waited"
     # The progress deadline still applies: rolled back at 20 s, naming the cause.
     assert rb["stableRevision"] == stable and rb["rolledBackRevision"] == cand and rb.get("candidateRevision") is None
     reason = rb["rollout"]["rollbackReason"]
