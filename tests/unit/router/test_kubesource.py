@@ -185,7 +185,7 @@ def api_for(url: str) -> Callable[[], client.ApiClient]:
     return make
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met before the deadline"
