@@ -10,7 +10,6 @@ examples and from tables of specs, and parsed in one process of the vLLM venv
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,12 +139,7 @@ def embedder_args(spec: InferenceStackSpec) -> list[str]:
 
 @pytest.fixture(scope="session")
 def verdicts() -> dict[str, dict[str, Any]]:
-    try:
-        inst = vllmrun.install()
-    except (RuntimeError, OSError) as exc:
-        if os.environ.get("INFERSTACK_REQUIRE_E2E") == "1":
-            raise
-        pytest.skip(f"no vLLM venv (e2e/vllmbin/install.sh): {exc}")
+    inst = vllmrun.install_or_skip()
     lists = {name: operator_args(spec) for name, spec in SPECS.items()}
     lists |= {f"embedder-{name}": embedder_args(spec) for name, spec in EMBEDDERS.items()}
     lists["control-embedder-bad-runner"] = [*embedder_args(EMBEDDERS["cpu"]), "--runner", "embed"]

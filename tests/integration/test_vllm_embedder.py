@@ -60,12 +60,7 @@ def spec(revision: str) -> InferenceStackSpec:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[vllmrun.VLLM, InferenceStackSpec]]:
-    try:
-        inst = vllmrun.install()
-    except (RuntimeError, OSError) as exc:
-        if os.environ.get("INFERSTACK_REQUIRE_E2E") == "1":
-            raise
-        pytest.skip(f"no vLLM venv (e2e/vllmbin/install.sh): {exc}")
+    inst = vllmrun.install_or_skip()
     sp = spec(inst.tiny_revision)
     embedder = embedder_of(compute_revision(sp).parts)
     assert embedder is not None

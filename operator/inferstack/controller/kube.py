@@ -156,31 +156,27 @@ class Kube:
     async def delete_revision(self, namespace: str, stack: str, revision: str) -> None:
         """The objects of one revision (they share its name); background propagation deletes its pods."""
         name = objects.revision_name(stack, revision)
-        calls = [
-            (self.apps.delete_namespaced_deployment, name),
-            (self.core.delete_namespaced_service, name),
+        await self._delete_in_order(namespace, name, [
+            self.apps.delete_namespaced_deployment,
+            self.core.delete_namespaced_service,
             # last: while it exists, the revision counts as present and is retried
-            (self.apps.delete_namespaced_controller_revision, name),
-        ]
-        for fn, obj in calls:
-            API_WRITES.labels(namespace, fn.__name__.removeprefix("delete_namespaced_"), "delete").inc()
-            try:
-                await self._write(fn, obj, namespace, propagation_policy="Background")
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            self.apps.delete_namespaced_controller_revision,
+        ])  # fmt: skip
 
     async def delete_embedder(self, namespace: str, name: str) -> None:
         """An embedder's Service and Deployment (core/embedder.py); background propagation deletes its pods."""
-        calls = [
-            (self.core.delete_namespaced_service, name),
+        await self._delete_in_order(namespace, name, [
+            self.core.delete_namespaced_service,
             # last: while it exists, the embedder counts as present and is retried
-            (self.apps.delete_namespaced_deployment, name),
-        ]
-        for fn, obj in calls:
+            self.apps.delete_namespaced_deployment,
+        ])  # fmt: skip
+
+    async def _delete_in_order(self, namespace: str, name: str, deletes: list[Any]) -> None:
+        """Objects of one name, in this order (the last one marks the whole as present); gone already is fine."""
+        for fn in deletes:
             API_WRITES.labels(namespace, fn.__name__.removeprefix("delete_namespaced_"), "delete").inc()
             try:
-                await self._write(fn, obj, namespace, propagation_policy="Background")
+                await self._write(fn, name, namespace, propagation_policy="Background")
             except ApiException as e:
                 if e.status != 404:
                     raise
