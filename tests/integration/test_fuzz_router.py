@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from .harness import Proc, Processes, plan, write_plan
@@ -351,10 +351,23 @@ def test_fuzzed_bodies_and_headers_get_no_router_5xx(router: Proc, procs: Proces
     statuses: dict[int, int] = {}
     started = time.monotonic()
 
+    def keyed(auth: str = "valid") -> Headers:
+        out = Headers()
+        out.auth = auth
+        if auth == "valid":
+            out.lines.append((b"Authorization", f"Bearer {router.key}".encode()))
+        return out
+
+    # Each side the final check demands, once for certain (which cases the generator draws can differ
+    # between runs of the whole tier), then the generated cases.
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                      HealthCheck.large_base_example])
     @given(case=cases(), headers=header_sets(router.key))
+    @example(case=Case("/v1/chat/completions", json.dumps(NORMAL).encode()), headers=keyed())
+    @example(case=Case("/v1/chat/completions", b'{"model": "support", "messages": 42}'), headers=keyed())
+    @example(case=Case("/v1/chat/completions", json.dumps(NORMAL).encode()), headers=keyed("absent"))
+    @example(case=Case("/v1/chat/completions", sized_body("oversized", LIMIT + 1), oversized=True), headers=keyed())
     def one(case: Case, headers: Headers) -> None:
         status, data, got = post(router, case, headers.lines)
         statuses[status] = statuses.get(status, 0) + 1
