@@ -351,9 +351,10 @@ class Router:
             if hit is not None:
                 headers["x-inferstack-cache"] = "hit"
                 ex.cache_hit = True
-                self.metrics.cache_hits.labels(*labels).inc()
-                self.metrics.requests.labels(*labels).inc()
-                self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+                series = self.metrics.series(labels)
+                series.child("cache_hits").inc()
+                series.requests.inc()
+                series.duration.observe(time.perf_counter() - started)
                 return web.Response(body=hit.body, headers={**headers, "Content-Type": hit.content_type})
 
         timeout = proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout)
