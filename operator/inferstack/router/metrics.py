@@ -213,7 +213,7 @@ class _Series:
     (time to first token, token counts, a check, an evaluator) are made when first used,
     so the series a scrape shows are exactly those ``labels()`` on each use would make."""
 
-    __slots__ = ("_metrics", "_labels", "requests", "duration", "quality", "_children", "_checks", "_evaluators")
+    __slots__ = ("_checks", "_children", "_evaluators", "_labels", "_metrics", "duration", "quality", "requests")
 
     def __init__(self, metrics: RouterMetrics, labels: Labels) -> None:
         self._metrics = metrics
