@@ -327,7 +327,7 @@ class Router:
             "x-inferstack-cache": "miss",
             "x-request-id": request_id,
             # Signed: any replica attributes later feedback to this revision and slice.
-            RESPONSE_ID_HEADER: self.feedback.response_id(labels, tracing.current_context()),
+            RESPONSE_ID_HEADER: self.feedback.response_id(labels, tracing.current_context() if self.tracing.enabled else None),
         }
         ex.response_id = headers[RESPONSE_ID_HEADER]
         prompts = self._prompts(plan, bundle.revision)
@@ -366,7 +366,7 @@ class Router:
         strip_usage = False
         if stream:
             upstream_body, strip_usage = proxy.ask_usage(upstream_body)
-        upstream = self.tracing.upstream(tracing.current(), upstream_body, bundle)
+        upstream = self.tracing.upstream(tracing.current(), upstream_body, bundle) if self.tracing.enabled else None
         try:
             with tracing.use(upstream):
                 response = await proxy.send(self.upstream, bundle, path, upstream_body, request_id=request_id, timeout=timeout)
