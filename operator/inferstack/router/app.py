@@ -43,6 +43,7 @@ from inferstack.router.retrieval import Retriever, store_dsns
 from inferstack.router.settings import RouterSettings
 from inferstack.router.shadow import ShadowMirror, mirror, record_checked_answer
 from inferstack.router.tracing import Tracing
+from inferstack.router.upstream import UpstreamClient, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class Router:
                                                    tracer=self.tracing, audit=self.audit)
         self.judges = JudgeRunner(metrics, store.get, queue_limit=settings.judge_queue_limit, workers=settings.judge_workers,
                                   tracer=self.tracing, audit=self.audit)
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # judges, retrieval; hosted (https) model servers
+        self.upstream: UpstreamClient | None = None  # the calls to model servers (router/upstream.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -91,6 +93,7 @@ class Router:
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, enable_cleanup_closed=True)
         # No cookie jar and no env proxies: this is a pure pass-through to in-cluster backends.
         self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        self.upstream = UpstreamClient(self.settings.max_connections, self.session)
         self.judges.start(self.session)
         self.audit.start()
 
@@ -98,6 +101,8 @@ class Router:
         await self.shadow.close()
         await self.judges.close()
         await self.retriever.close()
+        if self.upstream is not None:
+            await self.upstream.close()
         if self.session is not None:
             await self.session.close()
         self.audit.stop()
@@ -253,10 +258,10 @@ class Router:
         self, plan: TrafficPlan, bundle: RevisionBundle, path: str, body: dict[str, Any],
         tenant: str | None, slice_: str, request_id: str, *, chat: bool,
     ) -> None:
-        assert self.session is not None
+        assert self.session is not None and self.upstream is not None
         labels = Labels(plan.namespace, plan.stack, bundle.revision, "shadow", slice_)
         stream = bool(body.get("stream"))
-        session = self.session
+        session, upstream = self.session, self.upstream
 
         async def shadowed() -> None:
             attrs = {"inferstack.role": "shadow", "inferstack.revision": bundle.revision, "inferstack.slice": slice_,
@@ -271,7 +276,7 @@ class Router:
                 if span is not None and prepared.retrieved:
                     span.set_attribute("inferstack.retrieved_ids", prepared.retrieved.split(","))
                 await mirror(
-                    session, self.metrics, labels, bundle, path, body, prepared.body,
+                    upstream, self.metrics, labels, bundle, path, body, prepared.body,
                     request_id=request_id,
                     timeout=proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout),
                     max_response_bytes=self.settings.max_response_bytes,
@@ -310,7 +315,7 @@ class Router:
         self, request: web.Request, plan: TrafficPlan, role: Role, bundle: RevisionBundle, path: str,
         body: dict[str, Any], tenant: str | None, slice_: str, request_id: str, ex: Exchange, *, chat: bool,
     ) -> web.StreamResponse:
-        assert self.session is not None
+        assert self.session is not None and self.upstream is not None
         started = time.perf_counter()
         labels = Labels(plan.namespace, plan.stack, bundle.revision, role, slice_)
         ex.revision, ex.role, ex.prompt_hash = bundle.revision, role, bundle.prompt_hash
@@ -322,7 +327,7 @@ class Router:
             "x-inferstack-cache": "miss",
             "x-request-id": request_id,
             # Signed: any replica attributes later feedback to this revision and slice.
-            RESPONSE_ID_HEADER: self.feedback.response_id(labels, tracing.current_context()),
+            RESPONSE_ID_HEADER: self.feedback.response_id(labels, tracing.current_context() if self.tracing.enabled else None),
         }
         ex.response_id = headers[RESPONSE_ID_HEADER]
         prompts = self._prompts(plan, bundle.revision)
@@ -351,19 +356,20 @@ class Router:
             if hit is not None:
                 headers["x-inferstack-cache"] = "hit"
                 ex.cache_hit = True
-                self.metrics.cache_hits.labels(*labels).inc()
-                self.metrics.requests.labels(*labels).inc()
-                self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+                series = self.metrics.series(labels)
+                series.child("cache_hits").inc()
+                series.requests.inc()
+                series.duration.observe(time.perf_counter() - started)
                 return web.Response(body=hit.body, headers={**headers, "Content-Type": hit.content_type})
 
         timeout = proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout)
         strip_usage = False
         if stream:
             upstream_body, strip_usage = proxy.ask_usage(upstream_body)
-        upstream = self.tracing.upstream(tracing.current(), upstream_body, bundle)
+        upstream = self.tracing.upstream(tracing.current(), upstream_body, bundle) if self.tracing.enabled else None
         try:
             with tracing.use(upstream):
-                response = await proxy.send(self.session, bundle, path, upstream_body, request_id=request_id, timeout=timeout)
+                response = await proxy.send(self.upstream, bundle, path, upstream_body, request_id=request_id, timeout=timeout)
         except UpstreamError as err:
             self.metrics.record_error(labels, err.kind)
             tracing.failed(upstream, err.kind)
@@ -400,7 +406,7 @@ class Router:
         return error_response(err.status, f"{err.message} (request id {request_id})", err.kind, headers)
 
     async def _whole(
-        self, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str], body: dict[str, Any],
+        self, response: UpstreamResponse, labels: Labels, headers: dict[str, str], body: dict[str, Any],
         started: float, cache: ResponseCache | None, key: str, plan: TrafficPlan, ex: Exchange,
         documents: Sequence[Document],
     ) -> web.Response:
@@ -421,7 +427,7 @@ class Router:
         return web.Response(body=data, headers={**headers, "Content-Type": content_type})
 
     async def _stream(
-        self, request: web.Request, response: aiohttp.ClientResponse, labels: Labels, headers: dict[str, str],
+        self, request: web.Request, response: UpstreamResponse, labels: Labels, headers: dict[str, str],
         body: dict[str, Any], started: float, plan: TrafficPlan, strip_usage: bool, ex: Exchange,
         documents: Sequence[Document],
     ) -> web.StreamResponse:

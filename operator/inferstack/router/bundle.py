@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import secrets
+from functools import lru_cache
 from typing import Any
 
 from inferstack.core.trafficplan import RevisionBundle
@@ -20,6 +21,11 @@ def cache_salt(tenant: str | None, cache_namespace: str) -> str:
     """
     if tenant is None:
         return secrets.token_hex(32)
+    return _salt(tenant, cache_namespace)
+
+
+@lru_cache(maxsize=4096)
+def _salt(tenant: str, cache_namespace: str) -> str:
     return hashlib.sha256(f"{tenant}\x00{cache_namespace}".encode()).hexdigest()
 
 
@@ -36,7 +42,7 @@ def apply_bundle(
     ``system_prompt``: the system message rendered from the revision's template
     (router/app.py), instead of the bundle's own text.
     """
-    out = copy.copy(body)
+    out = dict(body)  # shallow: only top-level fields are replaced
     out["model"] = bundle.served_model
     out["cache_salt"] = cache_salt(tenant, bundle.cache_namespace)
     if chat:

@@ -34,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,18 @@ class InvalidId(ValueError):
         self.message = message
 
 
+@lru_cache(maxsize=4096)
+def _fields(*texts: str) -> bytes | None:
+    """The length-prefixed label fields of an id, once per label set (they are few); None when one is too long."""
+    parts = []
+    for text in texts:
+        raw = text.encode()
+        if len(raw) > _MAX_FIELD_BYTES:
+            return None
+        parts += [bytes([len(raw)]), raw]
+    return b"".join(parts)
+
+
 class Signer:
     """Issues and verifies response ids with HMAC-SHA256 under shared keys (the first one signs)."""
 
@@ -164,7 +177,7 @@ class Signer:
         return cls([secrets.token_bytes(32)])
 
     def _mac(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.new(key, payload, hashlib.sha256).digest()
+        return hmac.digest(key, payload, "sha256")  # HMAC-SHA256 in one call (no HMAC object per id)
 
     def sign(self, labels: Labels, now: float | None = None, nonce: bytes | None = None,
              trace: tracing.SpanContext | None = None) -> str | None:
@@ -177,12 +190,10 @@ class Signer:
         traced = trace is not None and trace.is_valid and trace.trace_flags.sampled
         version = _VERSION_TRACED if traced else _VERSION
         head = _HEAD.pack(version, issued & 0xFFFFFFFF, _ROLES.index(labels.role), nonce or secrets.token_bytes(8))
-        parts = [head]
-        for text in (labels.namespace, labels.stack, labels.revision, labels.slice):
-            raw = text.encode()
-            if len(raw) > _MAX_FIELD_BYTES:
-                return None
-            parts += [bytes([len(raw)]), raw]
+        fields = _fields(labels.namespace, labels.stack, labels.revision, labels.slice)
+        if fields is None:
+            return None
+        parts = [head, fields]
         if traced:
             assert trace is not None
             parts.append(_TRACE.pack(trace.trace_id.to_bytes(16, "big"), trace.span_id.to_bytes(8, "big")))

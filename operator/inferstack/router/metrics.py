@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -135,6 +135,16 @@ class RouterMetrics:
         self.streams_refused = Counter(
             "inferstack_router_streams_refused", "Streamed requests refused (429): --max-concurrent-streams were open.", registry=r
         )
+        # Children per label set, made once (series()): label sets are bounded like the series themselves.
+        self._series: dict[Labels, _Series] = {}
+
+    def series(self, labels: Labels) -> _Series:
+        """The labelled children of one revision/role/slice, made once: ``Metric.labels()`` costs
+        microseconds (argument checks, a lock, a tuple of str()) and an answer updates ~20 series."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series(self, labels)
+        return series
 
     def record_answer(
         self,
@@ -148,28 +158,32 @@ class RouterMetrics:
         score: float,
     ) -> None:
         """Everything measured about one successful answer (client-facing or shadow)."""
-        self.requests.labels(*labels).inc()
-        self.duration.labels(*labels).observe(duration)
+        s = self.series(labels)
+        s.requests.inc()
+        s.duration.observe(duration)
         if ttft is not None:
-            self.ttft.labels(*labels).observe(ttft)
+            s.child("ttft").observe(ttft)
         if prompt_tokens:
-            self.prompt_tokens.labels(*labels).inc(prompt_tokens)
+            s.child("prompt_tokens").inc(prompt_tokens)
         if completion_tokens:
-            self.completion_tokens.labels(*labels).inc(completion_tokens)
+            s.child("completion_tokens").inc(completion_tokens)
         for check, passed in checks.items():
-            self.checks.labels(*labels, check, "pass" if passed else "fail").inc()
-            # Create the other result's series at 0 too: a revision that only
+            # Both results' series exist from the first answer checked: a revision that only
             # ever fails must give a pass rate of 0 in PromQL, not "no data".
-            self.checks.labels(*labels, check, "fail" if passed else "pass")
-        self.quality.labels(*labels).observe(score)
+            ok, failed = s.check(check)
+            (ok if passed else failed).inc()
+        s.quality.observe(score)
 
     def record_samples(self, labels: Labels, samples: dict[str, float]) -> None:
         """One answer's evaluator samples (name -> score); evaluators that did not apply are absent."""
+        if not samples:
+            return
+        s = self.series(labels)
         for evaluator, score in samples.items():
-            key = (*labels, evaluator)
-            self.eval_samples.labels(*key).inc()
-            self.eval_sum.labels(*key).inc(score)
-            self.eval_squares.labels(*key).inc(score * score)
+            count, total, squares = s.evaluator(evaluator)
+            count.inc()
+            total.inc(score)
+            squares.inc(score * score)
 
     def record_pair(self, labels: Labels, baseline: str, evaluator: str, outcome: float) -> None:
         """One judged shadow pair: ``labels`` are the candidate's, ``baseline`` the stable revision."""
@@ -192,3 +206,46 @@ class RouterMetrics:
 
     def record_error(self, labels: Labels, kind: str) -> None:
         self.errors.labels(*labels, kind).inc()
+
+
+class _Series:
+    """One label set's children of the answer metrics. Children that not every answer has
+    (time to first token, token counts, a check, an evaluator) are made when first used,
+    so the series a scrape shows are exactly those ``labels()`` on each use would make."""
+
+    __slots__ = ("_checks", "_children", "_evaluators", "_labels", "_metrics", "duration", "quality", "requests")
+
+    def __init__(self, metrics: RouterMetrics, labels: Labels) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self.requests = metrics.requests.labels(*labels)
+        self.duration = metrics.duration.labels(*labels)
+        self.quality = metrics.quality.labels(*labels)
+        self._children: dict[str, Any] = {}
+        self._checks: dict[str, tuple[Any, Any]] = {}
+        self._evaluators: dict[str, tuple[Any, Any, Any]] = {}
+
+    def child(self, name: str) -> Any:
+        """``name``'s child (an attribute of :class:`RouterMetrics` labelled like the answers)."""
+        child = self._children.get(name)
+        if child is None:
+            child = self._children[name] = getattr(self._metrics, name).labels(*self._labels)
+        return child
+
+    def check(self, check: str) -> tuple[Any, Any]:
+        """(pass, fail) children of ``inferstack_router_check_total``."""
+        pair = self._checks.get(check)
+        if pair is None:
+            checks = self._metrics.checks
+            pair = self._checks[check] = (checks.labels(*self._labels, check, "pass"),
+                                          checks.labels(*self._labels, check, "fail"))
+        return pair
+
+    def evaluator(self, evaluator: str) -> tuple[Any, Any, Any]:
+        """(samples, sum, sum of squares) children of one evaluator."""
+        children = self._evaluators.get(evaluator)
+        if children is None:
+            m, key = self._metrics, (*self._labels, evaluator)
+            children = self._evaluators[evaluator] = (m.eval_samples.labels(*key), m.eval_sum.labels(*key),
+                                                      m.eval_squares.labels(*key))
+        return children

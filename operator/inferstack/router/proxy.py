@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, overload
 
 import aiohttp
 import orjson
@@ -23,6 +23,7 @@ from inferstack.core.trafficplan import RevisionBundle
 from inferstack.router import tracing
 from inferstack.router.errors import UpstreamError, classify
 from inferstack.router.evaluators import MAX_CHECKED_CHARS
+from inferstack.router.upstream import UpstreamClient, UpstreamResponse
 
 _MAX_SSE_LINE = 1024 * 1024  # a longer line is not parsed (and the answer is marked truncated)
 MAX_TOOL_CALLS = 16  # tool calls kept per answer for the evaluators; more mark the answer truncated
@@ -116,6 +117,7 @@ def _url(base: str, path: str) -> URL:
     return URL(base.rstrip("/") + path)
 
 
+@lru_cache(maxsize=64)
 def timeout_for(stream: bool, upstream_timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
     # A stream may legitimately run for minutes; bound the silence between chunks instead.
     return aiohttp.ClientTimeout(
@@ -123,25 +125,37 @@ def timeout_for(stream: bool, upstream_timeout: float, connect_timeout: float) -
     )
 
 
+@overload
+async def send(session: UpstreamClient, bundle: RevisionBundle, path: str, body: dict[str, Any], *, request_id: str,
+               timeout: aiohttp.ClientTimeout) -> UpstreamResponse: ...
+@overload
+async def send(session: aiohttp.ClientSession, bundle: RevisionBundle, path: str, body: dict[str, Any], *, request_id: str,
+               timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse: ...
+
+
 async def send(
-    session: aiohttp.ClientSession,
+    session: UpstreamClient | aiohttp.ClientSession,
     bundle: RevisionBundle,
     path: str,
     body: dict[str, Any],
     *,
     request_id: str,
     timeout: aiohttp.ClientTimeout,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse | aiohttp.ClientResponse:
     """POST ``body`` to the backend; a 5xx or a transport failure raises :class:`UpstreamError`.
 
-    The caller owns the returned response and must release or close it.
+    ``session``: the router's :class:`UpstreamClient` (router/upstream.py), or an aiohttp session.
+    The caller owns the returned response and must close it.
     """
     headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
     if bundle.api_key:
         headers["Authorization"] = f"Bearer {bundle.api_key}"
     tracing.inject(headers)  # the model server joins the request's trace (W3C traceparent)
     try:
-        response = await session.post(_url(bundle.url, path), data=dumps(body), headers=headers, timeout=timeout)
+        if isinstance(session, UpstreamClient):
+            response = await session.post(_url(bundle.url, path), dumps(body), headers, timeout)
+        else:
+            response = await session.post(_url(bundle.url, path), data=dumps(body), headers=headers, timeout=timeout)
     except Exception as exc:
         raise classify(exc) from exc
     if response.status >= 500:
@@ -158,7 +172,7 @@ async def send(
     return response
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_bounded(response: UpstreamResponse, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes (no unbounded buffers)."""
     length = response.content_length
     if length is not None and length > limit:

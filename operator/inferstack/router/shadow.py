@@ -22,6 +22,7 @@ from inferstack.router.errors import UpstreamError, classify
 from inferstack.router.evaluators import Evaluators
 from inferstack.router.exchange import rule_evaluations
 from inferstack.router.metrics import Labels, RouterMetrics
+from inferstack.router.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ShadowMirror:
 
 
 async def mirror(
-    session: aiohttp.ClientSession,
+    session: UpstreamClient | aiohttp.ClientSession,
     metrics: RouterMetrics,
     labels: Labels,
     bundle: RevisionBundle,

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,6 +58,7 @@ SERVICE_NAME: Final = "inferstack-router"
 EVALUATION_EVENT: Final = "gen_ai.evaluation.result"
 MAX_CONTENT_CHARS: Final = 16 * 1024  # per recorded message list or answer
 _PROPAGATOR: Final = TraceContextTextMapPropagator()  # W3C traceparent/tracestate only: no baggage from clients
+_NO_SPAN: Final = nullcontext(None)  # what request() and use() are when there is nothing to trace (reusable)
 
 
 class RouterSampler(Sampler):
@@ -154,16 +155,19 @@ class Tracing:
 
     # ------------------------------------------------------------ spans
 
-    @contextmanager
-    def request(self, headers: Mapping[str, str], name: str, attributes: dict[str, Any]) -> Iterator[Span | None]:
+    def request(self, headers: Mapping[str, str], name: str, attributes: dict[str, Any]) -> AbstractContextManager[Span | None]:
         """The span of one client request, current while the block runs; None when tracing is off.
 
         The parent is the client's W3C context, if it sent one (only ``traceparent`` and
-        ``tracestate`` are read).
+        ``tracestate`` are read). Off, it is one shared no-op context: nothing per request.
         """
         if self.tracer is None:
-            yield None
-            return
+            return _NO_SPAN
+        return self._request(headers, name, attributes)
+
+    @contextmanager
+    def _request(self, headers: Mapping[str, str], name: str, attributes: dict[str, Any]) -> Iterator[Span | None]:
+        assert self.tracer is not None
         parent = _PROPAGATOR.extract(_W3CHeaders(headers))
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
@@ -259,11 +263,15 @@ class _W3CHeaders(Mapping[str, str]):
         return len(self._h)
 
 
-@contextmanager
-def use(span: Span | None) -> Iterator[None]:
+def use(span: Span | None) -> AbstractContextManager[None]:
+    """``span`` current while the block runs (nothing at all for None: untraced requests pay nothing)."""
     if span is None:
-        yield
-        return
+        return _NO_SPAN
+    return _use(span)
+
+
+@contextmanager
+def _use(span: Span) -> Iterator[None]:
     with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
         yield
 
