@@ -53,10 +53,10 @@ cluster-down: ## Stop everything cluster-up started
 	python3 e2e/cluster.py down
 
 ##@ Tests
-test: install check-manifests cluster-up vllm ## Everything CI runs: manifests drift, unit and e2e tiers
+test: install check-manifests binaries cluster-up vllm ## Everything CI runs: manifests drift, unit and e2e tiers (builds what is missing first)
 	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests --timeout=600 -q --durations=30
 
-test-e2e: install cluster-up vllm ## e2e tier only, on the local control plane
+test-e2e: install binaries cluster-up vllm ## e2e tier only, on the local control plane
 	$(ENV) && INFERSTACK_REQUIRE_E2E=1 $(VENV)/bin/pytest tests/e2e --timeout=600 -q
 
 ##@ Images (no Docker: buildah, podman and runc from Debian's packages; run as root)
