@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import json
 import logging
@@ -450,6 +451,26 @@ async def write_status(kube: Kube, body: dict[str, Any], patch: dict[str, Any] |
     return patched
 
 
+# kopf's context variables of the one event a handler is called for: its cause
+# holds the object's whole body as the watch sent it (managedFields included),
+# with kopf's patch and loggers for it. A task keeps a copy of the context it
+# was created in, so a loop started by stack_changed would keep the stack's
+# first event for as long as the stack lives (tests/unit/test_stack_memory.py).
+KOPF_PER_EVENT_VARS = frozenset(
+    {"cause_var", "handler_var", "subregistry_var", "subexecuted_var", "sublifecycle_var", "subrefs_var", "subsettings_var"}
+)
+
+
+def loop_context() -> contextvars.Context:
+    """The current context without kopf's per-event variables; the process-wide ones
+    (its settings, the queue ``kopf.event`` posts to) stay."""
+    ctx = contextvars.Context()
+    for var, value in contextvars.copy_context().items():
+        if var.name not in KOPF_PER_EVENT_VARS:
+            ctx.run(var.set, value)
+    return ctx
+
+
 class StackLoop:
     """The one reconcile loop of one stack; passes never overlap.
 
@@ -466,7 +487,7 @@ class StackLoop:
         self.wake = asyncio.Event()
         self.emitted: set[str] = set()
         metrics.track_stack(*key)
-        self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}")
+        self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}", context=loop_context())
 
     async def run(self) -> None:
         namespace, name = self.key
