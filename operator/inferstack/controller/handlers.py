@@ -498,11 +498,14 @@ class StackLoop:
             try:
                 with metrics.RECONCILE_SECONDS.time():
                     result = await reconcile_once(self.body, self.indexes, self.emitted)
-                if result.patched is not None:
+                if result.patched is not None and _rv(result.patched) > _rv(self.body):
                     # Decide next from what we wrote, not from a watch event
                     # that may still be on its way: a pass woken by another
-                    # object's event must not redo this pass's step.
-                    self.update(slim(result.patched))
+                    # object's event must not redo this pass's step. When the
+                    # watch brought that version first, it is held already (one
+                    # copy, shared with Runtime.stacks; a second would double
+                    # what a stack costs in memory).
+                    self.body = slim(result.patched)
                 timeout = Runtime.config.resync_seconds
                 if result.requeue is not None:
                     # Wake up right when a step's timer ends, not up to a resync later.
@@ -514,6 +517,7 @@ class StackLoop:
                     metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
                     log.warning("reconcile %s/%s: %s: %s (retry in %.0fs)", namespace, name, result.problem.reason, result.problem.message, backoff)
                     timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
+                del result  # its patched body (managedFields and all) is not kept while the loop sleeps
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # one bad pass must not kill the loop
@@ -530,7 +534,8 @@ class StackLoop:
                 timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
             metrics.RECONCILES.labels(namespace, name).inc()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):  # unlike wait_for, no second task per stack
+                    await self.wake.wait()
 
     def update(self, body: dict[str, Any]) -> None:
         """Take a newer version of the stack; ignore one older than what we hold."""
