@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any
+import copy
+import json
+from typing import Any, cast
 
 from kopf._core.actions import execution
 from kopf._core.engines import posting
 from kopf._core.reactor import subhandling
 
 from inferstack.controller import handlers
+from inferstack.core.rollout import parse_command
 
 
 def test_the_per_event_variables_are_kopfs() -> None:
@@ -93,3 +96,42 @@ async def test_the_resync_wakes_a_loop_nothing_else_wakes(monkeypatch) -> None:
     """Three passes without a single wake-up: the resync alone (here 10 ms) runs them."""
     loop = await _run_passes(monkeypatch, handlers.slim(_stack("7")), [None, None, None], resync=0.01)
     assert not loop.wake.is_set()
+
+
+def _watched(name: str, uid: str) -> dict[str, Any]:
+    """A stack as the watch sends it: managedFields, kubectl's last-applied copy, a command."""
+    spec = {"model": {"name": "Qwen/Qwen2.5-7B-Instruct", "gpus": 1, "engine": {"dtype": "auto", "extraArgs": []}}}
+    body = {
+        "apiVersion": "inferstack.dev/v1alpha1",
+        "kind": "InferenceStack",
+        "metadata": {
+            "name": name, "namespace": "team-a", "uid": uid, "resourceVersion": "12", "generation": 1,
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": json.dumps({"spec": spec}) + "\n",
+                "inferstack.dev/command": "promote", "inferstack.dev/command-id": "1",
+            },
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": spec,
+        "status": {"phase": "Healthy", "conditions": [{"type": "Ready", "status": "True", "message": "x" * 100}]},
+    }  # fmt: skip
+    return cast(dict[str, Any], json.loads(json.dumps(body)))  # strings of its own, as decoded from the watch
+
+
+def test_a_kept_stack_is_the_watched_one_without_what_the_operator_never_reads() -> None:
+    watched = _watched("s1", "u1")
+    kept = handlers.slim(watched)
+    want = copy.deepcopy(watched)
+    del want["metadata"]["managedFields"], want["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+    assert kept == want
+    assert watched["metadata"]["managedFields"] and len(watched["metadata"]["annotations"]) == 3  # the watch's own untouched
+    assert parse_command(kept["metadata"]["annotations"]).key == "promote#1"  # type: ignore[union-attr]
+
+
+def test_kept_stacks_share_their_keys_and_short_strings_not_their_containers() -> None:
+    a, b = handlers.slim(_watched("s1", "u1")), handlers.slim(_watched("s2", "u2"))
+    (ka,), (kb,) = ([k for k in x["spec"]["model"] if k == "name"] for x in (a, b))
+    assert ka is kb and a["spec"]["model"]["engine"]["dtype"] is b["spec"]["model"]["engine"]["dtype"]
+    assert a["spec"]["model"]["engine"]["extraArgs"] is not b["spec"]["model"]["engine"]["extraArgs"]
+    a["status"]["conditions"][0]["status"] = "False"
+    assert b["status"]["conditions"][0]["status"] == "True"
