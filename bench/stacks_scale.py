@@ -71,7 +71,7 @@ class Audit:
         """One entry per request (a watch logs ResponseStarted and ResponseComplete: counted once)."""
         seen: dict[str, dict] = {}
         if end < start:
-            raise SystemExit(f"{self.path} was rotated during the run: start the cluster with the audit-log-maxsize=0 of e2e/cluster.py")
+            raise SystemExit(f"{self.path} was rotated during the run: start the cluster with e2e/cluster.py's audit-log-maxsize")
         with self.path.open("rb") as f:
             f.seek(start)
             data = f.read(end - start)
