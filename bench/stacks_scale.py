@@ -71,7 +71,7 @@ class Audit:
         """One entry per request (a watch logs ResponseStarted and ResponseComplete: counted once)."""
         seen: dict[str, dict] = {}
         if end < start:
-            raise SystemExit(f"{self.path} was rotated during the run: start the cluster with the audit-log-maxsize=0 of e2e/cluster.py")
+            raise SystemExit(f"{self.path} was rotated during the run: start the cluster with e2e/cluster.py's audit-log-maxsize")
         with self.path.open("rb") as f:
             f.seek(start)
             data = f.read(end - start)
@@ -277,12 +277,21 @@ def run_operator(args, audit: Audit, ns: str) -> tuple[Figures, dict]:
     return fig, template
 
 
+def wait_established(crd: str, timeout: float = 60) -> None:
+    # Not kubectl wait: on a CRD created a moment ago it fails at once (no .status.conditions yet).
+    deadline = time.monotonic() + timeout
+    while kubectl("get", "crd", crd, "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}').strip() != "True":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"CRD {crd} not Established after {timeout:.0f} s")
+        time.sleep(1)
+
+
 def run_argo(args, audit: Audit, ns: str, template: dict) -> Figures:
     fig = Figures(n=args.rollouts)
     proc = subprocess.run([str(REPO / "e2e/argobin/build.sh")], stdout=subprocess.PIPE, text=True, check=True)
     argo = Path(proc.stdout.strip().splitlines()[-1])
     kubectl("apply", "--server-side", "-f", str(argo / "crds"), timeout=300)
-    kubectl("wait", "--for=condition=Established", "crd/rollouts.argoproj.io", "--timeout=60s")
+    wait_established("rollouts.argoproj.io")
     metrics_port, healthz_port = free_port(), free_port()
     log = tempfile.NamedTemporaryFile(prefix="rollouts-controller-", suffix=".log", delete=False)  # noqa: SIM115 - handed to the child process
     ctl = subprocess.Popen(
@@ -370,6 +379,7 @@ def main() -> None:
         kubectl("create", "namespace", ns)
         fig, template = run_operator(args, audit, ns)
         figs.append(("inferstack operator", fig))
+        print(table(figs, args), file=sys.stderr, flush=True)  # kept if the second phase fails
         if args.rollouts:
             kubectl("create", "namespace", argo_ns)
             figs.append(("Argo Rollouts v1.10.2", run_argo(args, audit, argo_ns, template)))

@@ -200,8 +200,9 @@ def cluster_up(bin_dir: Path) -> None:
         extra = []
         if AUDIT:
             AUDIT_POLICY.write_text(audit_policy())
-            # kwokctl rotates the log at 100 MB, and bench/stacks_scale.py reads it by offset.
-            extra += ["--kube-audit-policy", str(AUDIT_POLICY), "--extra-args", "kube-apiserver=audit-log-maxsize=0"]
+            # The API server rotates the log at 100 MB, and bench/stacks_scale.py reads it by offset.
+            # Not 0: its log writer (lumberjack) takes 0 for its default, 100 MB; 100000 MB is never here.
+            extra += ["--kube-audit-policy", str(AUDIT_POLICY), "--extra-args", "kube-apiserver=audit-log-maxsize=100000"]
         kwokctl(
             bin_dir,
             "create", "cluster",

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import json
 import logging
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -129,7 +132,8 @@ def deployment_index(namespace, labels, spec, status, **_):
 @kopf.index("apps", "v1", "controllerrevisions", labels=OWNED)
 def revision_index(namespace, labels, body, **_):
     data = body.get("data") or {}
-    return {(namespace, labels.get(objects.LABEL_STACK)): (data.get("hash"), body.get("revision", 0), data.get(objects.REVISION_DATA_KEY))}
+    # The revision's parts, compact: kept for as long as the revision exists.
+    return {(namespace, labels.get(objects.LABEL_STACK)): (data.get("hash"), body.get("revision", 0), compact(data.get(objects.REVISION_DATA_KEY)))}
 
 
 @dataclass(frozen=True)
@@ -469,6 +473,26 @@ async def write_status(kube: Kube, body: dict[str, Any], patch: dict[str, Any] |
     return patched
 
 
+# kopf's context variables of the one event a handler is called for: its cause
+# holds the object's whole body as the watch sent it (managedFields included),
+# with kopf's patch and loggers for it. A task keeps a copy of the context it
+# was created in, so a loop started by stack_changed would keep the stack's
+# first event for as long as the stack lives (tests/unit/test_stack_memory.py).
+KOPF_PER_EVENT_VARS = frozenset(
+    {"cause_var", "handler_var", "subregistry_var", "subexecuted_var", "sublifecycle_var", "subrefs_var", "subsettings_var"}
+)
+
+
+def loop_context() -> contextvars.Context:
+    """The current context without kopf's per-event variables; the process-wide ones
+    (its settings, the queue ``kopf.event`` posts to) stay."""
+    ctx = contextvars.Context()
+    for var, value in contextvars.copy_context().items():
+        if var.name not in KOPF_PER_EVENT_VARS:
+            ctx.run(var.set, value)
+    return ctx
+
+
 class StackLoop:
     """The one reconcile loop of one stack; passes never overlap.
 
@@ -485,7 +509,7 @@ class StackLoop:
         self.wake = asyncio.Event()
         self.emitted: set[str] = set()
         metrics.track_stack(*key)
-        self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}")
+        self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}", context=loop_context())
 
     async def run(self) -> None:
         namespace, name = self.key
@@ -496,11 +520,14 @@ class StackLoop:
             try:
                 with metrics.RECONCILE_SECONDS.time():
                     result = await reconcile_once(self.body, self.indexes, self.emitted)
-                if result.patched is not None:
+                if result.patched is not None and _rv(result.patched) > _rv(self.body):
                     # Decide next from what we wrote, not from a watch event
                     # that may still be on its way: a pass woken by another
-                    # object's event must not redo this pass's step.
-                    self.update(slim(result.patched))
+                    # object's event must not redo this pass's step. When the
+                    # watch brought that version first, it is held already (one
+                    # copy, shared with Runtime.stacks; a second would double
+                    # what a stack costs in memory).
+                    self.body = slim(result.patched)
                 timeout = Runtime.config.resync_seconds
                 if result.requeue is not None:
                     # Wake up right when a step's timer ends, not up to a resync later.
@@ -512,6 +539,7 @@ class StackLoop:
                     metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
                     log.warning("reconcile %s/%s: %s: %s (retry in %.0fs)", namespace, name, result.problem.reason, result.problem.message, backoff)
                     timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
+                del result  # its patched body (managedFields and all) is not kept while the loop sleeps
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # one bad pass must not kill the loop
@@ -528,7 +556,8 @@ class StackLoop:
                 timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
             metrics.RECONCILES.labels(namespace, name).inc()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):  # unlike wait_for, no second task per stack
+                    await self.wake.wait()
 
     def update(self, body: dict[str, Any]) -> None:
         """Take a newer version of the stack; ignore one older than what we hold."""
@@ -539,18 +568,40 @@ class StackLoop:
         self.task.cancel()
 
 
-def slim(body: Any) -> dict[str, Any]:
-    """A copy of a stack's body to keep, without metadata.managedFields.
+# Annotations the operator never reads, kept out of the stacks it holds: kubectl
+# apply's copy of the whole object it applied is as large as the spec.
+UNREAD_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+INTERN_MAX = 64  # strings up to this length are shared between the bodies kept (sys.intern)
 
-    The operator never reads a stack's managedFields, and they are about half
-    of a stack's body in memory (29 KiB of Python objects for a 4.7 kB stack
-    of bench/stacks_scale.py, 15 KiB without, measured with tracemalloc on
-    json.loads); every stack is held until it is deleted (Runtime.stacks, and
-    its loop's body, two copies after a pass that patched the status).
+
+def slim(body: Any) -> dict[str, Any]:
+    """A compact copy of a stack's body to keep: without metadata.managedFields
+    and the annotations in UNREAD_ANNOTATIONS, its keys and short strings shared.
+
+    Every stack is held until it is deleted (Runtime.stacks, and its loop's
+    body: the same object once the watch has caught up). The operator reads
+    neither managedFields nor those annotations; they were about half of a
+    stack's body in memory. Measured with tracemalloc on json.loads of the 300
+    stacks of a bench/stacks_scale.py run, without managedFields: 15.7 KiB of
+    Python objects per stack as the watch sent it, 7.4 KiB as kept here.
     """
     body = dict(body)
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    return copy.deepcopy({**body, "metadata": meta})
+    if (annotations := meta.get("annotations")) and not UNREAD_ANNOTATIONS.isdisjoint(annotations):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in UNREAD_ANNOTATIONS}
+    return cast(dict[str, Any], compact({**body, "metadata": meta}))
+
+
+def compact(value: Any) -> Any:
+    """A deep copy of JSON data whose dict keys and short strings are shared with
+    every other copy (``sys.intern``): a thousand stacks hold one ``"revisionHistoryLimit"``."""
+    if isinstance(value, Mapping):
+        return {sys.intern(str(k)): compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= INTERN_MAX:
+        return sys.intern(value)
+    return copy.deepcopy(value)
 
 
 def _rv(body: dict[str, Any]) -> int:
