@@ -45,7 +45,7 @@ def deploy_shop(namespace: str) -> None:
     manifest = support_stack("shop", GOOD_PROMPT)
     manifest["spec"]["cache"] = {"responseCache": {"enabled": True, "ttl": "5m"}}
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
 
 
 def test_keys_tenants_and_ports_on_the_real_control_plane(dataplane, namespace):

@@ -38,7 +38,7 @@ def test_pause_resume_promote_full_and_undo_through_the_plugin(namespace, operat
                {"canary": {"weight": 60, "duration": "1h"}}],
     )  # fmt: skip
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/cmd", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/cmd", "--timeout=150s")
     first = status(namespace)["stableRevision"]
     manifest["spec"]["prompt"]["system"] = BETTER_PROMPT
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))

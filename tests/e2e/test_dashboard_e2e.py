@@ -85,7 +85,7 @@ def test_every_dashboard_query_returns_data_after_a_promotion_and_a_rollback(jud
     # (the pairwise judge's gate, scenario.JUDGE_GATE, decides it).
     manifest["spec"]["evaluation"]["evaluators"].append({"name": "no-refusal", "rule": {"refusal": {}}})
     apply(namespace, manifest)
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
     stable = status(namespace)["stableRevision"]
     wait_until("the router serving the stack", lambda: judged.serves(f"{namespace}/shop"), timeout=30)
     extra = [

@@ -42,7 +42,7 @@ def status(namespace: str) -> dict:
 
 def deploy(namespace: str, manifest: dict) -> str:
     apply(namespace, manifest)
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
     return status(namespace)["stableRevision"]
 
 

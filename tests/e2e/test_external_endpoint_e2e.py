@@ -54,7 +54,7 @@ def test_hosted_model_gets_its_token_from_a_secret(namespace, operator, tmp_path
             },
         }  # fmt: skip
         kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack))
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/hosted", "--timeout=60s")
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/hosted", "--timeout=150s")
         assert json.loads(kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"] == []
 
         plan = kget("trafficplan", "hosted-traffic", namespace)

@@ -34,7 +34,7 @@ def backends(namespace):
 
 def test_gateway_route_follows_shadow_canary_and_abort(namespace, operator):
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(STACK))
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/gw-bot", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/gw-bot", "--timeout=150s")
     stable = kget("istack", "gw-bot", namespace)["status"]["stableRevision"]
     wait_until("route to stable", lambda: backends(namespace) == ({f"gw-bot-{stable}": 100}, None))
     r = route(namespace)

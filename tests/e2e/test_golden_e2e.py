@@ -92,7 +92,7 @@ def jobs(namespace: str) -> list[dict]:
 def deploy(namespace: str, system: str) -> str:
     kubectl("create", "configmap", "golden-cases", "-n", namespace, "--from-file=cases.jsonl=/dev/stdin", input=cases())
     apply(namespace, stack(system))
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
     assert not jobs(namespace), "a first deploy has nothing to compare: no golden Job"
     return status(namespace)["stableRevision"]
 

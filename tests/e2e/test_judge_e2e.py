@@ -57,7 +57,7 @@ def status(namespace: str) -> dict:
 
 def deploy(dp, namespace: str, manifest: dict) -> str:
     apply(namespace, manifest)
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
     wait_until("the router serving the stack", lambda: dp.serves(f"{namespace}/shop"))
     return status(namespace)["stableRevision"]
 

@@ -117,7 +117,7 @@ def test_leader_killed_mid_canary_the_standby_resumes_the_same_step_and_never_wr
         manifest = support_stack("shop", GOOD_PROMPT)
         manifest["spec"]["rollout"]["steps"][1]["canary"]["duration"] = f"{CANARY_SECONDS}s"
         kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
         key = dp.key_for(namespace)
         wait_until("the router serves the stack", lambda: dp.serves(f"{namespace}/shop"), timeout=30)
 

@@ -162,7 +162,7 @@ def test_a_promotion_and_a_rollback_each_post_once(dataplane, cluster_hook, name
         manifest = support_stack("shop", GOOD_PROMPT)
         manifest["spec"]["notifications"] = stack_webhooks()
         apply(namespace, manifest)
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
         stable = status(namespace)["stableRevision"]
         wait_until("router serves the stack", lambda: dataplane.serves(f"{namespace}/shop"), timeout=30)
         with Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)):
@@ -214,7 +214,7 @@ def test_b_a_pause_step_and_missed_progress_deadlines_post_awaiting_promotion_an
         manifest = support_stack("shop", GOOD_PROMPT, gates=[], steps=steps, progressDeadline="15s")
         manifest["spec"]["notifications"] = stack_webhooks()
         apply(namespace, manifest)
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
         stable = status(namespace)["stableRevision"]
 
         apply(namespace, with_prompt(manifest, BETTER_PROMPT))

@@ -108,7 +108,7 @@ def ignored(dp: DataPlane, reason: str) -> float:
 def deploy(dp: DataPlane, namespace: str, name: str = "shop") -> tuple[str, str]:
     """The stack Ready and served by the router: (its UID, the revision the router answers with)."""
     apply(support_stack(name, GOOD_PROMPT), namespace)
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=150s")
     wait_until("the router to serve the stack", lambda: dp.serves(f"{namespace}/{name}"), timeout=30)
     _, headers = wait_until("an answer", lambda: (r := ask(dp, namespace, name))[0] == 200 and r, timeout=30)
     uid = kget("istack", name, namespace)["metadata"]["uid"]

@@ -141,7 +141,7 @@ def status(namespace: str, name: str) -> dict[str, Any]:
 def deploy(dataplane, namespace: str, manifest: dict[str, Any]) -> str:
     name = manifest["metadata"]["name"]
     apply(namespace, manifest)
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=150s")
     wait_until("the router serves the stack", lambda: dataplane.serves(f"{namespace}/{name}"), timeout=30)
     return status(namespace, name)["stableRevision"]
 

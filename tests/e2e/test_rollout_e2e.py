@@ -43,7 +43,7 @@ def _t(value: str | None) -> datetime | None:
 def deploy_stable(dp: DataPlane, namespace: str, manifest: dict) -> str:
     apply(namespace, manifest)
     name = manifest["metadata"]["name"]
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=150s")
     # the router has the plan once it answers for the stack
     wait_until("router serves the stack", lambda: name in _router_models(dp, namespace), timeout=30)
     return status(namespace, name)["stableRevision"]

@@ -111,7 +111,7 @@ def test_example_becomes_ready_and_a_change_makes_exactly_one_revision(namespace
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "InferenceStack"
 
     # pods Ready through kwok -> Ready=True, and kubectl wait agrees
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=150s")
     stack = kget("istack", name, namespace)
     first = stack["status"]["stableRevision"]
     assert stack["status"]["phase"] == "Healthy"
@@ -153,7 +153,7 @@ def test_operator_restart_is_a_no_op(namespace, operator, pgstore):
         pgstore.create_index(table, retriever["embedding"]["dimension"], [("kb-1", "Refunds above 500 EUR are escalated.", {"title": "Refunds"})])
     store_secret(namespace, retriever["store"]["secretRef"]["name"], pgstore.dsn)
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"istack/{name}", "--timeout=150s")
     # settle: the plan and status are written once, then nothing changes
     wait_until("operator idle", lambda: operator.value("inferstack_operator_reconciles_total", namespace=namespace, stack=name) >= 3)
 

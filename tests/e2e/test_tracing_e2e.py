@@ -80,7 +80,7 @@ def test_an_answer_and_a_rolled_back_candidates_shadow_copies_are_traced_in_jaeg
     manifest = support_stack("shop", GOOD_PROMPT, gates=[gate])
     manifest["spec"]["evaluation"] = copy.deepcopy(EVALUATION)
     apply(namespace, manifest)
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=60s")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "istack/shop", "--timeout=150s")
     stable = status(namespace)["stableRevision"]
     key = traced.key_for(namespace)
     stack = f"{namespace}/shop"

@@ -317,7 +317,7 @@ def test_the_operators_deployment_runs_as_real_vllm_and_serves_through_the_route
     stable = wait_until("stable revision", lambda: status(rig).get("stableRevision"), timeout=60)
     server = rig.kubelet.start(stable)
     rig.state["stable"] = stable
-    kubectl("wait", "-n", rig.namespace, "--for=condition=Ready", f"istack/{STACK}", "--timeout=60s")
+    kubectl("wait", "-n", rig.namespace, "--for=condition=Ready", f"istack/{STACK}", "--timeout=150s")
     wait_until("the router serves the stack", lambda: serves(rig), timeout=30)
 
     # what vLLM was started with is the container's args, mapped as vllmrun says
