@@ -94,6 +94,21 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30, interval:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
+def wait_established(*crds: str, timeout: float = 30) -> None:
+    """Until every named CRD is Established. Not `kubectl wait --for=condition=Established`:
+    on a CRD created a moment ago, before the API server wrote any condition, that
+    fails at once ("<nil> is of the type <nil>") instead of waiting."""
+
+    def established(crd: str) -> bool:
+        proc = subprocess.run(
+            ["kubectl", "get", "crd", crd, "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}'],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return proc.returncode == 0 and proc.stdout.strip() == "True"
+
+    wait_for(f"CRDs {', '.join(crds)} Established", lambda: all(established(c) for c in crds), timeout=timeout)
+
+
 @dataclass
 class Proc:
     """A child process with its log file; stopped on exit."""

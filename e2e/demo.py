@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dataplane import REPO, DataPlane, Load, PlanRecorder, wait_for
+from dataplane import REPO, DataPlane, Load, PlanRecorder, wait_established, wait_for
 from scenario import (
     BAD_PROMPT,
     BETTER_PROMPT,
@@ -450,7 +450,7 @@ def main() -> int:
             flush=True,
         )
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd/inferencestacks.inferstack.dev", "--timeout=30s")
+        wait_established("inferencestacks.inferstack.dev")
         wait_for_gpus(2)  # one replica of the stable and one of the candidate, 1 GPU each
         kubectl("create", "namespace", namespace)
         dp = DataPlane(log_dir, namespace=namespace, judge=True)

@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "e2e"))  # the harness: dataplane.py, cluster.py
 
-from dataplane import free_port, load_env  # noqa: E402
+from dataplane import free_port, load_env, wait_established  # noqa: E402
 from dataplane import wait_for as wait_until  # noqa: E402  (tests read better with "until")
 
 EXPECTED_CONTEXT = "kwok-inferstack-e2e"
@@ -56,7 +56,7 @@ def e2e_cluster() -> None:
         pytest.exit(f"refusing to run e2e against kube context {context!r}; only {EXPECTED_CONTEXT!r} (make cluster-up)", returncode=4)
     # The CRD under test is the one in this checkout.
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/inferencestacks.inferstack.dev", "crd/trafficplans.inferstack.dev", "--timeout=30s")
+    wait_established("inferencestacks.inferstack.dev", "trafficplans.inferstack.dev")
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

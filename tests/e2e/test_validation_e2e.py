@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PREFIX, REPO, kget, kubectl, wait_until
+from conftest import PREFIX, REPO, kget, kubectl, wait_established, wait_until
 
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -129,7 +129,7 @@ def test_a_new_rule_does_not_wedge_a_stack_stored_before_it(ns: str) -> None:
     stack["spec"]["gates"] = [cel_cases.gate(cel_cases.LATENCY, threshold={"min": 3, "max": 2})]
     try:
         kubectl("apply", "-f", "-", input=json.dumps(before))
-        kubectl("wait", "--for=condition=Established", f"crd/{resource}", "--timeout=30s")
+        wait_established(resource)
         kubectl("create", "-n", ns, "-f", "-", input=json.dumps(stack))  # with the rule missing: stored
         kubectl("apply", "-f", "-", input=json.dumps(after))
         fresh = {**stack, "metadata": {"name": "fresh"}}

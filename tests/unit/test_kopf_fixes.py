@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 
 from kopf._cogs.aiokits import aiotoggles
 from kopf._cogs.structs import references
@@ -50,3 +51,47 @@ def test_kopf_still_names_and_calls_what_the_fix_relies_on() -> None:
     assert 'what = f"{resource}@{namespace}"' in spawn and "make_toggle(name=what)" in spawn
     assert "await terminate_redundancies(" in inspect.getsource(orchestration.adjust_tasks)
     assert set(inspect.signature(kopf_fixes._original).parameters) == {"remaining_resources", "remaining_namespaces", "ensemble"}
+
+
+async def test_held_names_each_watcher_that_has_not_listed_yet_and_its_state() -> None:
+    ensemble = await _ensemble_with_a_watcher_that_never_listed("e2e-slow")
+    await ensemble.operator_indexed.make_toggle(name=f"{STACKS}@e2e-orphan")  # a toggle whose watcher is gone
+    assert kopf_fixes.held(ensemble) == [f"{STACKS}@e2e-orphan (no watcher)", f"{STACKS}@e2e-slow (watcher running)"]
+    for task in ensemble.watcher_tasks.values():
+        task.cancel()
+    for toggle in list(ensemble.operator_indexed):
+        await ensemble.operator_indexed.drop_toggle(toggle)
+    assert kopf_fixes.held(ensemble) == []
+
+
+async def test_a_held_readiness_is_reported_once_it_lasts() -> None:
+    ensemble = await _ensemble_with_a_watcher_that_never_listed("e2e-slow")
+    kopf_fixes._ensemble = ensemble
+    records: list[str] = []
+    handler = _Collect(records)
+    kopf_fixes.log.addHandler(handler)
+    task = asyncio.create_task(kopf_fixes.report_held_readiness(interval=0.01, after=0.05))
+    try:
+        async with asyncio.timeout(5):
+            while not any("holds new handlers" in r for r in records):
+                await asyncio.sleep(0.01)
+            assert f"{STACKS}@e2e-slow (watcher running)" in records[-1]
+            for toggle in list(ensemble.operator_indexed):
+                await ensemble.operator_indexed.drop_toggle(toggle)
+            while not any("handlers run again" in r for r in records):
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        kopf_fixes.log.removeHandler(handler)
+        kopf_fixes._ensemble = None
+        for t in ensemble.watcher_tasks.values():
+            t.cancel()
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list[str]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record) -> None:
+        self.records.append(record.getMessage())

@@ -15,17 +15,25 @@ A namespace that no longer exists has nothing left to index. It patches a
 private function, so the kopf version is pinned in pyproject.toml and
 ``tests/unit/test_kopf_fixes.py`` checks the function still has the shape this
 relies on.
+
+``report_held_readiness()`` says, in the log, when kopf has held every new
+handler for longer than a moment, and which watchers hold it: a stall that
+is otherwise silent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from kopf._core.reactor import orchestration
 
 log = logging.getLogger(__name__)
 _original = orchestration.terminate_redundancies
+# The orchestrator's ensemble, seen at its first adjustment: read by report_held_readiness only.
+_ensemble: Any = None
 
 
 def _watcher_name(key: Any) -> str:
@@ -36,6 +44,8 @@ def _watcher_name(key: Any) -> str:
 async def _terminate_redundancies(
     *, remaining_resources: Any, remaining_namespaces: Any, ensemble: Any
 ) -> None:
+    global _ensemble
+    _ensemble = ensemble
     redundant = {
         _watcher_name(key)
         for key in ensemble.get_keys()
@@ -46,6 +56,38 @@ async def _terminate_redundancies(
         if toggle.name in redundant:
             log.info("dropping the readiness of a watcher that is gone: %s", toggle.name)
             await ensemble.operator_indexed.drop_toggle(toggle)
+
+
+def held(ensemble: Any) -> list[str]:
+    """What holds kopf's readiness: each toggle not yet dropped, with its watcher's state."""
+    tasks = {_watcher_name(key): task for key, task in ensemble.watcher_tasks.items()}
+    out = []
+    for toggle in ensemble.operator_indexed:
+        if toggle.is_on():
+            continue
+        task = tasks.get(toggle.name)
+        state = "no watcher" if task is None else "watcher done" if task.done() else "watcher running"
+        out.append(f"{toggle.name} ({state})")
+    return sorted(out)
+
+
+async def report_held_readiness(interval: float = 5.0, after: float = 15.0) -> None:
+    """Log a warning, every ``after`` seconds, while kopf holds new handlers for want of a listing."""
+    since: float | None = None
+    reported = 0.0
+    while True:
+        await asyncio.sleep(interval)
+        names = held(_ensemble) if _ensemble is not None else []
+        now = time.monotonic()
+        if not names:
+            if since is not None and reported:
+                log.warning("handlers run again after %.0fs", now - since)
+            since, reported = None, 0.0
+            continue
+        since = since or now
+        if now - since >= after and now - reported >= after:
+            reported = now
+            log.warning("kopf holds new handlers for %.0fs, waiting on: %s", now - since, "; ".join(names[:20]))
 
 
 def install() -> None:

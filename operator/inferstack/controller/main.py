@@ -34,6 +34,12 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 
 
 _election: list[asyncio.Task] = []
+_watchdogs: list[asyncio.Task] = []
+
+
+@kopf.on.startup()
+async def start_watchdog(**_) -> None:
+    _watchdogs.append(asyncio.create_task(kopf_fixes.report_held_readiness(), name="kopf readiness watchdog"))
 
 
 @kopf.on.startup()
