@@ -50,47 +50,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "e2e"))
 
 import cluster  # noqa: E402  (e2e/cluster.py: node manifests)
-from dataplane import free_port, kubectl, load_env  # noqa: E402
+from audit import Audit, Request  # noqa: E402  (e2e/audit.py: the API server's audit log, request by request)
+from dataplane import free_port, kubectl, load_env, wait_established  # noqa: E402
 
-WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 OPERATOR_AGENTS = ("inferstack-operator/", "kopf/")
 ARGO_AGENTS = ("rollouts-controller",)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class Audit:
-    """The API server's audit log, read from a byte offset: one JSON event per line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def mark(self) -> int:
-        return self.path.stat().st_size
-
-    def requests(self, start: int, end: int) -> list[dict]:
-        """One entry per request (a watch logs ResponseStarted and ResponseComplete: counted once)."""
-        seen: dict[str, dict] = {}
-        if end < start:
-            raise SystemExit(f"{self.path} was rotated during the run: start the cluster with e2e/cluster.py's audit-log-maxsize")
-        with self.path.open("rb") as f:
-            f.seek(start)
-            data = f.read(end - start)
-        for line in data.splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:  # a line cut at the mark
-                continue
-            seen.setdefault(ev.get("auditID", ""), ev)
-        return list(seen.values())
-
-
-def of(agents: tuple[str, ...]) -> Callable[[dict], bool]:
-    return lambda ev: str(ev.get("userAgent", "")).startswith(agents)
-
-
-def resource(ev: dict) -> str:
-    ref = ev.get("objectRef") or {}
-    return ref.get("resource", "") + ("/" + ref["subresource"] if ref.get("subresource") else "")
+def of(agents: tuple[str, ...]) -> Callable[[Request], bool]:
+    return lambda r: r.user_agent.startswith(agents)
 
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
@@ -222,17 +191,17 @@ def measure(
     reqs = audit.requests(a0, a1)
     ours = [e for e in reqs if mine(e)]
     fig.requests, fig.all_requests = len(ours), len(reqs)
-    fig.writes = sum(1 for e in ours if e.get("verb") in WRITE_VERBS)
-    fig.request_detail = dict(Counter(f"{e.get('verb')} {resource(e)}" for e in ours).most_common())
+    fig.writes = sum(1 for r in ours if r.write)
+    fig.request_detail = dict(Counter(r.what for r in ours).most_common())
     print(f"{label}: all {fig.n} Ready after {fig.all_ready:.1f} s; settling {settle:.0f} s", file=sys.stderr, flush=True)
     time.sleep(settle)  # the last status writes land before quiet is measured
     q0 = audit.mark()
     time.sleep(steady_seconds)
     quiet = [e for e in audit.requests(q0, audit.mark()) if mine(e)]
-    qw = [e for e in quiet if e.get("verb") in WRITE_VERBS]
+    qw = [r for r in quiet if r.write]
     fig.steady_writes_per_min = len(qw) * 60 / steady_seconds
     fig.steady_requests_per_min = len(quiet) * 60 / steady_seconds
-    fig.steady_detail = dict(Counter(f"{e.get('verb')} {resource(e)}" for e in qw))
+    fig.steady_detail = dict(Counter(r.what for r in qw))
     fig.rss_end = rss_kib(pid)
     fig.rss_peak = max(peak, rss_kib(pid, "VmHWM"))
     fig.cpu_total = cpu_seconds(pid) - cpu0
@@ -275,15 +244,6 @@ def run_operator(args, audit: Audit, ns: str) -> tuple[Figures, dict]:
         stop(op)
     print(f"inferstack: operator log {log.name}", file=sys.stderr)
     return fig, template
-
-
-def wait_established(crd: str, timeout: float = 60) -> None:
-    # Not kubectl wait: on a CRD created a moment ago it fails at once (no .status.conditions yet).
-    deadline = time.monotonic() + timeout
-    while kubectl("get", "crd", crd, "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}').strip() != "True":
-        if time.monotonic() > deadline:
-            raise SystemExit(f"CRD {crd} not Established after {timeout:.0f} s")
-        time.sleep(1)
 
 
 def run_argo(args, audit: Audit, ns: str, template: dict) -> Figures:

@@ -32,6 +32,7 @@ from kopf._core.reactor import orchestration
 
 log = logging.getLogger(__name__)
 _original = orchestration.terminate_redundancies
+SLOW_STOP_SECONDS = 5.0
 # The orchestrator's ensemble, seen at its first adjustment: read by report_held_readiness only.
 _ensemble: Any = None
 
@@ -51,7 +52,11 @@ async def _terminate_redundancies(
         for key in ensemble.get_keys()
         if key.namespace not in remaining_namespaces or key.resource not in remaining_resources
     }
+    started = time.monotonic()
     await _original(remaining_resources=remaining_resources, remaining_namespaces=remaining_namespaces, ensemble=ensemble)
+    if (took := time.monotonic() - started) > SLOW_STOP_SECONDS:
+        # kopf holds its orchestration (no watcher starts for a new namespace) while it stops these.
+        log.warning("kopf took %.0fs to stop the watchers of %s", took, "; ".join(sorted(redundant)[:20]))
     for toggle in list(ensemble.operator_indexed):
         if toggle.name in redundant:
             log.info("dropping the readiness of a watcher that is gone: %s", toggle.name)
