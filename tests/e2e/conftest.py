@@ -27,7 +27,9 @@ EXPECTED_CONTEXT = "kwok-inferstack-e2e"
 # Two runs on one cluster (engineers' sessions, CI beside a demo) each set
 # another INFERSTACK_E2E_PREFIX, one that is no prefix of the other's names
 # ("e2e" and "h1e2e", not "e2e" and "e2e-h1"), so their operators never meet.
-PREFIX = os.environ.get("INFERSTACK_E2E_PREFIX", "e2e")
+# Under pytest-xdist each worker adds its id ("e2egw0", "e2egw1"): workers share the
+# cluster, never a namespace or an operator.
+PREFIX = os.environ.get("INFERSTACK_E2E_PREFIX", "e2e") + os.environ.get("PYTEST_XDIST_WORKER", "")
 NS_GLOB = f"{PREFIX}-*"
 
 
@@ -41,6 +43,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if e2e_dir in Path(item.fspath).parents:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """A failed e2e test's report ends with the tail of its operators' logs: a CI run keeps
+    only what pytest prints, and most e2e failures are explained there."""
+    report = yield
+    if report.failed and report.when == "call":
+        for name, value in getattr(item, "funcargs", {}).items():
+            log_dir = getattr(value, "log_dir", None)
+            if isinstance(log_dir, Path):
+                for log in sorted(log_dir.glob("operator-*.log")):
+                    tail = log.read_text(errors="replace").splitlines()[-OPERATOR_LOG_LINES:]
+                    report.sections.append((f"{log.name} of fixture {name}, last {len(tail)} lines", "\n".join(tail)))
+    return report
+
+
+OPERATOR_LOG_LINES = 60
 
 
 @pytest.fixture(scope="session", autouse=True)
