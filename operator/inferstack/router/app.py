@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +46,15 @@ from inferstack.router.tracing import Tracing
 from inferstack.router.upstream import UpstreamClient, UpstreamResponse
 
 log = logging.getLogger(__name__)
+
+
+def new_request_id() -> str:
+    """``uuid.uuid4().hex`` (16 random bytes, version 4, RFC 4122 variant) without the UUID object it
+    builds, a third of its ~3 µs on every request that brings no id."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
 
 
 class SlowClient(Exception):
@@ -246,7 +255,7 @@ class Router:
         except AmbiguousModel as exc:
             return error_response(400, str(exc), "ambiguous_model")
 
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or new_request_id()
         route = choose(plan, request.headers, request_id)
         tenant = identity.tenant  # from the key or the trusted proxy, never from a header a client sets
         slice_ = self._slice(plan, request.headers)
