@@ -694,6 +694,16 @@ class _Response:
             self._carry = b""
         pieces = self._pieces
         state = self._chunk_state
+        if state == _SIZE:
+            # Exactly one whole chunk, no extension: a streamed event as a model server writes it,
+            # nearly every read of a paced stream. Taken here without the general loop below.
+            eol = data.find(b"\r\n", 0, 17)
+            if eol > 0 and _HEX.fullmatch(data, 0, eol) is not None:
+                end = eol + 2 + int(data[:eol], 16)
+                if end > eol + 2 and end + 2 == len(data) and data[end:] == b"\r\n":
+                    pieces.append(data[eol + 2:end])
+                    self._buffered += end - eol - 2
+                    return
         pos, n = 0, len(data)
         while pos < n:
             if state == _DATA:
