@@ -97,13 +97,33 @@ def _re2(pattern: str) -> Any:
     return re2.compile(pattern, options=options)
 
 
+# Whether there is a match is all the checks ask. google-re2's ``search`` builds a match object
+# whose offsets it converts back from UTF-8 to characters, which made a hit cost ~5x a miss
+# (~7 µs on a short answer, two checks per answer in the default set: issue 14). Its compiled
+# RE2's ``Match`` on the UTF-8 text answers the same question; when a google-re2 release no
+# longer has these internals, ``search`` is used.
+try:
+    _UNANCHORED: Any = re2._Anchor.UNANCHORED
+    _NULL_SPAN: Any = re2._NULL_SPAN
+except AttributeError:  # pragma: no cover - another google-re2
+    _UNANCHORED = None
+
+
+def _found(compiled: Any, text: str) -> bool:
+    regexp = getattr(compiled, "_regexp", None) if _UNANCHORED is not None else None
+    if regexp is None:
+        return compiled.search(text) is not None
+    encoded = text.encode("utf-8")
+    return bool(regexp.Match(_UNANCHORED, encoded, 0, len(encoded))[0] != _NULL_SPAN)
+
+
 def _search(compiled: Any, text: str) -> bool:
     """RE2 search on ``text``. An answer may hold a lone surrogate (a model's ``"\\ud800"``
     escape, which JSON decodes), which RE2's UTF-8 cannot take: it is searched as U+FFFD."""
     try:
-        return compiled.search(text) is not None
+        return _found(compiled, text)
     except UnicodeEncodeError:
-        return compiled.search(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")) is not None
+        return _found(compiled, text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
 
 
 def _refusal(markers: Sequence[str]) -> Score:

@@ -84,16 +84,15 @@ async def read_body(request: web.Request, limit: int, timeout: float | None = No
     """The body, reading no more than ``limit`` bytes of it (past that, a JSON 413) for no longer than
     ``timeout`` seconds in all (past that, a JSON 408: a deadline, not an idle timeout, so a byte now and then
     does not keep a handler forever)."""
-    too_large = RequestError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    data = bytearray()
+        raise _too_large(limit)
     try:
+        if request.content.is_eof():
+            # The whole body came with the headers (nearly every request): reading cannot wait, so
+            # there is no deadline to arm (its timer and context were a few µs of every request).
+            return await _read_all(request, limit)
         async with asyncio.timeout(timeout):
-            while chunk := await request.content.read(limit + 1 - len(data)):
-                data += chunk
-                if len(data) > limit:
-                    raise too_large
+            return await _read_all(request, limit)
     except TimeoutError:
         # The rest of the body is never read, so the connection cannot carry another request: the answer
         # closes it (aiohttp drains what still comes for at most its lingering time, 10 s, then closes).
@@ -110,6 +109,18 @@ async def read_body(request: web.Request, limit: int, timeout: float | None = No
         request.content.feed_eof()
         raise RequestError(400, "the request body cannot be decoded (check Content-Encoding)", None, "invalid_body",
                            close=True) from None
+
+
+def _too_large(limit: int) -> RequestError:
+    return RequestError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
+
+
+async def _read_all(request: web.Request, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise _too_large(limit)
     return bytes(data)
 
 
@@ -117,10 +128,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# What json.loads(data, parse_constant=_no_constants) builds on every call (a decoder and its
+# scanner), made once; _parse_json is that call's body for bytes.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
+def _parse_json(data: bytes) -> Any:
+    return _DECODER.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
+
+
 def parse_body(data: bytes, max_depth: int) -> dict[str, Any]:
     """A JSON object nested at most ``max_depth`` deep (NaN and Infinity are not JSON)."""
     try:
-        body = json.loads(data, parse_constant=_no_constants)
+        body = _parse_json(data)
     except RecursionError:
         raise _refuse(None, f"the request body is nested deeper than {max_depth} levels", "too_deep") from None
     except ValueError:  # also UnicodeDecodeError, and integers too long to convert

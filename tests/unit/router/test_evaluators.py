@@ -156,3 +156,18 @@ def test_a_lone_surrogate_in_an_answer_is_searched_not_raised(spec: dict[str, An
     """A model may write "\\ud800" in its JSON; json decodes it to a lone surrogate RE2 cannot encode."""
     text = "odd \ud800 text, see [kb-12] \U0001f600"
     assert compile_rule(rule(**spec), {})({}, answer(text, retrieved=retrieved)) == expected
+
+
+def test_pattern_search_answers_as_re2_search_does() -> None:
+    """The checks' match test (RE2's Match on the UTF-8 text, no match object) finds what ``search`` finds."""
+    from inferstack.router.evaluators import _re2, _search
+
+    patterns = ["(?i)refund (window|policy)", "(?i)guarantee[ds]?", "^$", "", "a*", "é+", r"\bword\b", "x$", r"^\s*$",
+                "(?:^|[^A-Za-z0-9_])(?:kb-1)(?:[^A-Za-z0-9_]|$)"]
+    texts = ["", "refund policy", "Refund Window x", "no", "aaaa", "ééé", "a word here", "see kb-1.", "kb-12", "x", "   ",
+             "\ud800 refund window", "lone \udfff"]
+    for pattern in patterns:
+        compiled = _re2(pattern)
+        for text in texts:
+            expected = compiled.search(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")) is not None
+            assert _search(compiled, text) == expected, (pattern, text)

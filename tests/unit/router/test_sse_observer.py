@@ -127,3 +127,18 @@ def test_a_read_with_bad_events_keeps_the_good_ones_and_only_them() -> None:
                   event([delta("a")]) + half + event([delta("b")])):
         _, answer = observe([chunk], strip=False)
         assert answer.text == "ab"
+
+
+def test_one_event_per_read_is_observed_as_in_one_read() -> None:
+    """Reads of one whole event (a paced stream's, taken without splitting lines) give what one read of all gives."""
+    tool = event([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{}"}}]},
+                   "finish_reason": "tool_calls"}])
+    events = [event([delta("Hello")]), b"data: not json\n\n", b"data:\n\n", b"data: NaN\n\n", b"data: 123456789012345678901234567890\n\n",
+              event([delta(", wor")]), tool, b": a comment\n\n", USAGE, event([delta("ld")]), b"data: [DONE]\n\n"]
+    for strip in (False, True):
+        one_read = observe([b"".join(events)], strip=strip)
+        per_event = observe(events, strip=strip)
+        assert per_event[0] == one_read[0] == (b"".join(e for e in events if e != USAGE) if strip else b"".join(events))
+        for got in (per_event[1], one_read[1]):
+            assert (got.text, got.prompt_tokens, got.completion_tokens, got.finish_reasons) == ("Hello, world", 7, 3, ["tool_calls"])
+            assert [(c.name, c.arguments) for c in got.tool_calls] == [("f", "{}")]

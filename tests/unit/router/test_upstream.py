@@ -199,3 +199,74 @@ async def test_limit_makes_requests_wait_for_a_connection(script: Script) -> Non
 async def test_header_injection_is_refused(script: Script, client: UpstreamClient) -> None:
     with pytest.raises(ValueError):
         await client.post(url(script), b"{}", {"X-Request-Id": "a\r\nX-Evil: 1"}, TIMEOUT)
+
+
+# ------------------------------------------------- relay() (issue 14): the body handed to a sink from the callback
+async def test_relay_passes_every_byte_and_reuses_the_connection(script: Script, client: UpstreamClient) -> None:
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(BODY, BODY * 3, b"data: [DONE]\n\n")
+    for cut in range(1, len(wire), 11):
+        async def send(writer: asyncio.StreamWriter, cut: int = cut) -> None:
+            writer.write(wire[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+            writer.write(wire[cut:])
+            await writer.drain()
+
+        script.replies.append(send)
+        response = await post(client, script)
+        got: list[bytes] = []
+        assert await response.relay(lambda data, got=got: got.append(data) is None)  # type: ignore[attr-defined]
+        response.close()
+        assert b"".join(got) == BODY * 4 + b"data: [DONE]\n\n"
+    assert script.connections == 1
+
+
+async def test_a_sink_that_holds_gets_the_rest_on_the_next_relay(script: Script, client: UpstreamClient) -> None:
+    go_on = asyncio.Event()
+
+    async def send(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(BODY), BODY))
+        await writer.drain()
+        await go_on.wait()
+        writer.write(chunked(b"data: [DONE]\n\n"))
+        await writer.drain()
+
+    script.replies.append(send)
+    response = await post(client, script)
+    got: list[bytes] = []
+    assert not await response.relay(lambda data: got.append(data) and False)  # type: ignore[attr-defined]
+    assert got == [BODY]
+    go_on.set()
+    await asyncio.sleep(0.05)  # held: nothing read meanwhile
+    assert got == [BODY]
+    assert await response.relay(lambda data: got.append(data) is None)  # type: ignore[attr-defined]
+    assert b"".join(got) == BODY + b"data: [DONE]\n\n"
+    response.close()
+
+
+async def test_relay_raises_what_reads_raise_and_what_the_sink_raised(script: Script, client: UpstreamClient) -> None:
+    def cut_short(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(BODY), BODY))
+        writer.close()
+
+    script.replies.append(cut_short)
+    response = await post(client, script)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.relay(lambda data: True)  # type: ignore[attr-defined]
+    response.close()
+
+    async def stream(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"%x\r\n%s\r\n" % (len(BODY), BODY))
+        await writer.drain()
+
+    def broken(data: bytes) -> bool:
+        raise RuntimeError("the router's own bug")
+
+    script.replies.append(stream)
+    response = await post(client, script)
+    with pytest.raises(RuntimeError, match="own bug"):
+        await response.relay(broken)  # type: ignore[attr-defined]
+    response.close()
