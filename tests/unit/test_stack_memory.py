@@ -32,7 +32,7 @@ async def test_a_stack_loop_does_not_keep_the_event_that_started_it(monkeypatch)
     seen: list[tuple[Any, Any]] = []
     passed = asyncio.Event()
 
-    async def one_pass(body, indexes, emitted):
+    async def one_pass(body, indexes, emitted, created=None):
         seen.append((execution.cause_var.get(None), posting.event_queue_var.get(None)))
         passed.set()
         return handlers.PassResult()
@@ -63,7 +63,7 @@ async def _run_passes(monkeypatch, loop_body: dict[str, Any], patched: list[dict
     answers = list(patched)
     done = asyncio.Event()
 
-    async def one_pass(body, indexes, emitted):
+    async def one_pass(body, indexes, emitted, created=None):
         if not answers:
             done.set()
             await asyncio.Event().wait()

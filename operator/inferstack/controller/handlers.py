@@ -21,6 +21,7 @@ import copy
 import json
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -270,19 +271,38 @@ async def read_spec(kube: Kube, body: dict[str, Any]) -> tuple[InferenceStackSpe
     return spec, refs
 
 
-async def apply_objects(kube: Kube, body: dict[str, Any], actions: Actions) -> Problem | None:
+# How long a loop remembers an object it created, while the watch has not shown it yet.
+CREATED_MEMORY_SECONDS = 30.0
+
+
+async def apply_objects(kube: Kube, body: dict[str, Any], actions: Actions, created: dict[str, float] | None = None) -> Problem | None:
     """Creates, scales and deletions, in order; the first refusal stops them and is returned.
 
     A refused call is the stack's problem to show (its status and a Warning
     event), not the operator's to crash on; the next pass retries with backoff.
+
+    ``created`` (the stack loop's own, "Kind/name" -> until when): objects this
+    loop created are not created again until the watch shows them or
+    CREATED_MEMORY_SECONDS pass. A pass woken by the status write's own event
+    often runs before the watch brings the new Deployment, sees no revision
+    objects and would create them again: at 1,000 stacks, 2 % of stacks
+    (6 % at 400) sent each create twice, answered 409.
     """
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     step = ""
+    now = time.monotonic()
+    if created is not None and not actions.create:
+        created.clear()  # the watch shows every object: nothing left to remember
     try:
         for manifest in actions.create:
+            what = f"{manifest['kind']}/{manifest['metadata']['name']}"
+            if created is not None and created.get(what, 0.0) > now:
+                continue
             step = f"creating {manifest['kind']} {manifest['metadata']['name']}"
             await kube.create(manifest)
+            if created is not None:
+                created[what] = now + CREATED_MEMORY_SECONDS
         for rev, replicas in actions.scale.items():
             step = f"scaling revision {rev} to {replicas}"
             await kube.scale(ns, objects.revision_name(name, rev), replicas)
@@ -356,7 +376,7 @@ class PassResult:
     problem: Problem | None = None  # what stopped this pass; the loop backs off
 
 
-async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]) -> PassResult:
+async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str], created: dict[str, float] | None = None) -> PassResult:
     """One level-based pass: read, decide (pure core), write what changed.
 
     Writes, in order: the revision's objects; the status (the rollout's
@@ -399,7 +419,7 @@ async def reconcile_once(body: dict[str, Any], indexes: tuple, emitted: set[str]
             patch = status_patch(body, spec, state, revision=revision.hash, observed=observed, now=now, problem=unusable)
             return PassResult(patched=await write_status(kube, body, patch, unusable), problem=unusable)
     actions, decision = reconcile(body, spec, revision, observed, Runtime.config, now, analysis)
-    problem = await apply_objects(kube, body, actions)
+    problem = await apply_objects(kube, body, actions, created)
     if problem is not None:
         # The same decision, shown with what stopped it.
         actions.status = status_patch(body, spec, decision.state, revision=revision.hash, observed=observed, now=now, problem=problem)
@@ -508,6 +528,7 @@ class StackLoop:
         self.indexes = indexes
         self.wake = asyncio.Event()
         self.emitted: set[str] = set()
+        self.created: dict[str, float] = {}  # what apply_objects created and the watch has not shown yet
         metrics.track_stack(*key)
         self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}", context=loop_context())
 
@@ -519,7 +540,7 @@ class StackLoop:
             self.wake.clear()
             try:
                 with metrics.RECONCILE_SECONDS.time():
-                    result = await reconcile_once(self.body, self.indexes, self.emitted)
+                    result = await reconcile_once(self.body, self.indexes, self.emitted, self.created)
                 if result.patched is not None and _rv(result.patched) > _rv(self.body):
                     # Decide next from what we wrote, not from a watch event
                     # that may still be on its way: a pass woken by another
