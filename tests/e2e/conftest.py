@@ -45,6 +45,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
+OPERATOR_LOG_LINES = 60
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     """A failed e2e test's report ends with the tail of its operators' logs: a CI run keeps
@@ -58,9 +61,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
                     tail = log.read_text(errors="replace").splitlines()[-OPERATOR_LOG_LINES:]
                     report.sections.append((f"{log.name} of fixture {name}, last {len(tail)} lines", "\n".join(tail)))
     return report
-
-
-OPERATOR_LOG_LINES = 60
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -42,6 +42,13 @@ async def start_watchdog(**_) -> None:
     _watchdogs.append(asyncio.create_task(kopf_fixes.report_held_readiness(), name="kopf readiness watchdog"))
 
 
+@kopf.on.cleanup()
+async def stop_watchdog(**_) -> None:
+    for task in _watchdogs:
+        task.cancel()
+    await asyncio.gather(*_watchdogs, return_exceptions=True)
+
+
 @kopf.on.startup()
 async def start_election(**_) -> None:
     # Started with kopf's watches: the loops start once both the lease is

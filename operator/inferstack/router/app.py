@@ -497,7 +497,7 @@ class Router:
                     continue  # a partial line held back while stripping the usage chunk
                 if transport is None or transport.get_write_buffer_size() + len(chunk) > 16 * 1024:
                     # The client may be behind: bound how long it may leave the stream unread.
-                    await self._write_bounded(out, chunk, request)
+                    await self._write_bounded(out, request, chunk)
                 else:
                     await out.write(chunk)  # stays under the buffer's high-water mark (64 KiB): cannot block
                 if relay is not None:
@@ -508,10 +508,10 @@ class Router:
                 while not await relay(sink):
                     if sink.gone:
                         raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")  # as out.write would
-                    await self._drain_bounded(out, request)
+                    await self._write_bounded(out, request)
             tail = observer.flush()  # a last line without newline, held while stripping
             if tail:
-                await self._write_bounded(out, tail, request)
+                await self._write_bounded(out, request, tail)
         except SlowClient:
             # Disconnected; returning closes the upstream response, so the model server aborts the generation.
             self.metrics.record_error(labels, "client_timeout")
@@ -542,10 +542,7 @@ class Router:
         self._record(plan, labels, body, observer.finish(), started, ttft, headers["x-request-id"], ex, documents)
         return out
 
-    async def _write_bounded(self, out: web.StreamResponse, chunk: bytes, request: web.Request) -> None:
-        await self._drain_bounded(out, request, chunk)
-
-    async def _drain_bounded(self, out: web.StreamResponse, request: web.Request, chunk: bytes = b"") -> None:
+    async def _write_bounded(self, out: web.StreamResponse, request: web.Request, chunk: bytes = b"") -> None:
         """Write ``chunk`` (none: only wait until the client's socket is under its high-water mark),
         for at most --stream-write-timeout; past it the client is disconnected (SlowClient)."""
         try:

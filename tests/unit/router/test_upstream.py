@@ -72,6 +72,19 @@ def url(script: Script) -> URL:
     return URL(f"http://127.0.0.1:{script.port}/v1/chat/completions")
 
 
+def split_at(wire: bytes, cut: int):  # type: ignore[no-untyped-def]
+    """A scripted reply that sends ``wire`` in two writes, cut at ``cut``, a moment apart."""
+
+    async def send(writer: asyncio.StreamWriter) -> None:
+        writer.write(wire[:cut])
+        await writer.drain()
+        await asyncio.sleep(0.001)
+        writer.write(wire[cut:])
+        await writer.drain()
+
+    return send
+
+
 async def post(client: UpstreamClient, script: Script, timeout: aiohttp.ClientTimeout = TIMEOUT):  # type: ignore[no-untyped-def]
     return await client.post(url(script), b'{"a":1}', {"Content-Type": "application/json"}, timeout)
 
@@ -90,14 +103,7 @@ async def test_content_length_answer_and_keep_alive(script: Script, client: Upst
 async def test_chunked_stream_split_anywhere(script: Script, client: UpstreamClient) -> None:
     wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(BODY, BODY * 3, b"data: [DONE]\n\n")
     for cut in range(1, len(wire), 7):
-        async def send(writer: asyncio.StreamWriter, cut: int = cut) -> None:
-            writer.write(wire[:cut])
-            await writer.drain()
-            await asyncio.sleep(0.001)
-            writer.write(wire[cut:])
-            await writer.drain()
-
-        script.replies.append(send)
+        script.replies.append(split_at(wire, cut))
         response = await post(client, script)
         got = b"".join([chunk async for chunk in response.content.iter_any()])
         response.close()
@@ -205,14 +211,7 @@ async def test_header_injection_is_refused(script: Script, client: UpstreamClien
 async def test_relay_passes_every_byte_and_reuses_the_connection(script: Script, client: UpstreamClient) -> None:
     wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(BODY, BODY * 3, b"data: [DONE]\n\n")
     for cut in range(1, len(wire), 11):
-        async def send(writer: asyncio.StreamWriter, cut: int = cut) -> None:
-            writer.write(wire[:cut])
-            await writer.drain()
-            await asyncio.sleep(0.001)
-            writer.write(wire[cut:])
-            await writer.drain()
-
-        script.replies.append(send)
+        script.replies.append(split_at(wire, cut))
         response = await post(client, script)
         got: list[bytes] = []
         assert await response.relay(lambda data, got=got: got.append(data) is None)  # type: ignore[attr-defined]
