@@ -109,6 +109,82 @@ def wait_established(*crds: str, timeout: float = 30) -> None:
     wait_for(f"CRDs {', '.join(crds)} Established", lambda: all(established(c) for c in crds), timeout=timeout)
 
 
+class TcpGate:
+    """A TCP forwarder to one local port that a test can close and open again, on its own port.
+
+    The rollout e2e takes Prometheus down for its operator alone this way: the harness's
+    Prometheus is shared by the tests that run beside it (`make test` runs modules side by
+    side), and stopping it failed theirs. ``down()`` stops listening and cuts the open
+    connections (a client gets "connection refused", as from a stopped server); ``up()``
+    listens on the same port again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    def start(self) -> TcpGate:
+        self._thread.start()
+        self.up()
+        return self
+
+    def up(self) -> None:
+        async def listen() -> None:
+            if self._server is None:
+                self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+
+        self._run(listen())
+
+    def down(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for writer in list(self._open):
+                writer.transport.abort()
+
+        self._run(close())
+
+    def stop(self) -> None:
+        self.down()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()  # one side ended: so does the other
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._open -= {writer, up_writer}
+
+
 @dataclass
 class Proc:
     """A child process with its log file; stopped on exit."""
@@ -198,6 +274,7 @@ class DataPlane:
     judge_model: str = "standin-judge"
     judge_port: int = field(default_factory=free_port)
     router_args: tuple[str, ...] = ()  # more router flags (e.g. --otlp-endpoint for the tracing e2e)
+    prometheus_url: str | None = None  # the operator's; default the harness's ($INFERSTACK_PROMETHEUS_URL)
     procs: dict[str, Proc] = field(default_factory=dict)
 
     @property
@@ -226,7 +303,7 @@ class DataPlane:
             yaml.safe_dump(
                 {
                     "backendUrlTemplate": f"http://127.0.0.1:{self.standin_port}",
-                    "prometheusUrl": os.environ["INFERSTACK_PROMETHEUS_URL"],
+                    "prometheusUrl": self.prometheus_url or os.environ["INFERSTACK_PROMETHEUS_URL"],
                     "prometheusTimeoutSeconds": 2.0,
                     # Prometheus scrapes every second here (cluster.py): 4 scrapes.
                     "minAnalysisWindowSeconds": 4,

@@ -12,13 +12,15 @@ import os
 import random
 import signal
 import time
+import urllib.parse
+from collections.abc import Iterator
 from datetime import datetime
 from itertools import pairwise
 
-from conftest import kget, kubectl, scrape, wait_until
+import pytest
+from conftest import NS_GLOB, kget, kubectl, scrape, wait_until
 
-import cluster
-from dataplane import DataPlane, Load, PlanRecorder
+from dataplane import DataPlane, Load, PlanRecorder, TcpGate
 from scenario import BAD_PROMPT, BETTER_PROMPT, EXPECTED_STEPS, GOOD_PROMPT, support_stack, with_prompt
 
 
@@ -55,6 +57,23 @@ def _router_models(dp: DataPlane, namespace: str) -> list[str]:
     request = urllib.request.Request(f"{dp.router_url}/v1/models", headers={"Authorization": f"Bearer {dp.key_for(namespace)}"})
     with urllib.request.urlopen(request, timeout=2) as r:
         return [m["id"].split("/")[-1] for m in json.loads(r.read())["data"]]
+
+
+@pytest.fixture(scope="module")
+def prometheus_gate() -> Iterator[TcpGate]:
+    """This module's operator reaches Prometheus through a gate that test_c closes: Prometheus
+    down for this operator alone, while the tests beside it keep the shared one."""
+    gate = TcpGate(urllib.parse.urlsplit(os.environ["INFERSTACK_PROMETHEUS_URL"]).port or 0).start()
+    yield gate
+    gate.stop()
+
+
+@pytest.fixture(scope="module")
+def dataplane(tmp_path_factory: pytest.TempPathFactory, prometheus_gate: TcpGate) -> Iterator[DataPlane]:
+    dp = DataPlane(tmp_path_factory.mktemp("dataplane"), namespace=NS_GLOB, prometheus_url=prometheus_gate.url)
+    dp.start()
+    yield dp
+    dp.stop()
 
 
 def test_a_good_candidate_goes_shadow_canary_ramp_and_is_promoted(dataplane, namespace):
@@ -140,14 +159,14 @@ def test_b_worse_only_on_billing_is_rolled_back_then_f_gitops_revert_is_healthy(
     assert current["serial"] == serial_before and current.get("candidate") is None
 
 
-def test_c_prometheus_down_holds_the_step_and_the_rollout_completes_after(dataplane, namespace):
+def test_c_prometheus_down_holds_the_step_and_the_rollout_completes_after(dataplane, namespace, prometheus_gate):
     manifest = stack("shop", GOOD_PROMPT)
     deploy_stable(dataplane, namespace, manifest)
     with Load(dataplane.router_url, f"{namespace}/shop", api_key=dataplane.key_for(namespace)):
         apply(namespace, with_prompt(manifest, BETTER_PROMPT))
         cand = wait_until("candidate", lambda: status(namespace, "shop").get("candidateRevision"))
         wait_until("canary 25%", lambda: status(namespace, "shop").get("traffic", {}).get("candidateWeight") == 25, timeout=60)
-        cluster.prometheus_down()
+        prometheus_gate.down()
         try:
             # well past the step's 4 s: the step holds, nothing is promoted
             deadline = time.monotonic() + 12
@@ -158,8 +177,7 @@ def test_c_prometheus_down_holds_the_step_and_the_rollout_completes_after(datapl
                 time.sleep(0.5)
             assert any(g["verdict"] == "Inconclusive" for g in st["gates"]), st["gates"]
         finally:
-            cluster.prometheus_up()
-            dataplane.write_scrape_targets()
+            prometheus_gate.up()
         wait_until("promotion after Prometheus returns", lambda: status(namespace, "shop").get("stableRevision") == cand, timeout=180)
 
 
