@@ -9,7 +9,7 @@ import logging
 
 from kopf._cogs.aiokits import aiotoggles
 from kopf._cogs.structs import references
-from kopf._core.reactor import orchestration
+from kopf._core.reactor import observation, orchestration
 
 from inferstack.controller import kopf_fixes
 
@@ -95,3 +95,50 @@ class _Collect(logging.Handler):
 
     def emit(self, record) -> None:
         self.records.append(record.getMessage())
+
+
+def _namespace_listed(name: str) -> dict:
+    # An item of a watch's first listing, as kopf's watcher hands it on: no event type.
+    return {"type": None, "object": {"metadata": {"name": name}}}
+
+
+async def _served_after(handler, *, known: set[str], listed: str) -> tuple[set[str], bool]:
+    insights = references.Insights()
+    insights.namespaces.update(known)
+    woken = asyncio.Event()
+
+    async def orchestrator() -> None:  # what kopf's orchestrator waits on before starting watchers
+        async with insights.revised:
+            await insights.revised.wait()
+            woken.set()
+
+    waiter = asyncio.create_task(orchestrator())
+    await asyncio.sleep(0)
+    await handler(raw_event=_namespace_listed(listed), namespaces=["e2e-*"], insights=insights, stream_pressure=None)
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    return set(insights.namespaces), woken.is_set()
+
+
+async def test_without_the_fix_a_namespace_created_between_kopfs_two_listings_is_never_served() -> None:
+    served, woken = await _served_after(kopf_fixes._original_namespace_event, known={"e2e-a"}, listed="e2e-new")
+    assert served == {"e2e-a"} and not woken  # the defect, as kopf has it
+
+
+async def test_the_fix_serves_a_namespace_seen_only_in_the_watchs_listing() -> None:
+    served, woken = await _served_after(kopf_fixes._process_discovered_namespace_event, known={"e2e-a"}, listed="e2e-new")
+    assert served == {"e2e-a", "e2e-new"} and woken
+
+
+async def test_the_fix_does_not_wake_kopf_for_namespaces_it_knows_or_does_not_watch() -> None:
+    for listed in ("e2e-a", "kube-system"):
+        served, woken = await _served_after(kopf_fixes._process_discovered_namespace_event, known={"e2e-a"}, listed=listed)
+        assert served == {"e2e-a"} and not woken
+
+
+def test_kopf_still_ignores_the_listing_and_looks_the_processor_up_by_name() -> None:
+    observer = inspect.getsource(observation.namespace_observer)
+    assert "functools.partial(process_discovered_namespace_event," in observer
+    assert "if raw_event['type'] is None:\n        return" in inspect.getsource(kopf_fixes._original_namespace_event)
+    kopf_fixes.install()
+    assert observation.process_discovered_namespace_event is kopf_fixes._process_discovered_namespace_event

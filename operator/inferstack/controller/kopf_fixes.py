@@ -1,4 +1,19 @@
-"""A work-around for kopf 1.45: a vanished namespace must not hold every handler forever.
+"""Work-arounds for kopf 1.45's namespace tracking (``--namespace 'team-*'``).
+
+**A namespace created while the operator starts is never served.** kopf lists
+the namespaces once, then starts a watch, which lists them again and ignores
+that second listing (its events have no type). A namespace created between
+the two listings is in neither the first listing nor the watch's events: kopf
+starts no watcher for it, and its stacks are not reconciled until the
+namespace itself changes (for a test, when it is deleted). Seen twice in CI:
+an operator started while the test created its namespace did nothing for
+two minutes, then reconciled the stack as the namespace was being deleted.
+The same gap opens at each reconnection of the namespace watch.
+``install()`` makes kopf take the watch's listing into account too; it wakes
+the orchestrator only when that adds a namespace, so a restart with many
+namespaces costs nothing more.
+
+**A vanished namespace must not hold every handler forever.**
 
 With a namespace glob (``--namespace 'team-*'``) kopf runs one watcher per
 (resource, namespace) and holds every handler until each watcher has listed
@@ -9,11 +24,12 @@ operator never runs a handler again: no stack is reconciled, while the
 process looks healthy. Seen in CI, where earlier tests' namespaces were
 still terminating when an operator started.
 
-``install()`` wraps kopf's ``terminate_redundancies`` so that, after it stops
+``install()`` also wraps kopf's ``terminate_redundancies`` so that, after it stops
 the watchers of vanished namespaces, their readiness toggles are dropped too.
-A namespace that no longer exists has nothing left to index. It patches a
-private function, so the kopf version is pinned in pyproject.toml and
-``tests/unit/test_kopf_fixes.py`` checks the function still has the shape this
+A namespace that no longer exists has nothing left to index.
+
+Both patch private functions, so the kopf version is pinned in pyproject.toml
+and ``tests/unit/test_kopf_fixes.py`` checks they still have the shape this
 relies on.
 
 ``report_held_readiness()`` says, in the log, when kopf has held every new
@@ -28,10 +44,11 @@ import logging
 import time
 from typing import Any
 
-from kopf._core.reactor import orchestration
+from kopf._core.reactor import observation, orchestration
 
 log = logging.getLogger(__name__)
 _original = orchestration.terminate_redundancies
+_original_namespace_event = observation.process_discovered_namespace_event
 SLOW_STOP_SECONDS = 5.0
 # The orchestrator's ensemble, seen at its first adjustment: read by report_held_readiness only.
 _ensemble: Any = None
@@ -61,6 +78,19 @@ async def _terminate_redundancies(
         if toggle.name in redundant:
             log.info("dropping the readiness of a watcher that is gone: %s", toggle.name)
             await ensemble.operator_indexed.drop_toggle(toggle)
+
+
+async def _process_discovered_namespace_event(*, raw_event: Any, namespaces: Any, insights: Any, **kwargs: Any) -> None:
+    if raw_event["type"] is not None:
+        await _original_namespace_event(raw_event=raw_event, namespaces=namespaces, insights=insights, **kwargs)
+        return
+    # A listing (the watch's first, or one after a reconnection): kopf drops these.
+    async with insights.revised:
+        before = set(insights.namespaces)
+        observation.revise_namespaces(raw_events=[raw_event], insights=insights, namespaces=namespaces)
+        if insights.namespaces != before:
+            log.info("namespaces changed while kopf was not watching: %s", raw_event["object"]["metadata"]["name"])
+            insights.revised.notify_all()
 
 
 def held(ensemble: Any) -> list[str]:
@@ -97,3 +127,5 @@ async def report_held_readiness(interval: float = 5.0, after: float = 15.0) -> N
 
 def install() -> None:
     orchestration.terminate_redundancies = _terminate_redundancies  # type: ignore[assignment]
+    # namespace_observer looks this name up in its module at each start of the namespace watch.
+    observation.process_discovered_namespace_event = _process_discovered_namespace_event  # type: ignore[assignment]
