@@ -80,7 +80,9 @@ def e2e_cluster() -> None:
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, timeout=120)
+    # kubectl's own --timeout (e.g. of `kubectl wait`) decides; this one only catches a hung kubectl.
+    waits = [float(a.removeprefix("--timeout=").removesuffix("s")) for a in args if a.startswith("--timeout=") and a.endswith("s")]
+    proc = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, timeout=max([120.0, *(w + 30 for w in waits)]))
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
     return proc
