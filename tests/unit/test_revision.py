@@ -98,6 +98,9 @@ def test_any_real_change_makes_a_new_revision(path, value):
         ("cache.tenantHeader", "x-org"),
         ("retriever.timeout", "10s"),
         ("retriever.onFailure", "AnswerWithoutContext"),
+        ("evaluation.slices", {"values": ["billing"]}),
+        ("evaluation.evaluators", [{"name": "json", "rule": {"json": {}}}]),
+        ("evaluation.alpha", 0.01),
     ],
 )
 def test_delivery_changes_make_no_new_revision(path, value):

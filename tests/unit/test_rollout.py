@@ -11,6 +11,7 @@ import pytest
 
 from inferstack.api.v1alpha1 import InferenceStackSpec, Phase
 from inferstack.core.gates import AGGREGATE, GateVerdict, Verdict
+from inferstack.core.revision import compute_revision
 from inferstack.core.rollout import (
     COMMAND_ANNOTATION,
     COMMAND_ID_ANNOTATION,
@@ -47,7 +48,9 @@ GATE = {
 
 
 def make_spec(
-    steps: list[dict[str, Any]] | None = None, gates: list[dict[str, Any]] | None = None
+    steps: list[dict[str, Any]] | None = None,
+    gates: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> InferenceStackSpec:
     return InferenceStackSpec.model_validate(
         {
@@ -59,6 +62,7 @@ def make_spec(
                 "progressDeadline": "20m",
             },
             "gates": [GATE] if gates is None else gates,
+            "evaluation": evaluation or {},
         }
     )
 
@@ -819,15 +823,49 @@ def test_status_fits_the_crd_schema() -> None:
         InferenceStackStatus.model_validate(status)  # extra="forbid": an unknown key fails here
 
 
-def test_editing_gates_restarts_the_step_analysis_and_makes_no_new_revision() -> None:
-    first = decide(SPEC, CANARY5, obs(), T0 + MIN)
+JUDGE = {"endpoint": {"url": "http://judge:8000/v1", "model": "j"}, "criteria": "Answers the billing question."}
+EVALUATION = {
+    "slices": {"values": ["billing"]},
+    "evaluators": [{"name": "refusal", "rule": {"refusal": {}}}, {"name": "helpful", "judge": JUDGE}],
+}
+EVALUATED = make_spec(evaluation=EVALUATION)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        pytest.param(SPEC, make_spec(gates=[{**GATE, "compare": {"maxRelativeDrop": 0.01}}]), id="stricter-gate"),
+        pytest.param(
+            EVALUATED,
+            make_spec(evaluation={**EVALUATION, "evaluators": [*EVALUATION["evaluators"], {"name": "json", "rule": {"json": {}}}]}),
+            id="evaluator-added",
+        ),
+        pytest.param(
+            EVALUATED, make_spec(evaluation={**EVALUATION, "slices": {"values": ["billing", "tech"]}}), id="slices-changed"
+        ),
+        pytest.param(
+            EVALUATED,
+            make_spec(evaluation={**EVALUATION, "evaluators": [
+                EVALUATION["evaluators"][0], {"name": "helpful", "judge": {**JUDGE, "criteria": "Cites the invoice."}},
+            ]}),
+            id="rubric-rewritten",
+        ),
+        pytest.param(EVALUATED, make_spec(evaluation={**EVALUATION, "alpha": 0.01}), id="alpha-lowered"),
+    ],
+)
+def test_editing_gates_or_evaluation_restarts_the_step_analysis_and_makes_no_new_revision(
+    before: InferenceStackSpec, after: InferenceStackSpec
+) -> None:
+    # Evidence gathered under the old rules cannot be carried over, but the
+    # revision users get is the same, so the rollout goes on at the same step.
+    assert compute_revision(after).hash == compute_revision(before).hash
+    first = decide(before, CANARY5, obs(), T0 + MIN)
     judged = first.state
     assert judged.judged_by and judged.step_started_at == CANARY5.step_started_at  # recorded, nothing restarted
-    stricter = make_spec(gates=[{**GATE, "compare": {"maxRelativeDrop": 0.01}}])
     later = T0 + 2 * MIN
-    d = decide(stricter, replace(judged, failures={"quality": 1}), obs(), later)
+    d = decide(after, replace(judged, failures={"quality": 1}), obs(), later)
     assert [e.reason for e in d.events] == ["AnalysisRestarted"]
     assert d.state.step_started_at == later and d.state.failures == {} and d.state.verdicts == ()
     assert d.state.candidate == C and step_label(STEPS_OF, d.state) == "canary 5%"
-    again = decide(stricter, d.state, obs(), later + MIN)
+    again = decide(after, d.state, obs(), later + MIN)
     assert not [e for e in again.events if e.reason == "AnalysisRestarted"]
