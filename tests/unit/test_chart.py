@@ -373,8 +373,13 @@ def test_operator_clusterrole_grants_every_call():
 def test_operator_role_grants_the_lease_and_nothing_else():
     assert leader_election_needs() == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
     docs = skeleton((TEMPLATES / "operator-rbac.yaml").read_text())
-    assert granted(docs, "Role") == leader_election_needs()
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    assert set(roles) == {"x-operator-leader-election", "x-operator-store-secrets"}
+    assert granted([roles["x-operator-leader-election"]], "Role") == leader_election_needs()
     assert not any(r == "leases" for _, r, _ in granted(docs, "ClusterRole")), "leases in one namespace only"
+    # The store Secrets' Role reads Secrets and nothing else, and only the ones it names.
+    assert granted([roles["x-operator-store-secrets"]], "Role") == {("", "secrets", "get")}
+    assert all(rule.get("resourceNames") for rule in roles["x-operator-store-secrets"]["rules"])
 
 
 def test_operator_clusterrole_covers_the_brief_and_no_secrets():
@@ -545,6 +550,34 @@ def test_helm_render_defaults():
     assert not any(r == "secrets" for _, r, _ in rules), "notification Secrets are opt-in"
     opted = render("operator.rbac.notificationSecrets=true")
     assert ("", "secrets", "get") in granted([d for d in opted if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("operator")], "ClusterRole")
+
+
+@needs_helm
+def test_helm_render_operator_store_secrets():
+    """The index check's Secret reads: none by default, else by name in the listed namespaces only."""
+    def store_docs(docs):
+        return {(d["kind"], d["metadata"]["namespace"]): d for d in docs if d["metadata"]["name"] == "demo-inferstack-operator-store-secrets"}
+
+    assert store_docs(render()) == {}
+    docs = render("operator.rbac.storeSecrets.team-a={support-store,billing-store}", "operator.rbac.storeSecrets.team-b={kb}")
+    by = store_docs(docs)
+    assert sorted(by) == [("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
+    assert by["Role", "team-a"]["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["support-store", "billing-store"], "verbs": ["get"]}
+    ]
+    assert by["Role", "team-b"]["rules"][0]["resourceNames"] == ["kb"]
+    for ns in ("team-a", "team-b"):
+        assert by["RoleBinding", ns]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "demo-inferstack-operator-store-secrets"}
+        assert by["RoleBinding", ns]["subjects"] == [
+            {"kind": "ServiceAccount", "name": "demo-inferstack-operator", "namespace": "inferstack-system"}
+        ]
+    operator_role = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "demo-inferstack-operator"]
+    assert not any(r == "secrets" for _, r, _ in granted(operator_role, "ClusterRole")), "no Secret outside the named ones"
+    # A namespace listed without names would make a Role that reads all of its Secrets: refused.
+    for empty in ("operator.rbac.storeSecrets.team-a={}", "operator.rbac.storeSecrets.team-a=kb"):
+        with pytest.raises(subprocess.CalledProcessError) as failed:
+            render(empty)
+        assert "must be a list of Secret names" in failed.value.stderr
 
 
 @needs_helm

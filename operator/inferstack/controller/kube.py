@@ -115,7 +115,10 @@ class Kube:
         return (cm.data or {}).get(key)
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
-        """A notification webhook's URL or token; None when the Secret or key is missing. Never logged."""
+        """A notification webhook's URL or token, or a vector store's DSN (the index check).
+
+        None when the Secret or key is missing. Never logged.
+        """
         try:
             secret = await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as e:
