@@ -12,7 +12,10 @@ import time
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from yarl import URL
 
+from inferstack.core.trafficplan import RevisionBundle, SecretRef
+from inferstack.router import tracing
 from inferstack.router.app import ROUTER
 from inferstack.router.auth import Authenticator, KeyTable
 from inferstack.router.feedback import Signer
@@ -101,6 +104,8 @@ async def test_a_request_is_one_server_span_with_genai_and_inferstack_attributes
     assert a["inferstack.response_id"] == resp.headers["x-inferstack-response-id"]
     assert a["inferstack.cache_hit"] is False and a["http.response.status_code"] == 200
     assert a["inferstack.tenant"] == "team-a/tests"
+    assert a["gen_ai.provider.name"] == "vllm"  # a revision the operator runs (plain http, no token)
+    assert "server.address" not in a  # the request span is the router's own SERVER span: it names no model server
     assert "gen_ai.input.messages" not in a  # the stack did not opt in to contents
     # The rule checks' results are events of the span of the answer they scored.
     ev = events(span)
@@ -111,8 +116,29 @@ async def test_a_request_is_one_server_span_with_genai_and_inferstack_attributes
     # The upstream call is a CLIENT child whose traceparent the model server received.
     (upstream,) = await spans_named(tracer, exporter, "chat model-a")
     assert upstream.kind == SpanKind.CLIENT and upstream.parent.span_id == span.context.span_id
+    assert upstream.attributes["gen_ai.provider.name"] == "vllm"
+    assert (upstream.attributes["server.address"], upstream.attributes["server.port"]) == (stable_server.host, stable_server.port)
     received = await (await client.session.get(stable_server.make_url("/debug/traceparents"))).json()
     assert_traceparent(received, upstream)
+
+
+@pytest.mark.parametrize(("url", "token", "provider", "port"), [
+    ("http://support-7f9c2ab1.team-a.svc:8000", False, "vllm", 8000),  # the operator's vLLM revision
+    ("https://api.openai.com", True, "openai", 443),
+    ("https://acme.openai.azure.com/openai", True, "azure.ai.openai", 443),
+    ("https://llm.example.com", False, "openai", 443),  # hosted, OpenAI's API, no token
+    ("http://llm.example.com", True, "openai", 80),  # plain http, but a token: an endpoint, not the operator's vLLM
+])  # fmt: skip
+def test_the_upstream_span_names_the_provider_and_the_model_server(exporter, url, token, provider, port) -> None:
+    tracer = tracer_for(exporter)
+    ref = SecretRef(name="endpoint", key="api-key") if token else None
+    bundle = RevisionBundle(revision="r1", url=url, served_model="m", cache_namespace="c", api_key_secret_ref=ref)
+    with tracer.request({}, "chat support", {}) as parent:
+        tracing.end(tracer.upstream(parent, {"messages": []}, bundle))
+    assert tracer.provider is not None and tracer.provider.force_flush()
+    (upstream,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert tracing.provider_name(bundle) == provider == upstream.attributes["gen_ai.provider.name"]
+    assert upstream.attributes["server.address"] == URL(url).host and upstream.attributes["server.port"] == port
 
 
 async def test_the_clients_trace_is_continued_but_sampling_is_the_routers(make_plan, router_client, exporter) -> None:
@@ -143,6 +169,7 @@ async def test_a_shadow_copy_is_a_child_span_with_its_own_evaluations(make_plan,
     assert set(events(shadow)) == {"no-refusal", "says-days"}
     (upstream,) = await spans_named(tracer, exporter, "chat model-b")
     assert upstream.parent.span_id == shadow.context.span_id
+    assert upstream.attributes["server.port"] == candidate_server.port  # the candidate's model server, not stable's
     received = await (await client.session.get(candidate_server.make_url("/debug/traceparents"))).json()
     assert_traceparent(received, upstream)
 
