@@ -11,8 +11,10 @@ One run starts, on loopback:
   row compared with Envoy), and the optional modes ``+auth`` (an API key checked on every
   request), ``+judge`` (a rubric judge on 10 % of answers, served by ``inferstack-standin
   --judge``), ``+trace`` and ``+trace10`` (OTLP traces of 100 % and 10 % of requests, exported
-  to ``bench/otlp_sink.py``), ``+audit`` (the JSON audit line of every request, to a file) and
-  ``scale`` (two routers behind a round-robin split, at twice the rate);
+  to ``bench/otlp_sink.py``, which counts the spans each router's exports carry: a traced row
+  prints the request spans received against the requests sent), ``+audit`` (the JSON audit line
+  of every request, to a file) and ``scale`` (two routers behind a round-robin split, at twice
+  the rate);
 
 then drives each scenario (non-streamed; streamed 32 and 256 events in one burst; paced
 streams, one event every ``--pace-ms``) at a fixed open-loop rate through each of them with
@@ -203,15 +205,32 @@ def judge_counts(metrics_url: str) -> dict[str, float]:
     return counts
 
 
-def wait_judged(metrics_url: str, timeout: float = 30.0, quiet: float = 1.0) -> None:
-    """Until the judge counters have not moved for ``quiet`` seconds (the queue has drained)."""
+def wait_quiet(read: Callable[[], R], timeout: float = 30.0, quiet: float = 1.0) -> R:
+    """Until ``read()`` has not changed for ``quiet`` seconds; returns its last value."""
     deadline = time.monotonic() + timeout
-    last, since = judge_counts(metrics_url), time.monotonic()
+    last, since = read(), time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - since < quiet:
         time.sleep(0.1)
-        now = judge_counts(metrics_url)
+        now = read()
         if now != last:
             last, since = now, time.monotonic()
+    return last
+
+
+def wait_judged(metrics_url: str) -> None:
+    """Until the judge counters have not moved for 1 s (the queue has drained)."""
+    wait_quiet(lambda: judge_counts(metrics_url))
+
+
+# The router's span processor exports every second (router/tracing.py: schedule_delay_millis), or
+# sooner when a batch is full: counts that stayed the same for longer mean its queue is empty.
+EXPORT_QUIET = 1.5
+
+
+def sink_counts(sink_url: str, prefix: str) -> dict[str, int]:
+    """What ``bench/otlp_sink.py`` received from the router exporting to ``prefix``: exports, bytes, spans, ..."""
+    with urllib.request.urlopen(sink_url + "/count", timeout=2) as resp:
+        return json.load(resp).get(prefix, {})
 
 
 @dataclass
@@ -224,6 +243,9 @@ class Proxy:
     models: tuple[str, str]  # model for the burst and the paced stacks
     metrics_url: str = ""  # a router's admin port, for the judge counters
     rate_factor: int = 1  # the scale row carries twice the load over two routers
+    sink_url: str = ""  # a traced router's OTLP sink, and the path prefix it exports to
+    sink_prefix: str = ""
+    sample_rate: float = 0.0
 
 
 @dataclass
@@ -234,6 +256,9 @@ class Row:
     outcome: Outcome
     cpu: list[float]  # per process in Proxy.pids
     judge: dict[str, float] | None = None
+    exported: dict[str, int] | None = None  # a traced row: what the OTLP sink received during it
+    sample_rate: float = 0.0
+    sent: int = 0  # requests of this repeat, answered or not (the median row's errors are all repeats')
 
 
 def body_for(scenario: Scenario, model: str) -> bytes:
@@ -254,15 +279,25 @@ def measure(proxy: Proxy, scenario: Scenario, duration: float) -> Row:
     if judged:
         wait_judged(proxy.metrics_url)  # the warm-up's judge calls are not this row's
     judge_before = judge_counts(proxy.metrics_url) if judged else None
+    exported = (lambda: sink_counts(proxy.sink_url, proxy.sink_prefix)) if proxy.sink_url else None
+    # The warm-up's spans are exported before the row starts: none of them is counted in it.
+    exported_before = wait_quiet(exported, quiet=EXPORT_QUIET) if exported is not None else None
     before = [cpu_seconds(pid) for pid in proxy.pids]
     outcome = run(duration)
     if judge_before is not None:
         wait_judged(proxy.metrics_url)  # the judge works off the request path: count its CPU in this row
+    exported_after = None
+    if exported is not None:
+        # The last second's spans leave after the load stops: wait for them, their export CPU is this row's.
+        exported_after = wait_quiet(exported, quiet=EXPORT_QUIET)
     cpu = [cpu_seconds(pid) - b for pid, b in zip(proxy.pids, before, strict=True)]
-    row = Row(scenario, proxy.name, rate, outcome, cpu)
+    row = Row(scenario, proxy.name, rate, outcome, cpu, sample_rate=proxy.sample_rate,
+              sent=outcome.done + sum(outcome.errors.values()))
     if judge_before is not None:
         after = judge_counts(proxy.metrics_url)
         row.judge = {k: after[k] - judge_before[k] for k in after}
+    if exported_before is not None and exported_after is not None:
+        row.exported = {k: v - exported_before.get(k, 0) for k, v in exported_after.items()}
     errors = sum(outcome.errors.values())
     print(f"  {scenario.name:22} {proxy.name:18} {outcome.done / outcome.elapsed:7.0f} req/s  "
           f"errors {dict(outcome.errors) if errors else 0}", file=sys.stderr, flush=True)
@@ -360,15 +395,20 @@ def main() -> None:
             target, pid, metrics = router("judge", PROXY_CORE, evaluation, none)
             started.append(metrics)
             proxies.append(Proxy("inferstack +judge", [target], [pid], models, metrics))
+        sink_url = ""  # the OTLP sink of the traced rows
         if "+trace" in modes or "+trace10" in modes:
             sink = free_port()
             procs.append(spawn(LOAD_CORE, [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(sink)], work / "sink.log"))
-            for mode, rate in (("+trace", "1.0"), ("+trace10", "0.1")):
+            sink_url = f"http://127.0.0.1:{sink}"
+            for mode, rate in (("+trace", 1.0), ("+trace10", 0.1)):
                 if mode in modes:
-                    traced = ["--otlp-endpoint", f"http://127.0.0.1:{sink}", "--trace-sample-rate", rate]
+                    # Each router exports under its own prefix (the exporter adds /v1/traces): the sink counts them apart.
+                    prefix = "/" + mode[1:]
+                    traced = ["--otlp-endpoint", sink_url + prefix, "--trace-sample-rate", str(rate)]
                     target, pid, metrics = router(mode[1:], PROXY_CORE, EVALUATION, [*none, *traced])
                     started.append(metrics)
-                    proxies.append(Proxy(f"inferstack {mode}", [target], [pid], models, metrics))
+                    proxies.append(Proxy(f"inferstack {mode}", [target], [pid], models, metrics,
+                                         sink_url=sink_url, sink_prefix=prefix, sample_rate=rate))
         if "+audit" in modes:
             target, pid, metrics = router("audit", PROXY_CORE, EVALUATION, [*none, "--audit-log"])
             started.append(metrics)
@@ -384,6 +424,8 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{envoy_admin}/ready")
         if judge_url:
             wait_http(judge_url + "/health")
+        if sink_url:
+            wait_http(sink_url + "/count")
         for metrics in started:
             wait_http(metrics + "/readyz")
         # Repeats interleave the proxies, so a burst of other load on the machine hits them alike.
@@ -457,6 +499,20 @@ def print_tables(all_rows: list[Row], args: argparse.Namespace) -> None:
             half = max(1, r.outcome.done) / 2
             print(f"| {r.scenario.name} | {r.rate:g} | {sum(r.outcome.errors.values())} | {r.cpu[0] / half * 1e6:.0f} | "
                   f"{r.cpu[1] / half * 1e6:.0f} | {both} | {share:.1%} |")
+    traced = [r for r in rows if r.exported is not None]
+    if traced:
+        print("\nTraced rows: what the OTLP sink received from each traced router during the row (its spans decoded and "
+              "counted; the row waits for the last export). One SERVER span per sampled request, plus its children; "
+              "at 100 % every request sent should have one.\n")
+        print("| scenario | proxy | sample rate | requests sent | request spans received | received / sent | "
+              "spans received | spans / request span | exports | undecodable |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in traced:
+            assert r.exported is not None
+            got, spans = r.exported.get("server_spans", 0), r.exported.get("spans", 0)
+            per = f"{spans / got:.2f}" if got else "-"
+            print(f"| {r.scenario.name} | {r.proxy} | {r.sample_rate:.0%} | {r.sent} | {got} | {got / max(1, r.sent):.1%} | "
+                  f"{spans} | {per} | {r.exported.get('exports', 0)} | {r.exported.get('undecodable', 0)} |")
     judged = [r for r in rows if r.judge is not None]
     if judged:
         print("\nJudging rows (the judge runs off the request path; its CPU is in the row's router CPU):\n")

@@ -275,6 +275,9 @@ class Router:
             ex.status = response.status
             if span is not None and span.is_recording():
                 span.set_attributes(ex.span_attributes())
+                # The bundle that answered (stable, after a candidate's fallback): looked up only for a traced request.
+                served = plan.candidate if plan.candidate is not None and plan.candidate.revision == ex.revision else plan.stable
+                span.set_attribute("gen_ai.provider.name", tracing.provider_name(served))
                 tracing.evaluations_event(span, rule_evaluations(ex.evaluations), ex.completion_id or None)
                 if ex.error is not None:
                     tracing.failed(span, ex.error)

@@ -10,6 +10,13 @@ search), the upstream call (CLIENT, whose W3C ``traceparent`` the model
 server receives) and ``shadow`` (the candidate's copy, with its own
 retrieval and upstream call).
 
+``gen_ai.provider.name``, which the conventions require on both the request
+span and the upstream call's, comes from the revision's bundle
+(:func:`provider_name`): ``vllm`` for a model server the operator runs (a
+custom value: the registry lists none for vLLM), ``azure.ai.openai`` or
+``openai`` for a hosted endpoint. The upstream span also names the model
+server (``server.address``, ``server.port``).
+
 Evaluation results are ``gen_ai.evaluation.result`` span events: rule checks
 on the span of the answer they scored (the request's, or the shadow copy's);
 judge verdicts and user feedback, which come later, on a short ``evaluate``
@@ -39,6 +46,7 @@ import random
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -49,16 +57,43 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "RouterSampler", "Span", "SpanContext", "SpanKind", "TraceFlags", "Tracing"]
+__all__ = ["Evaluation", "RouterSampler", "Span", "SpanContext", "SpanKind", "TraceFlags", "Tracing", "provider_name"]
 
 SERVICE_NAME: Final = "inferstack-router"
 EVALUATION_EVENT: Final = "gen_ai.evaluation.result"
 MAX_CONTENT_CHARS: Final = 16 * 1024  # per recorded message list or answer
 _PROPAGATOR: Final = TraceContextTextMapPropagator()  # W3C traceparent/tracestate only: no baggage from clients
 _NO_SPAN: Final = nullcontext(None)  # what request() and use() are when there is nothing to trace (reusable)
+
+
+def provider_name(bundle: Any) -> str:
+    """``gen_ai.provider.name`` of a revision's model server, from its bundle.
+
+    The conventions want the instrumentation's best knowledge, and a registry value where
+    one applies. A revision the operator runs is vLLM (``spec.model.image``): its bundle has
+    a plain ``http://`` in-cluster URL and no token, and ``vllm`` is a custom value (the
+    registry has none for it). Anything else is a hosted endpoint (``spec.model.endpoint``),
+    which the router calls with OpenAI's API: ``azure.ai.openai`` on Azure OpenAI's hosts,
+    else ``openai`` (``server.address`` on the upstream span names the actual host)."""
+    return _model_server(bundle.url, bundle.api_key_secret_ref is not None)["gen_ai.provider.name"]
+
+
+@lru_cache(maxsize=1024)
+def _model_server(url: str, has_token: bool) -> dict[str, Any]:
+    """The upstream span's attributes that depend only on the bundle's URL: parsed once per URL, not per request."""
+    parsed = URL(url)
+    host = parsed.host or ""
+    if parsed.scheme == "http" and not has_token:
+        provider = "vllm"
+    elif host.endswith(".openai.azure.com"):
+        provider = "azure.ai.openai"
+    else:
+        provider = "openai"
+    return {"gen_ai.provider.name": provider, "server.address": host, "server.port": parsed.port or 80}
 
 
 class RouterSampler(Sampler):
@@ -197,6 +232,7 @@ class Tracing:
         return self.tracer.start_span(
             f"{operation} {bundle.served_model}", context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT,
             attributes={"gen_ai.operation.name": operation, "gen_ai.request.model": bundle.served_model,
+                        **_model_server(bundle.url, bundle.api_key_secret_ref is not None),
                         "inferstack.revision": bundle.revision},
         )
 

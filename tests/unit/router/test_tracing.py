@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from yarl import URL
 
+from inferstack.core.retrieval import Document
+from inferstack.core.trafficplan import RetrievalPlan, RevisionBundle, SecretRef
+from inferstack.router import tracing
 from inferstack.router.app import ROUTER
 from inferstack.router.auth import Authenticator, KeyTable
 from inferstack.router.feedback import Signer
 from inferstack.router.metrics import Labels
+from inferstack.router.retrieval import RetrievalFailed
 from inferstack.router.settings import RouterSettings
 from inferstack.router.tracing import SpanContext, SpanKind, TraceFlags, Tracing
 
@@ -101,6 +107,8 @@ async def test_a_request_is_one_server_span_with_genai_and_inferstack_attributes
     assert a["inferstack.response_id"] == resp.headers["x-inferstack-response-id"]
     assert a["inferstack.cache_hit"] is False and a["http.response.status_code"] == 200
     assert a["inferstack.tenant"] == "team-a/tests"
+    assert a["gen_ai.provider.name"] == "vllm"  # a revision the operator runs (plain http, no token)
+    assert "server.address" not in a  # the request span is the router's own SERVER span: it names no model server
     assert "gen_ai.input.messages" not in a  # the stack did not opt in to contents
     # The rule checks' results are events of the span of the answer they scored.
     ev = events(span)
@@ -111,8 +119,29 @@ async def test_a_request_is_one_server_span_with_genai_and_inferstack_attributes
     # The upstream call is a CLIENT child whose traceparent the model server received.
     (upstream,) = await spans_named(tracer, exporter, "chat model-a")
     assert upstream.kind == SpanKind.CLIENT and upstream.parent.span_id == span.context.span_id
+    assert upstream.attributes["gen_ai.provider.name"] == "vllm"
+    assert (upstream.attributes["server.address"], upstream.attributes["server.port"]) == (stable_server.host, stable_server.port)
     received = await (await client.session.get(stable_server.make_url("/debug/traceparents"))).json()
     assert_traceparent(received, upstream)
+
+
+@pytest.mark.parametrize(("url", "token", "provider", "port"), [
+    ("http://support-7f9c2ab1.team-a.svc:8000", False, "vllm", 8000),  # the operator's vLLM revision
+    ("https://api.openai.com", True, "openai", 443),
+    ("https://acme.openai.azure.com/openai", True, "azure.ai.openai", 443),
+    ("https://llm.example.com", False, "openai", 443),  # hosted, OpenAI's API, no token
+    ("http://llm.example.com", True, "openai", 80),  # plain http, but a token: an endpoint, not the operator's vLLM
+])  # fmt: skip
+def test_the_upstream_span_names_the_provider_and_the_model_server(exporter, url, token, provider, port) -> None:
+    tracer = tracer_for(exporter)
+    ref = SecretRef(name="endpoint", key="api-key") if token else None
+    bundle = RevisionBundle(revision="r1", url=url, served_model="m", cache_namespace="c", api_key_secret_ref=ref)
+    with tracer.request({}, "chat support", {}) as parent:
+        tracing.end(tracer.upstream(parent, {"messages": []}, bundle))
+    assert tracer.provider is not None and tracer.provider.force_flush()
+    (upstream,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert tracing.provider_name(bundle) == provider == upstream.attributes["gen_ai.provider.name"]
+    assert upstream.attributes["server.address"] == URL(url).host and upstream.attributes["server.port"] == port
 
 
 async def test_the_clients_trace_is_continued_but_sampling_is_the_routers(make_plan, router_client, exporter) -> None:
@@ -143,8 +172,73 @@ async def test_a_shadow_copy_is_a_child_span_with_its_own_evaluations(make_plan,
     assert set(events(shadow)) == {"no-refusal", "says-days"}
     (upstream,) = await spans_named(tracer, exporter, "chat model-b")
     assert upstream.parent.span_id == shadow.context.span_id
+    assert upstream.attributes["server.port"] == candidate_server.port  # the candidate's model server, not stable's
     received = await (await client.session.get(candidate_server.make_url("/debug/traceparents"))).json()
     assert_traceparent(received, upstream)
+
+
+class VersionedRetriever:
+    """The router's Retriever for tests: each index version has its own documents (v1: kb-1, v2: kb-2)."""
+
+    DOCUMENTS = {"v1": [Document("kb-1", "Parcels arrive in 3 days.", 0.9)], "v2": [Document("kb-2", "Parcels arrive in 9 days.", 0.8)]}
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+
+    async def retrieve(self, session: Any, plan: RetrievalPlan, query: str, request_id: str) -> list[Document]:
+        if self.fail:
+            raise RetrievalFailed(self.fail, "the store did not answer")
+        return list(self.DOCUMENTS[plan.index_version])
+
+    def keep_only(self, dsns: set[str]) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def retrieval(version: str) -> dict[str, Any]:
+    return {"embeddingUrl": "http://embed", "embeddingModel": "bge", "dimension": 8, "index": "kb", "indexVersion": version,
+            "topK": 2, "storeSecretRef": {"name": "store", "key": "dsn"}, "storeDsn": "postgresql://u@db/x"}
+
+
+async def test_retrieval_is_a_child_span_and_each_answer_names_its_own_documents(make_plan, router_client, exporter) -> None:
+    """Stable retrieves from index version v1, the candidate's shadow copy from v2: each span names what it was given."""
+    tracer = tracer_for(exporter)
+    plan = make_plan(shadow_percent=100, stable_extra={"retrieval": retrieval("v1")},
+                     candidate_extra={"retrieval": retrieval("v2")})
+    client = await router_client(plan, tracer=tracer)
+    client.app[ROUTER].retriever = VersionedRetriever()
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"x-user-id": "u1"})
+    assert resp.status == 200 and resp.headers["x-inferstack-retrieved"] == "kb-1"
+    (request,) = await spans_named(tracer, exporter, "chat support")
+    (shadow,) = await spans_named(tracer, exporter, "shadow support")
+    assert list(request.attributes["inferstack.retrieved_ids"]) == ["kb-1"]
+    assert list(shadow.attributes["inferstack.retrieved_ids"]) == ["kb-2"]  # the candidate's own documents
+    retrieves = {s.attributes["inferstack.index_version"]: s for s in await spans_named(tracer, exporter, "retrieve kb", 2)}
+    assert set(retrieves) == {"v1", "v2"}
+    stable, candidate = retrieves["v1"], retrieves["v2"]
+    assert stable.kind == SpanKind.INTERNAL and stable.parent.span_id == request.context.span_id
+    assert candidate.parent.span_id == shadow.context.span_id and candidate.context.trace_id == request.context.trace_id
+    assert (stable.attributes["inferstack.index"], stable.attributes["inferstack.top_k"]) == ("kb", 2)
+    assert stable.attributes["gen_ai.request.model"] == "bge"  # the embedding model
+    assert list(stable.attributes["inferstack.retrieved_ids"]) == ["kb-1"]
+    assert list(candidate.attributes["inferstack.retrieved_ids"]) == ["kb-2"]
+    assert "postgresql://u@db/x" not in json.dumps([dict(s.attributes) for s in (stable, candidate, request, shadow)])
+
+
+async def test_a_failed_retrieval_marks_its_span_and_the_request(make_plan, router_client, exporter) -> None:
+    tracer = tracer_for(exporter)
+    client = await router_client(make_plan(candidate=False, stable_extra={"retrieval": retrieval("v1")}), tracer=tracer)
+    client.app[ROUTER].retriever = VersionedRetriever(fail="store_unreachable")
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 503
+    (request,) = await spans_named(tracer, exporter, "chat support")
+    (retrieve,) = await spans_named(tracer, exporter, "retrieve kb")
+    assert retrieve.parent.span_id == request.context.span_id
+    assert retrieve.attributes["error.type"] == request.attributes["error.type"] == "retrieval_failed"
+    assert not retrieve.status.is_ok and not request.status.is_ok
+    assert "inferstack.retrieved_ids" not in retrieve.attributes and "inferstack.retrieved_ids" not in request.attributes
+    assert not await spans_named(tracer, exporter, "chat model-a", deadline=0)  # the model was not asked
 
 
 async def test_feedback_lands_in_the_answers_trace(make_plan, router_client, exporter) -> None:
@@ -217,6 +311,16 @@ def _secret(key: str, tenant: str, **extra: str) -> dict[str, str]:
     return {k: base64.b64encode(v.encode()).decode() for k, v in fields.items()}
 
 
+async def audit_lines(capfd, count: int, deadline: float = 5.0) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The JSON lines the audit log wrote to stdout, once ``count`` of them are there (polled: a thread writes them)."""
+    lines: list[dict] = []
+    end = time.monotonic() + deadline
+    while len(lines) < count and time.monotonic() < end:
+        await asyncio.sleep(0.02)
+        lines += [json.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith("{")]
+    return lines
+
+
 async def test_one_audit_line_per_request_and_per_feedback_on_stdout(make_plan, router_client, capfd) -> None:
     settings = RouterSettings(upstream_timeout=5, audit_log=True, feedback_keys=(b"k" * 32,))
     client = await router_client(make_plan(candidate=False, evaluation=EVALUATION), settings=settings)
@@ -224,11 +328,7 @@ async def test_one_audit_line_per_request_and_per_feedback_on_stdout(make_plan, 
     token = resp.headers["x-inferstack-response-id"]
     assert (await client.post("/v1/feedback", json={"response_id": token, "value": 1})).status == 200
     audit = client.app[ROUTER].audit
-    lines: list[dict] = []
-    end = time.monotonic() + 5
-    while len(lines) < 2 and time.monotonic() < end:
-        await asyncio.sleep(0.02)
-        lines += [json.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith("{")]
+    lines = await audit_lines(capfd, 2)
     request, feedback = lines
     assert audit.written._value.get() == 2
     assert request["event"] == "request" and request["request_id"] == "req-1" and request["response_id"] == token
@@ -239,3 +339,35 @@ async def test_one_audit_line_per_request_and_per_feedback_on_stdout(make_plan, 
     assert "input_messages" not in request  # no opt-in: no contents
     assert feedback["event"] == "evaluation" and feedback["evaluator"] == "thumbs" and feedback["response_id"] == token
     assert TEST_KEY not in json.dumps(lines)
+
+
+async def test_audit_lines_carry_contents_only_where_the_stack_opts_in_and_the_tenant_allows(
+    make_plan, router_client, capfd
+) -> None:
+    table = KeyTable()
+    private = "isk_private-tenant-key"
+    table.replace_all([
+        ("team-a", "key-0", _secret(TEST_KEY, "tests")),
+        ("team-a", "key-1", _secret(private, "private", recordContent="false")),
+    ])  # fmt: skip
+    settings = RouterSettings(upstream_timeout=5, audit_log=True)
+    plan = make_plan(candidate=False, observability={"contentSampleRate": 1.0},
+                     stable_extra={"systemPrompt": "You are the support assistant."})
+    client = await router_client(plan, settings=settings, auth=Authenticator("api-keys", table))
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "allowed"})
+    answer = (await resp.json())["choices"][0]["message"]["content"]
+    headers = {"Authorization": f"Bearer {private}", "x-request-id": "refused"}
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
+    by_request = {line["request_id"]: line for line in await audit_lines(capfd, 2)}
+    recorded = by_request["allowed"]
+    assert recorded["input_messages"][0] == {"role": "system", "content": "You are the support assistant."}  # as the model got it
+    assert recorded["input_messages"][-1] == CHAT["messages"][0]
+    assert recorded["output_text"] == answer and answer
+    assert "input_messages" not in by_request["refused"] and "output_text" not in by_request["refused"]
+    assert TEST_KEY not in json.dumps(by_request) and private not in json.dumps(by_request)
+
+    # The same tenant on a stack that did not opt in: no contents either.
+    quiet = await router_client(make_plan(candidate=False), settings=settings, auth=Authenticator("api-keys", table))
+    assert (await quiet.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "no-opt-in"})).status == 200
+    (line,) = await audit_lines(capfd, 1)
+    assert line["request_id"] == "no-opt-in" and "input_messages" not in line and "output_text" not in line
