@@ -407,8 +407,10 @@ def test_router_role_is_read_only():
     rules = granted(docs, "x")  # kind is templated
     assert sorted(router_needs() - rules) == []
     assert {verb for _, _, verb in rules} <= {"get", "list", "watch"}
-    # The least-privilege option: Roles in router.rbac.secretNamespaces read Secrets and nothing else.
-    assert granted(docs, "Role") == {("", "secrets", "get")}
+    # The least-privilege option: Roles in router.rbac.secretNamespaces read Secrets and nothing else
+    # (list/watch for the key Secrets, get for endpoint tokens), and ask for no verb the ClusterRole lacks.
+    assert granted(docs, "Role") == {("", "secrets", v) for v in ("get", "list", "watch")}
+    assert granted(docs, "Role") <= rules
 
 
 def all_template_roles() -> list[dict[str, Any]]:
@@ -694,20 +696,83 @@ def test_helm_render_router_rbac():
     assert "--count-legacy-plans" in router_args(docs)
     assert not any(d["kind"] in ("Role", "RoleBinding") and "router" in d["metadata"]["name"] for d in docs)
 
+    def secret_roles(docs):
+        roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role" and "router" in d["metadata"]["name"]}
+        bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding" and "router" in d["metadata"]["name"]}
+        assert sorted(roles) == sorted(bindings)
+        for ns in roles:
+            assert bindings[ns]["roleRef"]["name"] == roles[ns]["metadata"]["name"]
+            assert bindings[ns]["subjects"] == [
+                {"kind": "ServiceAccount", "name": "demo-inferstack-router", "namespace": "inferstack-system"}
+            ]
+        return {ns: granted([role], "Role") for ns, role in roles.items()}
+
+    # router.rbac.secretNamespaces: every Secret rule leaves the ClusterRole for a Role in each listed
+    # namespace, and the router watches the key Secrets of those namespaces only, one watch each.
+    docs = render("router.rbac.secretNamespaces={team-a,team-b}")
+    assert not any(r == "secrets" for _, r, _ in router_rules(docs))
+    assert secret_roles(docs) == {"team-a": keys, "team-b": keys}
+    args = router_args(docs)
+    assert "--api-key-namespaces=team-a,team-b" in args and not any(a.startswith("--namespace") for a in args)
+    from inferstack.router.main import key_namespaces, parse_args
+
+    assert key_namespaces(parse_args(args)) == ["team-a", "team-b"]
+
     docs = render("router.rbac.readSecrets=true", "router.rbac.secretNamespaces={team-a,team-b}")
-    assert ("", "secrets", "get") not in router_rules(docs)
-    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role" and "router" in d["metadata"]["name"]}
-    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding" and "router" in d["metadata"]["name"]}
-    assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
-    for ns in roles:
-        assert granted([roles[ns]], "Role") == {("", "secrets", "get")}
-        assert bindings[ns]["roleRef"]["name"] == roles[ns]["metadata"]["name"]
-        assert bindings[ns]["subjects"] == [
-            {"kind": "ServiceAccount", "name": "demo-inferstack-router", "namespace": "inferstack-system"}
-        ]
+    assert not any(r == "secrets" for _, r, _ in router_rules(docs))
+    assert secret_roles(docs) == {"team-a": keys | {("", "secrets", "get")}, "team-b": keys | {("", "secrets", "get")}}
+
+    # No key Secrets to list (trusted-proxy): the Roles read tokens only, and the router gets no namespaces.
+    proxied = ("router.auth.mode=trusted-proxy", "router.auth.trustedProxy.cidrs={10.0.0.0/8}",
+               "router.auth.trustedProxy.tenantHeader=x-forwarded-user")  # fmt: skip
+    docs = render(*proxied, "router.rbac.readSecrets=true", "router.rbac.secretNamespaces={team-a}")
+    assert secret_roles(docs) == {"team-a": {("", "secrets", "get")}}
+    assert not any(a.startswith("--api-key-namespaces") for a in router_args(docs))
+    assert secret_roles(render(*proxied, "router.rbac.secretNamespaces={team-a}")) == {}  # nothing to read
+
+    # router.watchNamespace already narrows every rule, key Secrets included, to its one namespace.
+    docs = render("router.watchNamespace=team-a", "router.rbac.secretNamespaces={team-a,team-b}")
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Role" and "router" in d["metadata"]["name"]] == [
+        "demo-inferstack-router"
+    ]  # its one Role, no per-namespace Secret Roles
+    assert keys <= router_rules(docs, "Role")
+    args = router_args(docs)
+    assert "--namespace=team-a" in args and not any(a.startswith("--api-key-namespaces") for a in args)
 
     docs = render("rbac.aggregateToDefaultRoles=false")
     assert not any(d["metadata"]["name"] in ("demo-inferstack-edit", "demo-inferstack-view") for d in docs)
+
+
+def render_notes(tmp: Path, *sets: str) -> str:
+    """NOTES.txt as ``helm install`` prints it (``helm template`` leaves it out): rendered with
+    ``tpl`` from a ConfigMap of a copy of the chart."""
+    chart = tmp / "inferstack"
+    shutil.copytree(CHART, chart)
+    (chart / "NOTES.src").write_text((TEMPLATES / "NOTES.txt").read_text())
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ tpl (.Files.Get "NOTES.src") . | toJson }}\n'
+    )
+    args = [helm(), "template", "demo", str(chart), "--namespace", "inferstack-system", "--kube-version", "1.34.0",
+            "--show-only", "templates/notes-under-test.yaml"]  # fmt: skip
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout
+    return str(yaml.safe_load(out)["data"]["notes"])
+
+
+@needs_helm
+def test_install_notes_warn_while_the_router_lists_secrets_everywhere(tmp_path):
+    """The default (api-keys, no namespaces listed) works in any namespace, and says what it costs."""
+    warning = "WARNING: the router may list, and so read, every Secret of every namespace"
+    notes = render_notes(tmp_path / "default")
+    assert warning in notes and "router.rbac.secretNamespaces" in notes and "inferstack-router" in notes
+    for i, sets in enumerate([
+        ("router.rbac.secretNamespaces={team-a}",),
+        ("router.watchNamespace=team-a",),
+        ("router.auth.mode=none",),
+        ("router.enabled=false",),
+    ]):  # fmt: skip
+        assert warning not in render_notes(tmp_path / str(i), *sets), sets
 
 
 @needs_helm

@@ -174,13 +174,21 @@ class KeyTable:
         self._logged.pop(source, None)
         self._count()
 
-    def replace_all(self, items: Iterable[tuple[str, str, dict[str, str] | None]]) -> None:
-        """A fresh list: forget every Secret and take these, in name order (the limit keeps the first)."""
-        self._sources.clear()
-        self._per_namespace.clear()
-        self._by_digest.clear()
-        for namespace, name, data in sorted(items, key=lambda i: (i[0], i[1])):
-            self.upsert(namespace, name, data)
+    def replace_all(self, items: Iterable[tuple[str, str, dict[str, str] | None]], namespace: str | None = None) -> None:
+        """A fresh list: forget every Secret and take these, in name order (the limit keeps the first).
+
+        With ``namespace``, the list of that namespace only: the Secrets of other
+        namespaces stay (a key source per namespace, ``--api-key-namespaces``).
+        """
+        if namespace is None:
+            self._sources.clear()
+            self._per_namespace.clear()
+            self._by_digest.clear()
+        else:
+            for source in [s for s, (_, grant) in self._sources.items() if grant.namespace == namespace]:
+                self._remove(source)
+        for ns, name, data in sorted(items, key=lambda i: (i[0], i[1])):
+            self.upsert(ns, name, data)
         self._count()
 
     def _remove(self, source: str) -> None:

@@ -1,13 +1,16 @@
 """Where the router's API keys come from: key Secrets through the Kubernetes API, or a file.
 
 * :class:`KubeKeySource`: lists and watches Secrets labelled
-  ``inferstack.dev/api-key=true`` (``--namespace``, or all namespaces) with
+  ``inferstack.dev/api-key=true`` in one namespace, or in all of them, with
   the official client in a daemon thread, like the plan source: list, watch
   from its resourceVersion, re-list at once on 410, back off with jitter on
   other errors while the keys already known keep working. Every change goes to
   the :class:`~inferstack.router.auth.KeyTable` on the event loop's thread.
   Only the label-selected Secrets are ever listed, and only their ``sha256``,
-  ``tenant`` and ``stacks`` are read.
+  ``tenant`` and ``stacks`` are read. ``--api-key-namespaces a,b`` runs one
+  source (one watch) per namespace, so the router needs ``list, watch`` on
+  Secrets of those namespaces only (a Role in each); a re-list of one
+  namespace replaces that namespace's keys and leaves the others'.
 * :class:`FileKeySource` (``--api-key-file``): a JSON list of
   ``{"namespace", "name", "sha256", "tenant", "stacks"}`` (plain text values),
   polled for changes. For local runs and tests.
@@ -57,7 +60,8 @@ class KubeKeySource:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="kube-key-source", daemon=True)
+        name = f"kube-key-source-{self.namespace}" if self.namespace else "kube-key-source"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -75,6 +79,10 @@ class KubeKeySource:
             self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # loop closed: the router is shutting down
             self._stop.set()
+
+    @property
+    def _scope(self) -> str:
+        return f"in namespace {self.namespace}" if self.namespace else "in every namespace"
 
     def _list_call(self, api: Any) -> tuple[Callable[..., Any], tuple[str, ...]]:
         # The bound method itself: Watch reads its docstring to learn the type of events.
@@ -98,14 +106,14 @@ class KubeKeySource:
                 delay = self.backoff_min
             except ApiException as exc:
                 if exc.status == 410:
-                    log.info("API-key watch expired (410), re-listing")
+                    log.info("API-key watch %s expired (410), re-listing", self._scope)
                     resource_version = None
                     continue
-                log.warning("API-key watch failed (HTTP %s), keeping the keys known: %s", exc.status, exc.reason)
+                log.warning("API-key watch %s failed (HTTP %s), keeping the keys known: %s", self._scope, exc.status, exc.reason)
                 self._backoff(delay)
                 delay = min(delay * 2, self.backoff_max)
             except Exception as exc:
-                log.warning("API-key watch failed, keeping the keys known: %s", type(exc).__name__)
+                log.warning("API-key watch %s failed, keeping the keys known: %s", self._scope, type(exc).__name__)
                 self._backoff(delay)
                 delay = min(delay * 2, self.backoff_max)
 
@@ -113,7 +121,7 @@ class KubeKeySource:
         self._stop.wait(delay + random.uniform(0, delay / 2))
 
     def _listed(self, items: list[tuple[str, str, dict[str, str] | None]]) -> None:
-        self.table.replace_all(items)
+        self.table.replace_all(items, self.namespace)
         self.ready = True
 
     def _list(self, api: Any) -> str:

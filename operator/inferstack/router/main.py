@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="api-keys: Authorization: Bearer <key> from key Secrets; trusted-proxy: the user from a header "
                       "set by a proxy in --trusted-proxy-cidrs; none: no authentication and no tenant (development only).")
     auth.add_argument("--api-key-file", help="Keys from this JSON file instead of key Secrets (local runs and tests).")
+    auth.add_argument("--api-key-namespaces", default="",
+                      help="Comma-separated namespaces whose key Secrets are listed and watched, one watch each (the "
+                      "router then needs list/watch on Secrets there only). Default: --namespace, else all namespaces.")
     auth.add_argument("--max-keys-per-namespace", type=int, default=DEFAULT_MAX_KEYS_PER_NAMESPACE,
                       help="Key Secrets honoured per namespace; more are ignored and counted.")
     auth.add_argument("--trusted-proxy-cidrs", default="", help="trusted-proxy: comma-separated networks of the proxy (required).")
@@ -136,7 +139,16 @@ def key_sources_from(args: argparse.Namespace, auth: Authenticator) -> list[KeyS
         return []
     if args.api_key_file:
         return [FileKeySource(args.api_key_file, auth.keys, interval=args.plan_poll_interval)]
-    return [KubeKeySource(auth.keys, namespace=args.namespace, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster)]
+    return [KubeKeySource(auth.keys, namespace=ns, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster)
+            for ns in key_namespaces(args)]
+
+
+def key_namespaces(args: argparse.Namespace) -> list[str | None]:
+    """The namespaces whose key Secrets are watched, one source each; ``[None]``: every namespace."""
+    listed: list[str | None] = list(dict.fromkeys(ns.strip() for ns in args.api_key_namespaces.split(",") if ns.strip()))
+    if listed and args.namespace:
+        raise ValueError("--api-key-namespaces and --namespace: --namespace already limits the key Secrets to its namespace")
+    return listed or [args.namespace]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,7 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         auth = Authenticator.from_settings(settings, metrics.registry)
     except ValueError as exc:
         raise SystemExit(f"inferstack-router: {exc}") from None
-    auth.sources = key_sources_from(args, auth)
+    try:
+        auth.sources = key_sources_from(args, auth)
+    except ValueError as exc:
+        raise SystemExit(f"inferstack-router: {exc}") from None
     app = build_app(settings=settings, sources=sources_from(args, metrics), metrics=metrics, auth=auth)
     serve_admin(app, args.metrics_host or args.host, args.metrics_port)
     # handler_cancellation: a client that disconnects cancels its handler, and

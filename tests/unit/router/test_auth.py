@@ -112,6 +112,23 @@ def test_key_table_is_bounded_per_namespace_keeping_the_first_by_name() -> None:
     assert table.metrics.key_errors.labels("over_limit")._value.get() == 2
 
 
+def test_a_list_of_one_namespace_replaces_that_namespaces_keys_only(make_keys) -> None:
+    """--api-key-namespaces: one key source per namespace, each re-list scoped to its own namespace."""
+    table = make_keys(*GRANTS)
+    a3 = "isk_a3-" + "x" * 40
+    table.replace_all([("team-a", "k3", data(sha256=key_digest(a3).hex(), tenant="initech", stacks="*"))], "team-a")
+    assert [table.lookup(k) is not None for k in (A, A2, ONLY_OTHER, B, a3)] == [False, False, False, True, True]
+    assert len(table) == 2 and table.metrics.keys._value.get() == 2
+    # A hash that two namespaces held (so granting nothing) grants again once one namespace's list drops it.
+    table.replace_all([("team-a", "copy", data(sha256=key_digest(B).hex(), tenant="mallory", stacks="*"))], "team-a")
+    assert table.lookup(B) is None and table.lookup(a3) is None
+    table.replace_all([], "team-a")
+    grant = table.lookup(B)
+    assert grant is not None and grant.qualified_tenant == "team-b/acme"
+    table.replace_all([])  # no namespace: every namespace's list
+    assert len(table) == 0
+
+
 def test_a_hash_in_two_secrets_grants_nothing(make_keys, caplog: pytest.LogCaptureFixture) -> None:
     """A namespace owner who copies another namespace's hash gains nothing and the key fails closed."""
     table = make_keys((A, "team-a", "acme", "*"))

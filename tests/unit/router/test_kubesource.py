@@ -4,6 +4,7 @@ The official client really talks HTTP to it (from the source's threads), so
 the resourceVersion, 410 and reconnect handling is exercised end to end, for
 the three feeds: TrafficPlans, InferenceStacks (metadata only) and, when asked,
 ConfigMaps with the old plan label (metadata only, counted, never obeyed).
+test_keysource.py runs the key source against the same fake (key Secrets).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from kubernetes import client
 
+from inferstack.core.apikeys import API_KEY_LABEL
 from inferstack.core.trafficplan import PLAN_KEY, PLAN_LABEL
 from inferstack.router.kubesource import KubePlanSource
 from inferstack.router.metrics import RouterMetrics
@@ -56,6 +58,7 @@ class Resource:
         self.history: list[tuple[int, str, dict[str, Any]]] = []
         self.lists = 0
         self.accepts: list[tuple[bool, str]] = []  # (a watch?, Accept)
+        self.requests: list[tuple[bool, str | None]] = []  # (a watch?, namespace; None: all namespaces)
 
     async def put(self, namespace: str, name: str, **fields: Any) -> dict[str, Any]:
         self.api.rv += 1
@@ -85,13 +88,17 @@ class Resource:
         await self.api.notify()
 
     def _visible(self, obj: dict[str, Any], namespace: str | None, selector: str | None) -> bool:
-        if selector and selector not in obj["metadata"]["labels"]:
-            return False
+        if selector:  # "label" or "label=value", as the sources send them
+            label, _, value = selector.partition("=")
+            labels = obj["metadata"]["labels"]
+            if label not in labels or (value and labels[label] != value):
+                return False
         return namespace in (None, obj["metadata"]["namespace"])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         api = self.api
         self.accepts.append((request.query.get("watch", "").lower() in ("true", "1"), request.headers.get("Accept", "")))
+        self.requests.append((self.accepts[-1][0], request.match_info.get("ns")))
         if api.down:
             return web.json_response({"kind": "Status", "code": 503, "message": "down"}, status=503)
         namespace = request.match_info.get("ns")
@@ -122,7 +129,11 @@ class Resource:
 
 
 class FakeKube:
-    """InferenceStacks, TrafficPlans, labelled ConfigMaps and Secrets in memory, with outages."""
+    """InferenceStacks, TrafficPlans, labelled ConfigMaps and Secrets in memory, with outages.
+
+    Secrets are twofold: ``secrets`` are read one by one (endpoint tokens, ``get``),
+    ``key_secrets`` are listed and watched with their label (API keys).
+    """
 
     def __init__(self) -> None:
         self.rv = 100
@@ -131,6 +142,7 @@ class FakeKube:
         self.stacks = Resource(self, "InferenceStack")
         self.plans = Resource(self, "TrafficPlan")
         self.configmaps = Resource(self, "ConfigMap", label=PLAN_LABEL)
+        self.key_secrets = Resource(self, "Secret", label=API_KEY_LABEL)
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.raw_secrets: dict[tuple[str, str], dict[str, str]] = {}  # data served as is: not base64, not UTF-8
         self.secret_reads: list[tuple[str, str]] = []
@@ -174,6 +186,8 @@ async def fake() -> AsyncIterator[tuple[FakeKube, str]]:
     app.router.add_get("/api/v1/namespaces/{ns}/configmaps", kube.configmaps.handle)
     app.router.add_get("/api/v1/configmaps", kube.configmaps.handle)
     app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", kube.secret)
+    app.router.add_get("/api/v1/namespaces/{ns}/secrets", kube.key_secrets.handle)
+    app.router.add_get("/api/v1/secrets", kube.key_secrets.handle)
     async with TestServer(app) as server:
         yield kube, str(server.make_url("")).rstrip("/")
 
