@@ -104,6 +104,11 @@ def test_an_answer_and_a_rolled_back_candidates_shadow_copies_are_traced_in_jaeg
     assert check["fields"]["gen_ai.evaluation.name"] == "no-refusal" and check["fields"]["gen_ai.evaluation.score.label"] == "pass"
     (upstream,) = [s for s in spans if s["parent"] == root["spanID"] and s["tags"].get("span.kind") == "client"]
     assert upstream["tags"]["inferstack.revision"] == stable
+    # The operator's revisions are served by vLLM (here its stand-in) at the URL the plan names.
+    assert t["gen_ai.provider.name"] == upstream["tags"]["gen_ai.provider.name"] == "vllm"
+    assert upstream["tags"]["server.address"] and upstream["tags"]["server.port"] > 0
+    # The trace as Jaeger returned it, kept beside the logs for a reader (docs/router.md quotes one).
+    Path(traced.log_dir, "trace-of-one-answer.json").write_text(json.dumps(spans, indent=1, sort_keys=True))
 
     # 2. A candidate that refuses billing, rolled back in shadow under load.
     with Load(traced.router_url, stack, api_key=key) as load:
