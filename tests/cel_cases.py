@@ -77,6 +77,11 @@ GOLDEN_EVAL: dict[str, Any] = {
     "slices": {"values": ["billing"]},
     "evaluators": [{"name": "golden", "goldenSet": {"configMapRefs": [{"name": "golden-cases", "key": "cases.jsonl"}]}}],
 }
+LOWER_IS_BETTER_PAIRED = (
+    "spec.gates[].direction LowerIsBetter is for evaluators that score one answer (rule, Rubric judge, feedback); "
+    "a Pairwise judge or a goldenSet counts the candidate's wins against stable, where higher is always better "
+    "(to gate on a harm, write criteria that prefer the answer with less of it): remove direction"
+)
 
 
 def stack(**spec: Any) -> dict[str, Any]:
@@ -436,19 +441,47 @@ REFUSED: list[Refused] = [
         "evaluator-gate-without-margin",
         stack(evaluation=EVAL, gates=[{"name": "quality", "evaluator": "no-refusal"}]),
         "spec.gates[0]",
-        "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable), not threshold or compare",
+        "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable, or rise with direction: LowerIsBetter), not threshold or compare",
     ),
     Refused(
         "evaluator-gate-with-threshold",
         stack(evaluation=EVAL, gates=[{**EGATE, "threshold": {"min": 0.9}}]),
         "spec.gates[0]",
-        "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable), not threshold or compare",
+        "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable, or rise with direction: LowerIsBetter), not threshold or compare",
     ),
     Refused(
         "margin-on-a-prometheus-gate",
         stack(gates=[gate(margin=0.1)]),
         "spec.gates[0].margin",
         "spec.gates[].margin is for evaluator gates; a prometheus gate uses threshold or compare",
+    ),
+    Refused(
+        "direction-on-a-prometheus-gate",
+        stack(gates=[gate(direction="LowerIsBetter")]),
+        "spec.gates[0].direction",
+        "spec.gates[].direction is for evaluator gates; a prometheus gate says which way is worse with threshold "
+        "(min or max) or compare (maxRelativeDrop or maxRelativeIncrease): remove direction",
+    ),
+    Refused(
+        "direction-not-a-direction",
+        stack(evaluation=EVAL, gates=[{**EGATE, "direction": "Lower"}]),
+        "spec.gates[0].direction",
+        'spec.gates[0].direction: Unsupported value: "Lower"',
+        SCHEMA,
+    ),
+    Refused(
+        "lower-is-better-on-a-pairwise-judge",
+        stack(evaluation={**EVAL, "evaluators": [{"name": "no-refusal", "judge": {**JUDGE, "mode": "Pairwise"}}]},
+              gates=[{**EGATE, "direction": "LowerIsBetter"}], rollout=steps({"shadow": {}}, {"canary": {"weight": 5}})),
+        "spec.gates",
+        LOWER_IS_BETTER_PAIRED,
+    ),
+    Refused(
+        "lower-is-better-on-a-golden-set",
+        stack(evaluation=GOLDEN_EVAL, gates=[{**EGATE, "evaluator": "golden", "direction": "LowerIsBetter"}],
+              rollout=steps({"evaluate": {}}, {"canary": {"weight": 5}})),
+        "spec.gates",
+        LOWER_IS_BETTER_PAIRED,
     ),
     Refused(
         "evaluator-gate-that-fails-when-inconclusive",
@@ -631,6 +664,23 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("deployed-embedder-immutable-tag", stack(retriever=deployed(revision="v1.5", revisionPolicy="ImmutableTag"))),
     ("deployed-embedder-unpinned-by-choice", stack(retriever=deployed(revision=None, revisionPolicy="Unpinned"))),
     ("evaluator-gate", stack(evaluation=EVAL, gates=[EGATE, {**EGATE, "name": "billing-only", "slices": ["billing"]}])),
+    ("lower-is-better-on-one-answer-scores", stack(
+        evaluation={**EVAL, "evaluators": [
+            *EVAL["evaluators"],
+            {"name": "harmful", "judge": {**JUDGE, "criteria": "10: states a fact the documents contradict. 1: none."}},
+            {"name": "reports", "feedback": {}},
+        ]},
+        gates=[{**EGATE, "name": n, "evaluator": n, "direction": "LowerIsBetter"} for n in ("no-refusal", "harmful", "reports")],
+        rollout=steps({"canary": {"weight": 5}}),
+    )),
+    ("higher-is-better-written-out-on-paired-evaluators", stack(
+        evaluation={**GOLDEN_EVAL, "evaluators": [
+            *GOLDEN_EVAL["evaluators"],
+            {"name": "preferred", "judge": {"mode": "Pairwise", "stack": "judge", "criteria": "Prefer the correct answer."}},
+        ]},
+        gates=[{**EGATE, "name": n, "evaluator": n, "direction": "HigherIsBetter"} for n in ("golden", "preferred")],
+        rollout=steps({"evaluate": {}}, {"shadow": {}}, {"canary": {"weight": 5}}),
+    )),
     ("placeholders-with-spaces", stack(gates=[gate(prometheus={"query": QUERY.replace("{{revision}}", "{{ revision }}")})])),
     ("slice-not-matched-with-regex", stack(gates=[gate(prometheus={"query": QUERY.replace('slice=~"', 'slice!~"')})])),
     ("braces-that-are-no-placeholder", stack(gates=[gate(LATENCY, prometheus={"query": 'label_replace(max(latency_seconds{revision="{{revision}}"}), "x", "{{ a b }}", "", "")'})])),

@@ -98,7 +98,7 @@ PANELS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
               kind="verdicts"),
         Panel("Evaluator gates: candidate minus stable, with interval",
               "Difference of means per slice and its anytime-valid confidence interval; a gate fails when the "
-              "whole interval lies below -margin.",
+              "whole interval lies below -margin (above +margin for a LowerIsBetter gate).",
               "short",
               (Query(f"inferstack_operator_gate_delta{{{STACK}}}", "{{gate}} {{slice}} delta"),
                Query(f"inferstack_operator_gate_delta_lower{{{STACK}}}", "{{gate}} {{slice}} lower"),

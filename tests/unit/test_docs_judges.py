@@ -72,3 +72,23 @@ def test_the_groundedness_example_gates_on_citations_and_on_a_judge_that_sees_th
     assert judging.read_section(prompt, judging.CRITERIA) == judge.criteria
     assert judging.read_section(prompt, judging.DOCUMENTS) == "[kb-12] Refunds take 5 days."
     assert judging.read_section(prompt, judging.ANSWER) == answer
+
+
+def test_the_direction_example_gates_a_harm_score_lower_is_better() -> None:
+    from inferstack.core.evaluation import Arm, judge, sequence_alpha, threshold_text
+    from inferstack.core.gates import Verdict
+    from inferstack.core.sequential import Direction
+
+    (stack,) = [s for s in doc_stacks() if any(g.direction is not None for g in s.spec.gates)]
+    (gate,) = stack.spec.gates
+    (ev,) = stack.spec.evaluation.evaluators
+    assert gate.effective_direction == Direction.LOWER and ev.judge is not None and ev.judge.mode == JudgeMode.RUBRIC
+    assert threshold_text(gate) == "\u0394 < +0.03"  # as the page says
+    alpha = sequence_alpha(stack.spec)
+    stable = Arm(20000, 0.10 * 20000, 0.10 * 20000)  # the stable revision's mean harm: 0.10
+
+    def verdict(mean: float) -> Verdict:
+        return judge(gate, "billing", Arm(20000, mean * 20000, mean * 20000), stable, alpha).verdict
+
+    assert verdict(0.05) == Verdict.PASS  # the candidate makes up less policy
+    assert verdict(0.18) == Verdict.FAIL  # 8 points more: beyond the margin of 0.03

@@ -158,3 +158,63 @@ def test_a_pairwise_verdict_is_paired_and_names_its_judge_and_failing_calls() ->
     held = {v.slice: v for v in evaluate(s, queries, answers)}
     assert held["billing"].verdict == Verdict.INCONCLUSIVE
     assert "42 judge calls failed" in held["billing"].message
+
+
+# ------------------------------------------------------------------ direction
+
+# A score that counts a harm (a rubric judge scoring hallucinations, feedback
+# reporting a problem): the stable revision's is 0.10 over 12,000 answers.
+HARM_STABLE = Arm(12000, 1200, 1200)
+
+
+def harm(rate: float, n: int = 4000) -> Arm:
+    return Arm(n, rate * n, rate * n)
+
+
+@pytest.mark.parametrize(
+    ("direction", "candidate", "verdict", "message"),
+    [
+        pytest.param("LowerIsBetter", harm(0.02), Verdict.PASS, "billing  \u0394 \u22120.08 [", id="lower-mean-dropped"),
+        pytest.param("LowerIsBetter", harm(0.10), Verdict.PASS, "billing  \u0394 0.00 [", id="lower-identical"),
+        pytest.param("LowerIsBetter", harm(0.11), Verdict.PASS, "billing  \u0394 0.01 [", id="lower-rose-within-margin"),
+        pytest.param("LowerIsBetter", harm(0.15), Verdict.INCONCLUSIVE, "continue: billing  \u0394 0.05 [", id="lower-rose-by-the-margin"),
+        pytest.param("LowerIsBetter", harm(0.30), Verdict.FAIL, "billing  \u0394 0.20 [", id="lower-rose-beyond-margin"),
+        pytest.param("LowerIsBetter", harm(0.30, n=10), Verdict.INCONCLUSIVE, "continue: 10 of 30 samples", id="lower-too-few"),
+        pytest.param("LowerIsBetter", harm(1.0, n=10), Verdict.FAIL, "billing  \u0394 0.90 [", id="lower-few-but-all-harmful"),
+        # The same counters judged HigherIsBetter (unset): the mirror image.
+        pytest.param(None, harm(0.02), Verdict.FAIL, "billing  \u0394 \u22120.08 [", id="higher-mean-dropped"),
+        pytest.param(None, harm(0.10), Verdict.PASS, "billing  \u0394 0.00 [", id="higher-identical"),
+        pytest.param(None, harm(0.05), Verdict.INCONCLUSIVE, "continue: billing  \u0394 \u22120.05 [", id="higher-dropped-by-the-margin"),
+        pytest.param("HigherIsBetter", harm(0.30), Verdict.PASS, "billing  \u0394 0.20 [", id="higher-rose"),
+    ],
+)  # fmt: skip
+def test_a_gate_judges_its_margin_in_its_direction(direction: str | None, candidate: Arm, verdict: Verdict, message: str) -> None:
+    gate = spec(gates=[{**GATE, "direction": direction} if direction else GATE]).gates[0]
+    v = judge(gate, "billing", candidate, HARM_STABLE, ALPHA)
+    assert v.verdict == verdict, v
+    assert v.message.startswith(message), v.message
+    assert v.threshold == ("\u0394 < +0.05" if direction == "LowerIsBetter" else "\u0394 > -0.05")
+    # The interval is candidate minus stable whatever the direction; only the threshold says which side is the harm.
+    assert v.delta == pytest.approx((candidate.total or 0) / (candidate.samples or 1) - 0.10)
+
+
+def test_a_lower_is_better_gate_reaches_the_verdicts_status_and_cli_through_evaluate() -> None:
+    from inferstack.cli import format as fmt
+    from inferstack.core.evaluation import evaluate
+
+    s = spec(gates=[{**GATE, "direction": "LowerIsBetter"}])
+    queries = evaluator_queries(s, stack="bot", namespace="ns", candidate="c", stable="s", window=timedelta(minutes=5))
+    answers: dict[str, float | str | None] = {}
+    for q in queries:
+        assert q.stable is not None
+        rate = 0.30 if q.slice == "billing" else 0.10  # harm rose 20 points on billing only
+        for arm, (n, r) in ((q.candidate, (4000.0, rate)), (q.stable, (12000.0, 0.10))):
+            answers |= {arm.samples: n, arm.total: n * r, arm.squares: n * r}
+    verdicts = {v.slice: v for v in evaluate(s, queries, answers)}
+    # (the aggregate is a query of its own, answered here as unchanged)
+    assert {k: v.verdict for k, v in verdicts.items()} == {"billing": Verdict.FAIL, "general": Verdict.PASS, AGGREGATE: Verdict.PASS}
+    billing = verdicts["billing"]
+    assert billing.delta_lower is not None and billing.delta_lower > 0.05  # the whole interval above +margin
+    row = fmt.gates_table({"gates": [billing.to_status()], "rollout": {"failures": {"quality/billing": 1}}}).splitlines()[1]
+    assert f"+0.200 [{billing.delta_lower:+.3f}, {billing.delta_upper:+.3f}]" in row
+    assert "\u0394 < +0.05" in row and "Fail" in row and "4000/12000" in row.replace(",", "")

@@ -23,6 +23,7 @@ from inferstack.core.rollout import (
     Verb,
     analysis_window,
     decide,
+    judging_hash,
     parse_command,
     step_label,
 )
@@ -829,6 +830,7 @@ EVALUATION = {
     "evaluators": [{"name": "refusal", "rule": {"refusal": {}}}, {"name": "helpful", "judge": JUDGE}],
 }
 EVALUATED = make_spec(evaluation=EVALUATION)
+EGATE = {"name": "harm", "evaluator": "helpful", "margin": 0.05}
 
 
 @pytest.mark.parametrize(
@@ -851,6 +853,11 @@ EVALUATED = make_spec(evaluation=EVALUATION)
             id="rubric-rewritten",
         ),
         pytest.param(EVALUATED, make_spec(evaluation={**EVALUATION, "alpha": 0.01}), id="alpha-lowered"),
+        pytest.param(
+            make_spec(gates=[EGATE], evaluation=EVALUATION),
+            make_spec(gates=[{**EGATE, "direction": "LowerIsBetter"}], evaluation=EVALUATION),
+            id="direction-flipped",
+        ),
     ],
 )
 def test_editing_gates_or_evaluation_restarts_the_step_analysis_and_makes_no_new_revision(
@@ -869,3 +876,18 @@ def test_editing_gates_or_evaluation_restarts_the_step_analysis_and_makes_no_new
     assert d.state.candidate == C and step_label(STEPS_OF, d.state) == "canary 5%"
     again = decide(after, d.state, obs(), later + MIN)
     assert not [e for e in again.events if e.reason == "AnalysisRestarted"]
+
+
+def test_a_gate_direction_counts_in_the_judging_hash_only_when_it_changes_the_judging() -> None:
+    """Unset and HigherIsBetter judge alike: both hash as before the field existed.
+
+    The pinned value is this spec's judging hash on the commit before gates had
+    a direction: if it changes, an operator upgrade restarts the analysis of
+    every step in flight (event AnalysisRestarted) though no one edited a gate.
+    """
+    plain = make_spec(gates=[EGATE, GATE], evaluation=EVALUATION)
+    higher = make_spec(gates=[{**EGATE, "direction": "HigherIsBetter"}, GATE], evaluation=EVALUATION)
+    lower = make_spec(gates=[{**EGATE, "direction": "LowerIsBetter"}, GATE], evaluation=EVALUATION)
+    assert judging_hash(plain) == judging_hash(higher) == "67654644e247"
+    assert judging_hash(lower) != judging_hash(plain)
+    assert compute_revision(lower).hash == compute_revision(plain).hash

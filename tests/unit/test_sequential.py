@@ -239,6 +239,32 @@ def test_compare_known_intervals(candidate: Counters, stable: Counters, verdict:
 
 
 @pytest.mark.parametrize(
+    ("candidate", "stable", "verdict"),
+    [
+        # A rate that counts a harm, stable at 10 %: the candidate's rate dropping is no harm.
+        pytest.param(Counters.bernoulli(4000, 400), Counters.bernoulli(12000, 1200), PASS, id="identical-pass"),
+        pytest.param(Counters.bernoulli(4000, 100), Counters.bernoulli(12000, 1200), PASS, id="dropped-pass"),
+        pytest.param(Counters.bernoulli(4000, 800), Counters.bernoulli(12000, 1200), FAIL, id="rose-10-points-fail"),
+        pytest.param(Counters.bernoulli(400, 80), Counters.bernoulli(1200, 120), CONTINUE, id="rose-10-points-few"),
+        pytest.param(Counters.bernoulli(4000, 600), Counters.bernoulli(12000, 1200), CONTINUE, id="rose-by-the-margin"),
+    ],
+)
+def test_compare_lower_is_better_known_intervals(candidate: Counters, stable: Counters, verdict: SequentialVerdict) -> None:
+    rule = NonInferiority(margin=RULE.margin, alpha=RULE.alpha, direction=Direction.LOWER, min_samples=RULE.min_samples)
+    result = compare(candidate, stable, rule, "billing")
+    # The interval does not depend on the direction, only the verdict does.
+    assert (result.lower, result.upper) == pytest.approx(_expected_interval(candidate, stable, rule), rel=1e-6)
+    assert result.verdict == verdict
+    assert result.direction == Direction.LOWER
+    # The same data counted the other way round (passes instead of harms) is its mirror image.
+    flipped = compare(
+        Counters.bernoulli(candidate.n, candidate.n - candidate.s), Counters.bernoulli(stable.n, stable.n - stable.s), RULE, "billing"
+    )
+    assert (flipped.lower, flipped.upper) == pytest.approx((-result.upper, -result.lower), rel=1e-6)
+    assert flipped.verdict == verdict
+
+
+@pytest.mark.parametrize(
     ("direction", "anchor", "widths", "verdict"),
     [
         # Δ̂ placed at ±margin (m = 0.05) plus a multiple of the interval's half-width w.

@@ -41,6 +41,7 @@ from inferstack.api.rules import (
     unknown_placeholders,
 )
 from inferstack.core.durations import parse_seconds
+from inferstack.core.sequential import Direction
 
 # A Go-style duration as Kubernetes users write them: 30s, 5m, 1h30m, 500ms.
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
@@ -972,7 +973,8 @@ class Gate(Model):
 
     An evaluator gate compares the candidate's mean score with the stable
     revision's on the same slices, with an anytime-valid confidence sequence
-    and a non-inferiority ``margin``; the operator writes its queries.
+    and a non-inferiority ``margin`` in its ``direction``; the operator writes
+    its queries.
     """
 
     name: str = Field(..., pattern=DNS_LABEL_PATTERN, max_length=63)
@@ -980,7 +982,19 @@ class Gate(Model):
     prometheus: PrometheusQuery | None = None
     evaluator: str | None = Field(None, pattern=DNS_LABEL_PATTERN, max_length=63, description="A spec.evaluation.evaluators name.")
     margin: float | None = Field(
-        None, ge=0, le=1, description="Evaluator gates: the largest drop of the candidate's mean score (0..1) still acceptable."
+        None,
+        ge=0,
+        le=1,
+        description="Evaluator gates: the largest harm to the candidate's mean score (0..1) still acceptable: "
+        "a drop (HigherIsBetter) or a rise (LowerIsBetter) against the stable revision.",
+    )
+    # No schema default: the API server would write it into prometheus gates too,
+    # which must not carry one. Unset reads as HigherIsBetter (effective_direction).
+    direction: Direction | None = Field(
+        None,
+        description="Evaluator gates: which way the mean score is better, HigherIsBetter (unset: the default) or "
+        "LowerIsBetter (a score that counts a harm; refused for Pairwise judges and golden sets, whose samples "
+        "are the candidate's wins (+1) and losses (-1)).",
     )
     slices: list[Annotated[str, Field(max_length=63, pattern=SLICE_PATTERN)]] = Field(default_factory=list, max_length=64)
     threshold: Threshold | None = None
@@ -1002,8 +1016,8 @@ class Gate(Model):
         ),
         Rule(
             "!has(self.evaluator) || (has(self.margin) && !has(self.threshold) && !has(self.compare))",
-            "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable), "
-            "not threshold or compare",
+            "spec.gates[] with an evaluator takes margin (the largest acceptable drop of the mean score vs stable, "
+            "or rise with direction: LowerIsBetter), not threshold or compare",
             lambda g: g.evaluator is None or (g.margin is not None and g.threshold is None and g.compare is None),
         ),
         Rule(
@@ -1018,6 +1032,13 @@ class Gate(Model):
             "spec.gates[].margin is for evaluator gates; a prometheus gate uses threshold or compare",
             lambda g: g.margin is None or g.evaluator is not None,
             field_path=".margin",
+        ),
+        Rule(
+            "!has(self.direction) || has(self.evaluator)",
+            "spec.gates[].direction is for evaluator gates; a prometheus gate says which way is worse with threshold "
+            "(min or max) or compare (maxRelativeDrop or maxRelativeIncrease): remove direction",
+            lambda g: g.direction is None or g.evaluator is not None,
+            field_path=".direction",
         ),
         Rule(
             "self.slices.all(s, self.slices.exists_one(t, t == s))",
@@ -1048,6 +1069,11 @@ class Gate(Model):
             field_path=".slices",
         ),
     )
+
+    @property
+    def effective_direction(self) -> Direction:
+        """``direction``, or HigherIsBetter when unset (what every evaluator gate meant before the field existed)."""
+        return self.direction or Direction.HIGHER
 
 
 # ------------------------------------------------------------------- traffic
@@ -1269,6 +1295,30 @@ class InferenceStackSpec(Model):
             "spec.rollout.steps has no canary or ramp step",
             lambda s: not any(e.feedback and any(g.evaluator == e.name for g in s.gates) for e in s.evaluation.evaluators)
             or any(st.canary or st.ramp for st in s.rollout.steps),
+            field_path=".gates",
+        ),
+        # A Pairwise judge's sample is +1 when the judge, asked which answer is *better* by
+        # the criteria, chose the candidate's in both orders, and a golden case's is whether
+        # the answer met the case's assertions: both are "higher is better" by construction.
+        # LowerIsBetter would read "the candidate losing is good", which no criteria can mean
+        # (a harm is measured by asking the judge to prefer the answer with less of it), so
+        # it is refused rather than given a meaning.
+        Rule(
+            "self.gates.all(g, !has(g.direction) || g.direction == 'HigherIsBetter' || !has(g.evaluator) || "
+            "!self.evaluation.evaluators.exists(e, e.name == g.evaluator && "
+            "(has(e.goldenSet) || (has(e.judge) && e.judge.mode == 'Pairwise'))))",
+            "spec.gates[].direction LowerIsBetter is for evaluators that score one answer (rule, Rubric judge, "
+            "feedback); a Pairwise judge or a goldenSet counts the candidate's wins against stable, where higher is "
+            "always better (to gate on a harm, write criteria that prefer the answer with less of it): remove direction",
+            lambda s: not any(
+                g.effective_direction == Direction.LOWER
+                and any(
+                    e.name == g.evaluator
+                    and (e.golden_set is not None or (e.judge is not None and e.judge.mode == JudgeMode.PAIRWISE))
+                    for e in s.evaluation.evaluators
+                )
+                for g in s.gates
+            ),
             field_path=".gates",
         ),
         Rule(

@@ -5,12 +5,18 @@ revision, slice and evaluator (see router/metrics.py): the number of samples
 n, their sum S and their sum of squares Q. From the two arms' (n, S, Q) over
 the step's window, ``core/sequential.py`` gives an anytime-valid confidence
 interval on the difference of means (candidate minus stable), which the gate
-judges against its non-inferiority ``margin``:
+judges against its non-inferiority ``margin`` (for the default direction,
+HigherIsBetter):
 
 * Pass: both arms have ``minSamples`` and the lower bound is above -margin;
 * Fail: the upper bound is below -margin (the candidate is worse by more than
   the margin, with confidence 1 - alpha, however often the operator looks);
 * otherwise Inconclusive ("continue"): the step holds; it never promotes.
+
+A LowerIsBetter gate (a score that counts a harm) mirrors it: Pass when the
+upper bound is below +margin, Fail when the lower bound is above +margin. The
+interval is always candidate minus stable; only the threshold shown with it
+(``Δ > -m`` or ``Δ < +m``) says which side is the harm.
 
 ``spec.evaluation.alpha`` is split (Bonferroni) over every sequence of the
 rollout: each (evaluator gate, slice) pair in each step window (a step, or a
@@ -35,6 +41,7 @@ from inferstack.core.gates import AGGREGATE, GateVerdict, Verdict
 from inferstack.core.promql import escape_string, slice_pattern
 from inferstack.core.sequential import (
     Counters,
+    Direction,
     NonInferiority,
     SequentialVerdict,
     compare,
@@ -309,7 +316,9 @@ def judge(
             Verdict.INCONCLUSIVE,
             message=candidate.error or (stable.error if stable else ""),
         )
-    rule = NonInferiority(margin=gate.margin, alpha=alpha, min_samples=gate.min_samples)
+    # A paired gate (pairwise judge, golden set) is always HigherIsBetter: the API
+    # refuses LowerIsBetter on it (a win is "better" by construction).
+    rule = NonInferiority(margin=gate.margin, alpha=alpha, direction=gate.effective_direction, min_samples=gate.min_samples)
     if stable is None:
         result = compare_paired(_pair_counters(candidate), rule, label=slice_)
     else:
@@ -332,7 +341,7 @@ def judge(
         verdict,
         value=result.candidate_mean,
         baseline=result.stable_mean,
-        threshold=f"\u0394 > -{gate.margin:g}",
+        threshold=threshold_text(gate),
         samples=result.candidate_n,
         message=message,
         baseline_samples=result.stable_n,
@@ -341,6 +350,14 @@ def judge(
         delta_upper=result.upper if finite else None,
         evaluated_by=evaluated_by,
     )
+
+
+def threshold_text(gate: Gate) -> str:
+    """What the difference must stay within: ``Δ > -0.05``, or ``Δ < +0.05`` for LowerIsBetter."""
+    assert gate.margin is not None
+    if gate.effective_direction == Direction.LOWER:
+        return f"\u0394 < +{gate.margin:g}"
+    return f"\u0394 > -{gate.margin:g}"
 
 
 def _counters(arm: Arm) -> Counters:

@@ -49,6 +49,7 @@ from inferstack.core.gates import GateVerdict, Verdict
 from inferstack.core.golden import step_golden_sets
 from inferstack.core.promql import MIN_WINDOW
 from inferstack.core.revision import digest
+from inferstack.core.sequential import Direction
 
 COMMAND_ANNOTATION: Final = "inferstack.dev/command"
 COMMAND_ID_ANNOTATION: Final = "inferstack.dev/command-id"
@@ -286,8 +287,18 @@ class Decision:
 
 
 def judging_hash(spec: InferenceStackSpec) -> str:
-    """A short hash of what judges a step: the gates and the evaluation (not part of the revision)."""
-    return digest(spec.model_dump(mode="json", by_alias=True, include={"gates", "evaluation"}))[:12]
+    """A short hash of what judges a step: the gates and the evaluation (not part of the revision).
+
+    A gate's ``direction`` counts only when it is LowerIsBetter: unset and
+    HigherIsBetter judge alike, and leaving it out keeps the hash every stack
+    had before the field existed, so an operator upgrade restarts no step's
+    analysis (nor does writing the default out). Flipping it restarts it.
+    """
+    judging = spec.model_dump(mode="json", by_alias=True, include={"gates", "evaluation"})
+    for gate in judging.get("gates", []):
+        if gate.get("direction") != Direction.LOWER:
+            gate.pop("direction", None)
+    return digest(judging)[:12]
 
 
 # -------------------------------------------------------------- step helpers
