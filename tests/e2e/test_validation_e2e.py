@@ -39,8 +39,14 @@ def api_errors(stderr: str) -> list[str]:
     assert found, stderr
     detail = detail.strip()
     if detail.startswith("* "):
-        return [line[2:] for line in detail.splitlines() if line.startswith("* ")]
+        # A value outside a field's enum also makes the API server skip the CEL rules that read
+        # that field, which it says in a line of its own: a consequence of the mistake, not another.
+        return [line[2:] for line in detail.splitlines()
+                if line.startswith("* ") and not line.endswith(SKIPPED_RULES)]
     return [detail]
+
+
+SKIPPED_RULES = "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
 
 
 def apply(namespace: str, manifest: dict[str, Any], *extra: str) -> Any:
