@@ -614,6 +614,12 @@ def test_helm_render_router_ports_and_auth():
     router = next(d for d in proxied if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))
     args = router["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--trusted-proxy-cidrs=10.0.0.0/8,fd00::/8" in args and "--trusted-proxy-tenant-header=x-forwarded-user" in args
+    assert not [a for a in args if a.startswith("--trusted-proxy-record-content-header")]  # unset: users cannot opt out
+    opting = render("router.auth.mode=trusted-proxy", "router.auth.trustedProxy.cidrs={10.0.0.0/8}",
+                    "router.auth.trustedProxy.tenantHeader=x-forwarded-user",
+                    "router.auth.trustedProxy.recordContentHeader=x-record-content")  # fmt: skip
+    router = next(d for d in opting if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("router"))
+    assert "--trusted-proxy-record-content-header=x-record-content" in router["spec"]["template"]["spec"]["containers"][0]["args"]
     role = next(d for d in proxied if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("router"))
     assert ("", "secrets", "list") not in granted([role], "ClusterRole")  # no keys, no Secrets listed
     with pytest.raises(subprocess.CalledProcessError) as err:

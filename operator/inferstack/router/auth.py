@@ -55,14 +55,17 @@ class Identity:
 
     tenant: str | None
     grant: Grant | None = None
+    # A trusted proxy's user who opted out of content recording (--trusted-proxy-record-content-header).
+    content_opt_out: bool = False
 
     def may_call(self, namespace: str, stack: str) -> bool:
         return self.grant is None or self.grant.may_call(namespace, stack)
 
     @property
     def record_content(self) -> bool:
-        """False when the key's tenant opted out of content recording (key Secret ``recordContent: "false"``)."""
-        return self.grant is None or self.grant.record_content
+        """False when the tenant opted out of content recording: a key Secret's ``recordContent: "false"``,
+        or the trusted proxy's record-content header."""
+        return not self.content_opt_out and (self.grant is None or self.grant.record_content)
 
 
 ANONYMOUS = Identity(tenant=None)
@@ -260,6 +263,7 @@ class Authenticator:
         tenant_header: str = "",
         metrics: AuthMetrics | None = None,
         sources: Iterable[KeySource] = (),
+        content_header: str = "",
     ) -> None:
         if mode not in AUTH_MODES:
             raise ValueError(f"unknown auth mode {mode!r}; one of {', '.join(AUTH_MODES)}")
@@ -268,6 +272,8 @@ class Authenticator:
         self.keys = keys if keys is not None else KeyTable(self.metrics)
         self.trusted_cidrs = tuple(trusted_cidrs)
         self.tenant_header = tenant_header
+        # trusted-proxy: a header in which the proxy says whether its user allows content recording.
+        self.content_header = content_header
         self.sources = list(sources)  # fill ``keys`` (router/keysource.py)
         if mode == "trusted-proxy" and not (self.trusted_cidrs and tenant_header):
             raise ValueError("--auth trusted-proxy needs --trusted-proxy-cidrs and --trusted-proxy-tenant-header")
@@ -286,6 +292,7 @@ class Authenticator:
             parse_cidrs(",".join(settings.trusted_proxy_cidrs)) if settings.trusted_proxy_cidrs else (),
             settings.trusted_proxy_tenant_header,
             metrics,
+            content_header=settings.trusted_proxy_record_content_header,
         )
 
     async def start(self) -> None:
@@ -313,8 +320,11 @@ class Authenticator:
             user = request.headers.get(self.tenant_header, "").strip()
             if not user or len(user) > MAX_USER_CHARS or not user.isprintable():
                 return None
+            # As a key Secret's recordContent: absent allows, anything but a clear "true" opts out.
+            said = request.headers.get(self.content_header) if self.content_header else None
+            opted_out = said is not None and said.strip().lower() != "true"
             # "proxy:" cannot start a key tenant (namespace/tenant has no colon): the two never meet.
-            return Identity(f"proxy:{user}")
+            return Identity(f"proxy:{user}", content_opt_out=opted_out)
         return ANONYMOUS
 
     def middleware(self) -> Middleware:

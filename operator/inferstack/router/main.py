@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="Key Secrets honoured per namespace; more are ignored and counted.")
     auth.add_argument("--trusted-proxy-cidrs", default="", help="trusted-proxy: comma-separated networks of the proxy (required).")
     auth.add_argument("--trusted-proxy-tenant-header", default="", help="trusted-proxy: header naming the user, e.g. x-forwarded-user (required).")
+    auth.add_argument("--trusted-proxy-record-content-header", default="",
+                      help="trusted-proxy: header in which the proxy says whether its user allows the recording of message "
+                      "contents (anything but \"true\" opts out; absent: the stack decides), e.g. x-record-content.")
     src = p.add_argument_group("plan sources (the Kubernetes API unless --plan-file is given)")
     src.add_argument("--plan-file", help="A plan JSON file or a directory of them, polled (local runs and tests).")
     src.add_argument("--plan-poll-interval", type=float, default=0.5, help="Seconds between --plan-file polls.")
@@ -111,6 +114,7 @@ def settings_from(args: argparse.Namespace) -> RouterSettings:
         auth=args.auth,
         trusted_proxy_cidrs=tuple(c.strip() for c in args.trusted_proxy_cidrs.split(",") if c.strip()),
         trusted_proxy_tenant_header=args.trusted_proxy_tenant_header.strip(),
+        trusted_proxy_record_content_header=args.trusted_proxy_record_content_header.strip(),
         max_keys_per_namespace=args.max_keys_per_namespace,
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
         trace_sample_rate=args.trace_sample_rate,

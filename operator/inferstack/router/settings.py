@@ -34,6 +34,7 @@ class RouterSettings:
     auth: str = "api-keys"
     trusted_proxy_cidrs: tuple[str, ...] = ()  # trusted-proxy: peers whose tenant header is believed
     trusted_proxy_tenant_header: str = ""
+    trusted_proxy_record_content_header: str = ""  # trusted-proxy: the user's content-recording choice; "": none
     max_keys_per_namespace: int = 1000
     # Traces (router/tracing.py): OTLP/HTTP endpoint of a collector; None: no tracing at all.
     otlp_endpoint: str | None = None

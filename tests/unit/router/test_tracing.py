@@ -371,3 +371,31 @@ async def test_audit_lines_carry_contents_only_where_the_stack_opts_in_and_the_t
     assert (await quiet.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "no-opt-in"})).status == 200
     (line,) = await audit_lines(capfd, 1)
     assert line["request_id"] == "no-opt-in" and "input_messages" not in line and "output_text" not in line
+
+
+async def test_a_trusted_proxys_user_opts_out_through_the_proxys_header(make_plan, router_client, capfd) -> None:
+    from inferstack.router.auth import parse_cidrs
+
+    def proxy(content_header: str) -> Authenticator:  # the test client connects from 127.0.0.1
+        return Authenticator("trusted-proxy", trusted_cidrs=parse_cidrs("127.0.0.0/8"), tenant_header="x-forwarded-user",
+                             content_header=content_header)
+
+    settings = RouterSettings(upstream_timeout=5, audit_log=True)
+    plan = make_plan(candidate=False, observability={"contentSampleRate": 1.0})
+    client = await router_client(plan, settings=settings, auth=proxy("x-record-content"), headers={})
+    said = {"absent": None, "true": "True ", "false": "false", "no": "no", "empty": ""}
+    for request_id, value in said.items():
+        headers = {"x-forwarded-user": "alice", "x-request-id": request_id}
+        if value is not None:
+            headers["x-record-content"] = value
+        assert (await client.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
+    by_request = {line["request_id"]: line for line in await audit_lines(capfd, len(said))}
+    # As a key Secret's recordContent: absent leaves it to the stack, a clear "true" allows, anything else opts out.
+    assert {r for r, line in by_request.items() if "input_messages" in line} == {"absent", "true"}
+
+    # Without --trusted-proxy-record-content-header the header means nothing: the stack decides.
+    unset = await router_client(plan, settings=settings, auth=proxy(""), headers={})
+    headers = {"x-forwarded-user": "alice", "x-request-id": "unset", "x-record-content": "false"}
+    assert (await unset.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
+    (line,) = await audit_lines(capfd, 1)
+    assert line["request_id"] == "unset" and "input_messages" in line
