@@ -385,6 +385,7 @@ def test_b_a_missing_index_version_keeps_the_candidate_waiting_without_traffic_u
     # Its message and its Reconciling condition say why it waits, in the index check's words.
     assert st["message"] == f"waiting for revision {cand}: {waiting} (IndexMissing)", st["message"]
     assert condition(st, "Reconciling")["status"] == "True" and waiting in condition(st, "Reconciling")["message"]
+    assert condition(st, "Reconciling")["reason"] == "IndexMissing"
     assert condition(st, "Ready")["status"] == "False"
     assert len(seen) > 20, "the status was watched while the candidate waited"
     # The progress deadline still applies: rolled back at 20 s, naming the cause.

@@ -253,6 +253,9 @@ def test_a_candidate_whose_index_version_is_missing_waits_without_traffic_then_r
     assert decision.traffic.candidate is None and decision.traffic.candidate_weight == 0
     message = actions.status["message"]
     assert message.startswith(f"waiting for revision {candidate}: index docs version v2 does not exist") and "(IndexMissing)" in message
+    conditions = {c["type"]: c for c in actions.status["conditions"]}
+    assert (conditions["Reconciling"]["status"], conditions["Reconciling"]["reason"]) == ("True", "IndexMissing")
+    assert conditions["Ready"]["reason"] == "Progressing"  # Ready keeps the phase
     body = apply_status(body, actions)
     # The progress deadline (20s) still applies, and the rollback says why.
     actions, decision = reconcile(body, second, compute_revision(second), observed, CONFIG, NOW + timedelta(seconds=30))

@@ -123,13 +123,15 @@ def summarize(
         message = f"revision {revision}: pods missed the progress deadline (enough free GPUs? image pullable?)"
         return Summary(Phase.FAILED, message, step, _stalled("ProgressDeadlineExceeded", message))
     phase, message = _rollout_phase(spec, state, revision, now)
+    work = phase.value  # what Reconciling says it is doing
     if waiting is not None and state.step_index is None:  # no traffic yet: this is what it waits for
         message = f"waiting for revision {state.candidate or revision}: {waiting.message} ({waiting.reason})"
+        work = waiting.reason  # IndexMissing, EmbedderNotReady...: a reason a tool can match on
     message = one_line(message)
     healthy, degraded = phase == Phase.HEALTHY, phase == Phase.DEGRADED
     conditions = {
         READY: ConditionState(healthy, phase.value, message),
-        RECONCILING: ConditionState(not healthy and not degraded, phase.value, "" if healthy else message),
+        RECONCILING: ConditionState(not healthy and not degraded, work, "" if healthy else message),
         STALLED: ConditionState(degraded, "RolledBack" if degraded else "NotStalled", message if degraded else ""),
     }
     return Summary(phase, message, step, conditions)
