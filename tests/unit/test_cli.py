@@ -568,3 +568,17 @@ def test_an_evaluator_gate_shows_both_arms_and_the_interval_on_the_difference():
     }  # fmt: skip
     row = fmt.gates_table(status).splitlines()[1]
     assert "-0.080 [-0.130, -0.030]" in row and " 120/340 " in row and "Fail" in row
+    assert "Evaluated by" not in fmt.gates_table(status)  # nothing to name
+
+
+def test_the_gates_table_names_what_judged_each_gate_once() -> None:
+    judge = "Pairwise judge, model judge-1, prompt inferstack-judge-v2 sha256:0123456789ab"
+    status = {"gates": [
+        {"gate": "quality", "slice": "billing", "verdict": "Pass", "evaluatedBy": judge},
+        {"gate": "quality", "verdict": "Pass", "evaluatedBy": judge},
+        {"gate": "golden", "verdict": "Pass", "evaluatedBy": "golden set golden, cases sha256:abcdef012345"},
+        {"gate": "p99", "verdict": "Pass"},
+    ]}  # fmt: skip
+    text = fmt.gates_table(status)
+    tail = text.split("Evaluated by:")[1].splitlines()
+    assert [line.strip() for line in tail if line.strip()] == [f"quality: {judge}", "golden: golden set golden, cases sha256:abcdef012345"]

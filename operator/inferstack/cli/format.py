@@ -147,7 +147,16 @@ def gates_table(status: Mapping[str, Any]) -> str:
     if not rows:
         return "  (no analysis yet)"
     headers = ["GATE", "SLICE", "VERDICT", "VALUE", "BASELINE", "DIFFERENCE", "THRESHOLD", "SAMPLES", "FAILURES", "MESSAGE"]
-    return _indent(table(headers, rows))
+    return _indent(table(headers, rows)) + evaluated_by(status)
+
+
+def evaluated_by(status: Mapping[str, Any]) -> str:
+    """What produced each gate's samples (``status.gates[].evaluatedBy``: the judge's model and prompt hash,
+    a golden set's cases hash), once per gate: a verdict is only as good as what judged it."""
+    seen = dict.fromkeys((g.get("gate"), g["evaluatedBy"]) for g in status.get("gates") or [] if g.get("evaluatedBy"))
+    if not seen:
+        return ""
+    return "\n" + _indent("\n".join(["Evaluated by:", *(f"  {gate}: {by}" for gate, by in seen)]))
 
 
 # ------------------------------------------------------------------- status
