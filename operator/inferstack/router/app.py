@@ -338,14 +338,17 @@ class Router:
         self, session: aiohttp.ClientSession, plan: TrafficPlan, bundle: RevisionBundle, body: dict[str, Any],
         tenant: str | None, labels: Labels, request_id: str, *, chat: bool,
     ) -> Prepared:
-        """:func:`prepare` for ``bundle``; a revision that retrieves gets a ``retrieve`` span."""
+        """:func:`prepare` for ``bundle``; a revision that retrieves gets a ``retrieval {index}`` span
+        (the GenAI conventions' retrieval span; its data source is the pinned index version)."""
         prompts = self._prompts(plan, bundle.revision)
         retrieval = bundle.retrieval if chat and prompts is not None else None
         if retrieval is None:
             return await prepare(session, self.retriever, self.metrics, prompts, bundle, body, tenant, labels, request_id, chat=chat)
-        attrs = {"inferstack.index": retrieval.index, "inferstack.index_version": retrieval.index_version,
+        attrs = {"gen_ai.operation.name": "retrieval",
+                 "gen_ai.data_source.id": f"{retrieval.index}/{retrieval.index_version}",
+                 "inferstack.index": retrieval.index, "inferstack.index_version": retrieval.index_version,
                  "inferstack.top_k": retrieval.top_k, "gen_ai.request.model": retrieval.embedding_model}
-        with self.tracing.child(f"retrieve {retrieval.index}", attributes=attrs) as span:
+        with self.tracing.child(f"retrieval {retrieval.index}", attributes=attrs) as span:
             try:
                 prepared = await prepare(session, self.retriever, self.metrics, prompts, bundle, body, tenant, labels, request_id,
                                          chat=chat)

@@ -215,13 +215,15 @@ async def test_retrieval_is_a_child_span_and_each_answer_names_its_own_documents
     (shadow,) = await spans_named(tracer, exporter, "shadow support")
     assert list(request.attributes["inferstack.retrieved_ids"]) == ["kb-1"]
     assert list(shadow.attributes["inferstack.retrieved_ids"]) == ["kb-2"]  # the candidate's own documents
-    retrieves = {s.attributes["inferstack.index_version"]: s for s in await spans_named(tracer, exporter, "retrieve kb", 2)}
+    retrieves = {s.attributes["inferstack.index_version"]: s for s in await spans_named(tracer, exporter, "retrieval kb", 2)}
     assert set(retrieves) == {"v1", "v2"}
     stable, candidate = retrieves["v1"], retrieves["v2"]
     assert stable.kind == SpanKind.INTERNAL and stable.parent.span_id == request.context.span_id
     assert candidate.parent.span_id == shadow.context.span_id and candidate.context.trace_id == request.context.trace_id
     assert (stable.attributes["inferstack.index"], stable.attributes["inferstack.top_k"]) == ("kb", 2)
     assert stable.attributes["gen_ai.request.model"] == "bge"  # the embedding model
+    assert stable.attributes["gen_ai.operation.name"] == "retrieval"
+    assert (stable.attributes["gen_ai.data_source.id"], candidate.attributes["gen_ai.data_source.id"]) == ("kb/v1", "kb/v2")
     assert list(stable.attributes["inferstack.retrieved_ids"]) == ["kb-1"]
     assert list(candidate.attributes["inferstack.retrieved_ids"]) == ["kb-2"]
     assert "postgresql://u@db/x" not in json.dumps([dict(s.attributes) for s in (stable, candidate, request, shadow)])
@@ -233,7 +235,7 @@ async def test_a_failed_retrieval_marks_its_span_and_the_request(make_plan, rout
     client.app[ROUTER].retriever = VersionedRetriever(fail="store_unreachable")
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 503
     (request,) = await spans_named(tracer, exporter, "chat support")
-    (retrieve,) = await spans_named(tracer, exporter, "retrieve kb")
+    (retrieve,) = await spans_named(tracer, exporter, "retrieval kb")
     assert retrieve.parent.span_id == request.context.span_id
     assert retrieve.attributes["error.type"] == request.attributes["error.type"] == "retrieval_failed"
     assert not retrieve.status.is_ok and not request.status.is_ok
