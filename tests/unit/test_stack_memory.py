@@ -54,6 +54,43 @@ async def test_a_stack_loop_does_not_keep_the_event_that_started_it(monkeypatch)
     assert seen == [(None, queue)]
 
 
+async def test_loops_started_by_the_leader_election_can_post_events(monkeypatch) -> None:
+    """A standby that takes the lease starts its loops outside any kopf handler, where kopf has not
+    set the queue kopf.event posts to: they get it from what the standby's handlers saw."""
+    seen: list[Any] = []
+    passed = asyncio.Event()
+
+    async def one_pass(body, indexes, emitted, created=None):
+        seen.append(posting.event_queue_var.get(None))
+        passed.set()
+        return handlers.PassResult()
+
+    monkeypatch.setattr(handlers, "reconcile_once", one_pass)
+    monkeypatch.setattr(handlers.Runtime, "stacks", {})
+    monkeypatch.setattr(handlers.Runtime, "loops", {})
+    monkeypatch.setattr(handlers.Runtime, "handler_context", None)
+    monkeypatch.setattr(handlers, "leading", lambda: False)  # a standby: its handler only remembers the stack
+    cause, queue = object(), asyncio.Queue()
+    body = {"metadata": {"name": "s", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}
+
+    async def handler() -> None:  # as kopf calls stack_changed: its variables set
+        execution.cause_var.set(cause)  # type: ignore[arg-type]
+        posting.event_queue_var.set(queue)
+        await handlers.stack_changed("ADDED", body, "ns", "s", None, None, None, None, None)
+
+    await asyncio.create_task(handler(), context=contextvars.Context())
+    assert not handlers.Runtime.loops and ("ns", "s") in handlers.Runtime.stacks
+    # The lease taken, in the election's own task: no kopf variable there.
+    contextvars.Context().run(handlers.start_all_loops)
+    (loop,) = handlers.Runtime.loops.values()
+    try:
+        await asyncio.wait_for(passed.wait(), 5)
+    finally:
+        loop.stop()
+        await asyncio.gather(loop.task, return_exceptions=True)
+    assert seen == [queue]
+
+
 def _stack(rv: str, **extra: Any) -> dict[str, Any]:
     return {"metadata": {"name": "s", "namespace": "ns", "resourceVersion": rv, **extra}, "spec": {}, "status": {}}
 

@@ -91,6 +91,10 @@ class Runtime:
     # With leader election, only the leader runs loops and writes; None: always.
     elector: Elector | None = None
     index_checker: IndexChecker = IndexChecker()
+    # kopf's process-wide variables as its handlers see them (loop_context). kopf sets the
+    # queue kopf.event posts to only while it handles an object, so a loop started outside a
+    # handler (by the leader election, on taking the lease) takes them from here.
+    handler_context: contextvars.Context | None = None
 
 
 def leading() -> bool:
@@ -522,7 +526,8 @@ class StackLoop:
     clean up everything a stack owns, so no finalizer is needed.
     """
 
-    def __init__(self, key: tuple[str, str], body: dict[str, Any], indexes: tuple) -> None:
+    def __init__(self, key: tuple[str, str], body: dict[str, Any], indexes: tuple,
+                 context: contextvars.Context | None = None) -> None:
         self.key = key
         self.body = body
         self.indexes = indexes
@@ -530,7 +535,7 @@ class StackLoop:
         self.emitted: set[str] = set()
         self.created: dict[str, float] = {}  # what apply_objects created and the watch has not shown yet
         metrics.track_stack(*key)
-        self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}", context=loop_context())
+        self.task = asyncio.create_task(self.run(), name=f"reconcile {key[0]}/{key[1]}", context=context or loop_context())
 
     async def run(self) -> None:
         namespace, name = self.key
@@ -648,6 +653,8 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
         return
     snapshot = slim(body)
     Runtime.stacks[key] = snapshot
+    if Runtime.handler_context is None:
+        Runtime.handler_context = loop_context()
     if loop is None:
         if leading():  # a standby only remembers the stack
             Runtime.loops[key] = StackLoop(key, snapshot, Runtime.indexes)
@@ -657,10 +664,15 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
 
 
 def start_all_loops() -> None:
-    """Leadership taken: one loop for every stack the watch has seen (the standby kept them)."""
+    """Leadership taken: one loop for every stack the watch has seen (the standby kept them).
+
+    Called by the leader election, outside any kopf handler: the loops get kopf's variables
+    as a handler saw them (without them, kopf.event raised LookupError at every pass of a
+    standby that took over: seen in CI)."""
     for key, body in Runtime.stacks.items():
         if key not in Runtime.loops:
-            Runtime.loops[key] = StackLoop(key, body, Runtime.indexes)
+            context = Runtime.handler_context.copy() if Runtime.handler_context is not None else None
+            Runtime.loops[key] = StackLoop(key, body, Runtime.indexes, context)
 
 
 async def stop_all_loops() -> None:
