@@ -275,6 +275,23 @@ async def test_release_on_shutdown_lets_a_standby_take_over_at_its_next_try():
     assert b.elector.leading and store.record.holder == "b"
 
 
+async def test_release_after_a_renewal_the_elector_did_not_see_through():
+    """The election task cancelled at shutdown while a renewal was on its way: the server has a
+    newer version than the elector knows. The release reads it and still gives the lease up."""
+    store, clock = Store(), Clock()
+    a = Replica("a", store, clock)
+    await a.elector.tick()
+    store.record, store.version = claim(store.record, "a", clock.wall(), 15), store.version + 1  # the renewal that landed
+    await a.elector.release()
+    assert store.record is not None and store.record.holder is None
+    # Someone else's lease by then: left alone.
+    b = Replica("b", store, clock)
+    await a.elector.tick()
+    store.record, store.version = claim(store.record, "b", clock.wall(), 15), store.version + 1
+    await a.elector.release()
+    assert store.record.holder == "b" and not b.elector.leading
+
+
 async def test_the_delay_wakes_a_standby_right_when_the_lease_ends():
     store, clock = Store(), Clock()
     a, b = Replica("a", store, clock), Replica("b", store, clock)

@@ -268,9 +268,19 @@ class Elector:
             return
         self.leading = False
         metrics.LEADER.labels(self.identity).set(0)
-        with contextlib.suppress(Exception):
-            await self.api.update(released(self._observed, self.wall()), self._version)
+        try:
+            try:
+                await self.api.update(released(self._observed, self.wall()), self._version)
+            except LeaseConflict:
+                # A renewal cancelled with the election task may still have reached the server
+                # (its call runs on in a thread): read the lease, and give up what is still ours.
+                got = await self.api.get()
+                if got is None or got[0].holder != self.identity:
+                    return
+                await self.api.update(released(got[0], self.wall()), got[1])
             log.info("leader election: %s released the lease", self.identity)
+        except Exception as e:  # shutting down: the lease then ends a lease duration after the last renewal
+            log.warning("leader election: %s could not release the lease: %s", self.identity, type(e).__name__)
 
     def _lease_name(self) -> str:
         api = self.api
