@@ -142,3 +142,17 @@ def test_kopf_still_ignores_the_listing_and_looks_the_processor_up_by_name() -> 
     assert "if raw_event['type'] is None:\n        return" in inspect.getsource(kopf_fixes._original_namespace_event)
     kopf_fixes.install()
     assert observation.process_discovered_namespace_event is kopf_fixes._process_discovered_namespace_event
+
+
+async def test_the_operator_hears_of_each_namespace_whose_watchers_kopf_stopped(monkeypatch) -> None:
+    ensemble = await _ensemble_with_a_watcher_that_never_listed("e2e-gone")
+    await ensemble.operator_indexed.make_toggle(name=f"{STACKS}@e2e-alive")
+    ensemble.watcher_tasks[orchestration.EnsembleKey(resource=STACKS, namespace="e2e-alive")] = asyncio.create_task(asyncio.Event().wait())
+    heard: list[str] = []
+    monkeypatch.setattr(kopf_fixes, "namespace_gone", [heard.append])
+    await kopf_fixes._terminate_redundancies(remaining_resources={STACKS}, remaining_namespaces={"e2e-alive"}, ensemble=ensemble)
+    assert heard == ["e2e-gone"]  # a stack's DELETED event may have died with its watcher
+    await kopf_fixes._terminate_redundancies(remaining_resources={STACKS}, remaining_namespaces={"e2e-alive"}, ensemble=ensemble)
+    assert heard == ["e2e-gone"]  # nothing more is gone
+    for task in ensemble.watcher_tasks.values():
+        task.cancel()

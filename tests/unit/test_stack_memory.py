@@ -172,3 +172,23 @@ def test_kept_stacks_share_their_keys_and_short_strings_not_their_containers() -
     assert a["spec"]["model"]["engine"]["extraArgs"] is not b["spec"]["model"]["engine"]["extraArgs"]
     a["status"]["conditions"][0]["status"] = "False"
     assert b["status"]["conditions"][0]["status"] == "True"
+
+
+async def test_a_vanished_namespace_takes_its_stacks_loops_and_nothing_else(monkeypatch) -> None:
+    async def one_pass(body, indexes, emitted, created=None):
+        await asyncio.Event().wait()  # a pass that would retry its writes for ever
+
+    monkeypatch.setattr(handlers, "reconcile_once", one_pass)
+    monkeypatch.setattr(handlers.Runtime, "stacks", {})
+    monkeypatch.setattr(handlers.Runtime, "loops", {})
+    for key in (("gone", "a"), ("gone", "b"), ("kept", "a")):
+        body = {"metadata": {"name": key[1], "namespace": key[0], "resourceVersion": "1"}, "spec": {}}
+        handlers.Runtime.stacks[key] = body
+        handlers.Runtime.loops[key] = handlers.StackLoop(key, body, ())
+    stopped = [handlers.Runtime.loops[("gone", "a")], handlers.Runtime.loops[("gone", "b")]]
+    handlers.forget_namespace("gone")
+    assert set(handlers.Runtime.stacks) == set(handlers.Runtime.loops) == {("kept", "a")}
+    await asyncio.gather(*(loop.task for loop in stopped), return_exceptions=True)
+    assert all(loop.task.cancelled() for loop in stopped) and not handlers.Runtime.loops[("kept", "a")].task.done()
+    handlers.Runtime.loops[("kept", "a")].stop()
+    await asyncio.gather(handlers.Runtime.loops[("kept", "a")].task, return_exceptions=True)

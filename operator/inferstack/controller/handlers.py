@@ -663,6 +663,17 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
         loop.wake.set()
 
 
+def forget_namespace(namespace: str) -> None:
+    """kopf stopped watching ``namespace``, which vanished (controller/kopf_fixes.py): its stacks'
+    DELETED events may never come, so their loops stop here and nothing of them is kept."""
+    for key in [k for k in Runtime.stacks if k[0] == namespace]:
+        del Runtime.stacks[key]
+    for key in [k for k in Runtime.loops if k[0] == namespace]:
+        log.info("stack %s/%s: its namespace is gone; its loop stops", *key)
+        Runtime.loops.pop(key).stop()
+        metrics.forget_stack(*key)
+
+
 def start_all_loops() -> None:
     """Leadership taken: one loop for every stack the watch has seen (the standby kept them).
 

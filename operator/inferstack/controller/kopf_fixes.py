@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kopf._core.reactor import observation, orchestration
@@ -52,6 +53,11 @@ _original_namespace_event = observation.process_discovered_namespace_event
 SLOW_STOP_SECONDS = 5.0
 # The orchestrator's ensemble, seen at its first adjustment: read by report_held_readiness only.
 _ensemble: Any = None
+# Called with each namespace whose watchers kopf stopped because it vanished. A stack's DELETED
+# event comes on its own watch, the namespace's on another: kopf may stop the first before it
+# delivers the event, and the operator would keep a loop for a stack that no longer exists,
+# retrying its writes into a namespace that does not either (seen in CI).
+namespace_gone: list[Callable[[str], None]] = []
 
 
 def _watcher_name(key: Any) -> str:
@@ -69,6 +75,7 @@ async def _terminate_redundancies(
         for key in ensemble.get_keys()
         if key.namespace not in remaining_namespaces or key.resource not in remaining_resources
     }
+    gone = {key.namespace for key in ensemble.get_keys() if key.namespace is not None and key.namespace not in remaining_namespaces}
     started = time.monotonic()
     await _original(remaining_resources=remaining_resources, remaining_namespaces=remaining_namespaces, ensemble=ensemble)
     if (took := time.monotonic() - started) > SLOW_STOP_SECONDS:
@@ -78,6 +85,9 @@ async def _terminate_redundancies(
         if toggle.name in redundant:
             log.info("dropping the readiness of a watcher that is gone: %s", toggle.name)
             await ensemble.operator_indexed.drop_toggle(toggle)
+    for namespace in sorted(gone):
+        for forget in namespace_gone:
+            forget(namespace)
 
 
 async def _process_discovered_namespace_event(*, raw_event: Any, namespaces: Any, insights: Any, **kwargs: Any) -> None:

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_host)
     kopf_fixes.install()  # before kopf starts its orchestration
+    kopf_fixes.namespace_gone.append(handlers.forget_namespace)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or [],
