@@ -645,11 +645,7 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
     Runtime.indexes = (deployment_index, revision_index, plan_index, golden_job_index, legacy_plan_index)
     loop = Runtime.loops.get(key)
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
-        Runtime.stacks.pop(key, None)
-        if loop:
-            loop.stop()
-            del Runtime.loops[key]
-            metrics.forget_stack(*key)
+        forget_stack(key)
         return
     snapshot = slim(body)
     Runtime.stacks[key] = snapshot
@@ -663,15 +659,21 @@ async def stack_changed(type, body, namespace, name, deployment_index, revision_
         loop.wake.set()
 
 
+def forget_stack(key: tuple[str, str]) -> None:
+    """The stack is gone: its loop stops, and nothing of it is kept."""
+    Runtime.stacks.pop(key, None)
+    if (loop := Runtime.loops.pop(key, None)) is not None:
+        loop.stop()
+        metrics.forget_stack(*key)
+
+
 def forget_namespace(namespace: str) -> None:
     """kopf stopped watching ``namespace``, which vanished (controller/kopf_fixes.py): its stacks'
-    DELETED events may never come, so their loops stop here and nothing of them is kept."""
-    for key in [k for k in Runtime.stacks if k[0] == namespace]:
-        del Runtime.stacks[key]
-    for key in [k for k in Runtime.loops if k[0] == namespace]:
-        log.info("stack %s/%s: its namespace is gone; its loop stops", *key)
-        Runtime.loops.pop(key).stop()
-        metrics.forget_stack(*key)
+    DELETED events may never come, so they are forgotten here."""
+    for key in [k for k in {*Runtime.stacks, *Runtime.loops} if k[0] == namespace]:
+        if key in Runtime.loops:
+            log.info("stack %s/%s: its namespace is gone; its loop stops", *key)
+        forget_stack(key)
 
 
 def start_all_loops() -> None:
