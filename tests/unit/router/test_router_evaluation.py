@@ -15,6 +15,7 @@ from inferstack.core import judging
 from inferstack.core.retrieval import Document
 from inferstack.core.trafficplan import RetrievalPlan, TrafficPlan
 from inferstack.router.app import ROUTER
+from inferstack.router.retrieval import RetrievalFailed
 from inferstack.standin.app import RECEIVED as STANDIN_RECEIVED
 from inferstack.standin.app import StandinSettings
 from inferstack.standin.app import build_app as build_standin
@@ -108,15 +109,19 @@ RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
 
 
 class IndexedRetriever:
-    """The router's Retriever for tests: documents by index version (v1: kb-1, v2: kb-2)."""
+    """The router's Retriever for tests: documents by index version (v1: kb-1, v2: kb-2); ``fail``: every
+    retrieval fails with that kind. test_tracing.py uses it too."""
 
     DOCUMENTS = {"v1": [Document("kb-1", "Refunds take 5 days.", 0.9)], "v2": [Document("kb-2", "Refunds take 90 days.", 0.9)]}
 
-    def __init__(self) -> None:
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
         self.versions: list[str] = []
 
     async def retrieve(self, session: Any, plan: RetrievalPlan, query: str, request_id: str) -> list[Document]:
         self.versions.append(plan.index_version)
+        if self.fail:
+            raise RetrievalFailed(self.fail, "the store did not answer")
         return list(self.DOCUMENTS.get(plan.index_version, []))
 
     def keep_only(self, dsns: set[str]) -> None:

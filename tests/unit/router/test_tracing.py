@@ -9,20 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_router_evaluation import IndexedRetriever, retrieval
 from yarl import URL
 
-from inferstack.core.retrieval import Document
-from inferstack.core.trafficplan import RetrievalPlan, RevisionBundle, SecretRef
+from inferstack.core.trafficplan import RevisionBundle, SecretRef
 from inferstack.router import tracing
 from inferstack.router.app import ROUTER
 from inferstack.router.auth import Authenticator, KeyTable
 from inferstack.router.feedback import Signer
 from inferstack.router.metrics import Labels
-from inferstack.router.retrieval import RetrievalFailed
 from inferstack.router.settings import RouterSettings
 from inferstack.router.tracing import SpanContext, SpanKind, TraceFlags, Tracing
 
@@ -177,38 +175,13 @@ async def test_a_shadow_copy_is_a_child_span_with_its_own_evaluations(make_plan,
     assert_traceparent(received, upstream)
 
 
-class VersionedRetriever:
-    """The router's Retriever for tests: each index version has its own documents (v1: kb-1, v2: kb-2)."""
-
-    DOCUMENTS = {"v1": [Document("kb-1", "Parcels arrive in 3 days.", 0.9)], "v2": [Document("kb-2", "Parcels arrive in 9 days.", 0.8)]}
-
-    def __init__(self, fail: str | None = None) -> None:
-        self.fail = fail
-
-    async def retrieve(self, session: Any, plan: RetrievalPlan, query: str, request_id: str) -> list[Document]:
-        if self.fail:
-            raise RetrievalFailed(self.fail, "the store did not answer")
-        return list(self.DOCUMENTS[plan.index_version])
-
-    def keep_only(self, dsns: set[str]) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
-def retrieval(version: str) -> dict[str, Any]:
-    return {"embeddingUrl": "http://embed", "embeddingModel": "bge", "dimension": 8, "index": "kb", "indexVersion": version,
-            "topK": 2, "storeSecretRef": {"name": "store", "key": "dsn"}, "storeDsn": "postgresql://u@db/x"}
-
-
 async def test_retrieval_is_a_child_span_and_each_answer_names_its_own_documents(make_plan, router_client, exporter) -> None:
     """Stable retrieves from index version v1, the candidate's shadow copy from v2: each span names what it was given."""
     tracer = tracer_for(exporter)
     plan = make_plan(shadow_percent=100, stable_extra={"retrieval": retrieval("v1")},
                      candidate_extra={"retrieval": retrieval("v2")})
     client = await router_client(plan, tracer=tracer)
-    client.app[ROUTER].retriever = VersionedRetriever()
+    client.app[ROUTER].retriever = IndexedRetriever()
     resp = await client.post("/v1/chat/completions", json=CHAT, headers={"x-user-id": "u1"})
     assert resp.status == 200 and resp.headers["x-inferstack-retrieved"] == "kb-1"
     (request,) = await spans_named(tracer, exporter, "chat support")
@@ -232,7 +205,7 @@ async def test_retrieval_is_a_child_span_and_each_answer_names_its_own_documents
 async def test_a_failed_retrieval_marks_its_span_and_the_request(make_plan, router_client, exporter) -> None:
     tracer = tracer_for(exporter)
     client = await router_client(make_plan(candidate=False, stable_extra={"retrieval": retrieval("v1")}), tracer=tracer)
-    client.app[ROUTER].retriever = VersionedRetriever(fail="store_unreachable")
+    client.app[ROUTER].retriever = IndexedRetriever(fail="store_unreachable")
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 503
     (request,) = await spans_named(tracer, exporter, "chat support")
     (retrieve,) = await spans_named(tracer, exporter, "retrieval kb")
@@ -283,12 +256,7 @@ async def test_contents_only_where_the_stack_opts_in_and_never_for_a_tenant_that
     make_plan, router_client, exporter
 ) -> None:
     tracer = tracer_for(exporter)
-    table = KeyTable()
-    private = "isk_private-tenant-key"
-    table.replace_all([
-        ("team-a", "key-0", _secret(TEST_KEY, "tests")),
-        ("team-a", "key-1", _secret(private, "private", recordContent="false")),
-    ])  # fmt: skip
+    table, private = two_tenants()
     plan = make_plan(candidate=False, observability={"contentSampleRate": 1.0},
                      stable_extra={"systemPrompt": "You are the support assistant."})
     client = await router_client(plan, tracer=tracer, auth=Authenticator("api-keys", table))
@@ -302,6 +270,17 @@ async def test_contents_only_where_the_stack_opts_in_and_never_for_a_tenant_that
     assert json.loads(by_tenant["team-a/tests"]["gen_ai.output.messages"])[0]["role"] == "assistant"
     assert "gen_ai.input.messages" not in by_tenant["team-a/private"]
     assert "gen_ai.output.messages" not in by_tenant["team-a/private"]
+
+
+def two_tenants() -> tuple[KeyTable, str]:
+    """Keys of two tenants of team-a: ``tests`` (TEST_KEY) and ``private``, which opted out of content
+    recording; and the private tenant's key."""
+    table, private = KeyTable(), "isk_private-tenant-key"
+    table.replace_all([
+        ("team-a", "key-0", _secret(TEST_KEY, "tests")),
+        ("team-a", "key-1", _secret(private, "private", recordContent="false")),
+    ])  # fmt: skip
+    return table, private
 
 
 def _secret(key: str, tenant: str, **extra: str) -> dict[str, str]:
@@ -346,12 +325,7 @@ async def test_one_audit_line_per_request_and_per_feedback_on_stdout(make_plan, 
 async def test_audit_lines_carry_contents_only_where_the_stack_opts_in_and_the_tenant_allows(
     make_plan, router_client, capfd
 ) -> None:
-    table = KeyTable()
-    private = "isk_private-tenant-key"
-    table.replace_all([
-        ("team-a", "key-0", _secret(TEST_KEY, "tests")),
-        ("team-a", "key-1", _secret(private, "private", recordContent="false")),
-    ])  # fmt: skip
+    table, private = two_tenants()
     settings = RouterSettings(upstream_timeout=5, audit_log=True)
     plan = make_plan(candidate=False, observability={"contentSampleRate": 1.0},
                      stable_extra={"systemPrompt": "You are the support assistant."})
