@@ -1,4 +1,5 @@
-"""The router's HTTP application: OpenAI endpoints, health, readiness and metrics."""
+"""The router's HTTP application: OpenAI endpoints (served by router/server.py), health, readiness and metrics
+(aiohttp, on the admin port)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import BaseTestServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inferstack.api.v1alpha1 import OTHER_SLICE
@@ -31,7 +33,7 @@ from inferstack.router.augment import (
 from inferstack.router.auth import Authenticator, ModelNotAllowed, forbidden, identity_of, resolve, visible
 from inferstack.router.bundle import apply_bundle
 from inferstack.router.cache import CacheMemory, ResponseCache, cache_key, cacheable
-from inferstack.router.errors import UpstreamError, classify, error_response, redact
+from inferstack.router.errors import UpstreamError, classify, error_response, json_response, redact
 from inferstack.router.evaluators import Evaluators
 from inferstack.router.exchange import Exchange, records_content, rule_evaluations
 from inferstack.router.feedback import HEADER as RESPONSE_ID_HEADER
@@ -40,6 +42,7 @@ from inferstack.router.judge import JudgeRunner
 from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
 from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, UnknownModel
 from inferstack.router.retrieval import Retriever, store_dsns
+from inferstack.router.server import HTTPServer, Request, Response, StreamResponse
 from inferstack.router.settings import RouterSettings
 from inferstack.router.shadow import ShadowMirror, mirror, record_checked_answer
 from inferstack.router.tracing import Tracing
@@ -197,7 +200,7 @@ class Router:
     async def metrics_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: Request) -> Response:
         plans = visible(identity_of(request), self.store.plans())  # only what the caller may call
         names = [p.stack for p in plans]
         data = [
@@ -210,15 +213,15 @@ class Router:
             }
             for p in plans
         ]
-        return web.json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def chat_completions(self, request: Request) -> Response | StreamResponse:
         return await self._accept(request, "/v1/chat/completions", chat=True)
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
+    async def completions(self, request: Request) -> Response | StreamResponse:
         return await self._accept(request, "/v1/completions", chat=False)
 
-    async def _accept(self, request: web.Request, path: str, *, chat: bool) -> web.StreamResponse:
+    async def _accept(self, request: Request, path: str, *, chat: bool) -> Response | StreamResponse:
         """Validate the body (router/requests.py) and hold a stream slot, before anything is forwarded."""
         try:
             body = await requests.read_request(request, self.limits, chat=chat)
@@ -240,7 +243,7 @@ class Router:
 
     # ---------------------------------------------------------------- proxy
 
-    async def _handle(self, request: web.Request, path: str, body: dict[str, Any], *, chat: bool) -> web.StreamResponse:
+    async def _handle(self, request: Request, path: str, body: dict[str, Any], *, chat: bool) -> Response | StreamResponse:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return error_response(400, "`model` must name a stack: <name> or <namespace>/<name>", "missing_model")
@@ -360,9 +363,9 @@ class Router:
             return prepared
 
     async def _serve(
-        self, request: web.Request, plan: TrafficPlan, role: Role, bundle: RevisionBundle, path: str,
+        self, request: Request, plan: TrafficPlan, role: Role, bundle: RevisionBundle, path: str,
         body: dict[str, Any], tenant: str | None, slice_: str, request_id: str, ex: Exchange, *, chat: bool,
-    ) -> web.StreamResponse:
+    ) -> Response | StreamResponse:
         assert self.session is not None and self.upstream is not None
         started = time.perf_counter()
         labels = Labels(plan.namespace, plan.stack, bundle.revision, role, slice_)
@@ -408,7 +411,7 @@ class Router:
                 series.child("cache_hits").inc()
                 series.requests.inc()
                 series.duration.observe(time.perf_counter() - started)
-                return web.Response(body=hit.body, headers={**headers, "Content-Type": hit.content_type})
+                return Response(hit.body, headers={**headers, "Content-Type": hit.content_type})
 
         timeout = proxy.timeout_for(stream, self.settings.upstream_timeout, self.settings.connect_timeout)
         strip_usage = False
@@ -445,7 +448,7 @@ class Router:
             tracing.end(upstream)
 
     @staticmethod
-    def _failed(err: UpstreamError, labels: Labels, bundle: RevisionBundle, headers: dict[str, str], ex: Exchange) -> web.Response:
+    def _failed(err: UpstreamError, labels: Labels, bundle: RevisionBundle, headers: dict[str, str], ex: Exchange) -> Response:
         """The client gets a generic message and the request id; the log the details, never the endpoint's token."""
         request_id = headers["x-request-id"]
         ex.error = err.kind
@@ -457,7 +460,7 @@ class Router:
         self, response: UpstreamResponse, labels: Labels, headers: dict[str, str], body: dict[str, Any],
         started: float, cache: ResponseCache | None, key: str, plan: TrafficPlan, ex: Exchange,
         documents: Sequence[Document],
-    ) -> web.Response:
+    ) -> Response:
         data = await proxy.read_bounded(response, self.settings.max_response_bytes)
         content_type = response.headers.get("Content-Type", "application/json")
         if response.status != 200:
@@ -467,19 +470,19 @@ class Router:
             bundle_key = next((b.api_key for b in (plan.stable, plan.candidate) if b and b.revision == labels.revision), None)
             if bundle_key and bundle_key.encode() in data:  # a hosted endpoint's 401 quoting the key
                 data = data.replace(bundle_key.encode(), b"<redacted>")
-            return web.Response(body=data, status=response.status, headers={**headers, "Content-Type": content_type})
+            return Response(data, response.status, {**headers, "Content-Type": content_type})
         answer = proxy.parse_answer(data)
         self._record(plan, labels, body, answer, started, None, headers["x-request-id"], ex, documents)
         if cache is not None:
             cache.put(key, data, content_type, plan.response_cache.ttl_seconds)
-        return web.Response(body=data, headers={**headers, "Content-Type": content_type})
+        return Response(data, headers={**headers, "Content-Type": content_type})
 
     async def _stream(
-        self, request: web.Request, response: UpstreamResponse, labels: Labels, headers: dict[str, str],
+        self, request: Request, response: UpstreamResponse, labels: Labels, headers: dict[str, str],
         body: dict[str, Any], started: float, plan: TrafficPlan, strip_usage: bool, ex: Exchange,
         documents: Sequence[Document],
-    ) -> web.StreamResponse:
-        out = web.StreamResponse(
+    ) -> StreamResponse:
+        out = StreamResponse(
             headers={
                 **headers,
                 "Content-Type": response.headers.get("Content-Type", "text/event-stream"),
@@ -548,7 +551,7 @@ class Router:
         self._record(plan, labels, body, observer.finish(), started, ttft, headers["x-request-id"], ex, documents)
         return out
 
-    async def _write_bounded(self, out: web.StreamResponse, request: web.Request, chunk: bytes = b"") -> None:
+    async def _write_bounded(self, out: StreamResponse, request: Request, chunk: bytes = b"") -> None:
         """Write ``chunk`` (none: only wait until the client's socket is under its high-water mark),
         for at most --stream-write-timeout; past it the client is disconnected (SlowClient)."""
         try:
@@ -573,7 +576,95 @@ class Router:
         self.judges.answered(plan, labels, body, answer.text, request_id, documents)
 
 
-ROUTER: web.AppKey[Router] = web.AppKey("router", Router)
+ROUTER = "router"  # app[ROUTER]: the Router of a RouterApp
+
+
+class RouterApp:
+    """The client-facing app: the OpenAI endpoints of one :class:`Router`, and what runs beside it (plan and key
+    sources). Served by router/server.py's :class:`HTTPServer` (:meth:`server`); started and stopped by
+    :class:`RouterRunner`."""
+
+    def __init__(self, router: Router, auth: Authenticator, sources: Sequence[PlanSource]) -> None:
+        self.router = router
+        self.auth = auth
+        self.sources = list(sources)
+        Endpoint = Callable[[Request], Awaitable[Response | StreamResponse]]
+        self.routes: dict[str, tuple[str, Endpoint]] = {
+            "/v1/chat/completions": ("POST", router.chat_completions),
+            "/v1/completions": ("POST", router.completions),
+            "/v1/models": ("GET", router.models),
+            "/v1/feedback": ("POST", router.feedback.handle),
+        }
+
+    def __getitem__(self, key: str) -> Router:
+        if key != ROUTER:
+            raise KeyError(key)
+        return self.router
+
+    async def handle(self, request: Request) -> Response | StreamResponse:
+        """Every request is authenticated first (before its body is read), then routed; unknown paths and
+        methods are OpenAI-style JSON too."""
+        refused = self.auth.admit(request)
+        if refused is not None:
+            return refused
+        route = self.routes.get(request.path)
+        if route is None:
+            return error_response(404, "Not Found")
+        method, endpoint = route
+        if request.method != method:
+            return error_response(405, "Method Not Allowed", None, {"Allow": method})
+        return await endpoint(request)
+
+    def server(self) -> HTTPServer:
+        settings = self.router.settings
+        return HTTPServer(self.handle, max_body=settings.max_request_bytes,
+                          head_timeout=settings.request_read_timeout or 30.0,
+                          internal_error=lambda: error_response(500, "internal error in the router", "internal"))
+
+    async def startup(self) -> None:
+        await self.router.open()
+        await self.auth.start()
+        for source in self.sources:
+            await source.start(self.router.store)
+
+    async def cleanup(self) -> None:
+        for source in self.sources:
+            await source.stop()
+        await self.auth.stop()
+        await self.router.close()
+
+
+class RouterRunner(web.BaseRunner):
+    """aiohttp's runner protocol around a :class:`RouterApp`, so its sites (``web.TCPSite``) and test servers
+    listen for it: ``setup`` starts the app, ``cleanup`` stops listening, gives in-flight answers the
+    shutdown timeout, then stops the app."""
+
+    def __init__(self, app: RouterApp, **kwargs: Any) -> None:
+        kwargs.pop("handler_cancellation", None)  # always: a client that goes away cancels its handler
+        kwargs.pop("access_log", None)
+        super().__init__(**kwargs)
+        self.app = app
+
+    async def shutdown(self) -> None:
+        pass
+
+    async def _make_server(self) -> Any:
+        await self.app.startup()
+        return self.app.server()
+
+    async def _cleanup_server(self) -> None:
+        await self.app.cleanup()
+
+
+class RouterTestServer(BaseTestServer):
+    """``aiohttp.test_utils.TestServer`` for a :class:`RouterApp`: a ``TestClient`` talks to it over HTTP."""
+
+    def __init__(self, app: RouterApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return RouterRunner(self.app, **kwargs)
 
 
 def build_app(
@@ -583,7 +674,7 @@ def build_app(
     metrics: RouterMetrics | None = None,
     auth: Authenticator | None = None,
     tracer: Tracing | None = None,
-) -> web.Application:
+) -> RouterApp:
     """The client-facing app (the OpenAI API, every request authenticated); health and
     metrics are on another port: :func:`build_admin_app`. ``tracer``: none, or from
     :meth:`Tracing.from_settings` (``--otlp-endpoint``)."""
@@ -595,27 +686,7 @@ def build_app(
     store.add_listener(router.plan_changed)
     for plan in store.plans():
         router.plan_changed(plan.key, plan)
-
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[requests.json_errors, auth.middleware()])
-    app[ROUTER] = router
-
-    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
-        await router.open()
-        await auth.start()
-        for source in sources:
-            await source.start(store)
-        yield
-        for source in sources:
-            await source.stop()
-        await auth.stop()
-        await router.close()
-
-    app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/v1/chat/completions", router.chat_completions)
-    app.router.add_post("/v1/completions", router.completions)
-    app.router.add_get("/v1/models", router.models)
-    app.router.add_post("/v1/feedback", router.feedback.handle)
-    return app
+    return RouterApp(router, auth, sources)
 
 
 def build_admin_app(router: Router) -> web.Application:
@@ -628,16 +699,21 @@ def build_admin_app(router: Router) -> web.Application:
     return app
 
 
-def serve_admin(app: web.Application, host: str, port: int) -> None:
-    """Serve :func:`build_admin_app` on ``host:port`` while ``app`` runs (``port`` 0: not at all)."""
-    if not port:
-        return
-
-    async def admin(app: web.Application):  # type: ignore[no-untyped-def]
-        runner = web.AppRunner(build_admin_app(app[ROUTER]), access_log=None)
-        await runner.setup()
+async def serve(app: RouterApp, host: str, port: int, *, admin_host: str, admin_port: int, shutdown_timeout: float,
+                stop: asyncio.Event) -> None:
+    """Serve ``app`` on ``host:port`` and :func:`build_admin_app` on ``admin_host:admin_port`` (0: not at all)
+    until ``stop`` is set; then stop listening, give in-flight answers ``shutdown_timeout`` seconds, stop."""
+    runner = RouterRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    admin: web.AppRunner | None = None
+    try:
         await web.TCPSite(runner, host, port).start()
-        yield
+        if admin_port:
+            admin = web.AppRunner(build_admin_app(app.router), access_log=None)
+            await admin.setup()
+            await web.TCPSite(admin, admin_host, admin_port).start()
+        await stop.wait()
+    finally:
+        if admin is not None:
+            await admin.cleanup()
         await runner.cleanup()
-
-    app.cleanup_ctx.append(admin)

@@ -30,14 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from inferstack.core.apikeys import Grant, KeySecretError, key_digest, parse_key_secret
 from inferstack.core.trafficplan import TrafficPlan
 from inferstack.router.errors import error_response
 from inferstack.router.plansource import PlanStore, UnknownModel
+from inferstack.router.server import Request, Response
 from inferstack.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,6 @@ class Identity:
 
 
 ANONYMOUS = Identity(tenant=None)
-REQUEST_IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)  # set by the middleware
 
 
 class KeySource(Protocol):
@@ -90,11 +88,11 @@ class ModelNotAllowed(LookupError):
 # ------------------------------------------------------------------- errors
 
 
-def unauthorized(message: str = "Incorrect or missing API key: send `Authorization: Bearer <key>`.") -> web.Response:
+def unauthorized(message: str = "Incorrect or missing API key: send `Authorization: Bearer <key>`.") -> Response:
     return error_response(401, message, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
 
-def forbidden(model: str) -> web.Response:
+def forbidden(model: str) -> Response:
     return error_response(403, f"This API key may not call the model `{model[:128]}`.", "model_not_allowed")
 
 
@@ -308,7 +306,7 @@ class Authenticator:
         """Keys are known (every source has listed once): before that, good keys would get 401."""
         return all(source.ready for source in self.sources)
 
-    def authenticate(self, request: web.Request) -> Identity | None:
+    def authenticate(self, request: Request) -> Identity | None:
         if self.mode == "api-keys":
             token = bearer(request.headers.get("Authorization"))
             grant = self.keys.lookup(token) if token is not None else None
@@ -327,27 +325,24 @@ class Authenticator:
             return Identity(f"proxy:{user}", content_opt_out=opted_out)
         return ANONYMOUS
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-            identity = self.authenticate(request)
-            if identity is None:
-                self.metrics.refused.labels("invalid_api_key").inc()
-                if self.mode == "trusted-proxy":
-                    return unauthorized("The request did not come through the authenticating proxy.")
-                return unauthorized()
-            request[REQUEST_IDENTITY] = identity
-            return await handler(request)
-
-        return authenticate
+    def admit(self, request: Request) -> Response | None:
+        """Authenticate ``request`` before its body is read: None and ``request.identity`` set, or the 401."""
+        identity = self.authenticate(request)
+        if identity is None:
+            self.metrics.refused.labels("invalid_api_key").inc()
+            if self.mode == "trusted-proxy":
+                return unauthorized("The request did not come through the authenticating proxy.")
+            return unauthorized()
+        request.identity = identity
+        return None
 
     def refused(self, code: str) -> None:
         self.metrics.refused.labels(code).inc()
 
 
-def identity_of(request: web.Request) -> Identity:
-    """The identity the middleware put on the request (a request that reached a handler has one)."""
-    identity = request.get(REQUEST_IDENTITY)
+def identity_of(request: Request) -> Identity:
+    """The identity :meth:`Authenticator.admit` put on the request (a request that reached a handler has one)."""
+    identity = request.identity
     return identity if isinstance(identity, Identity) else ANONYMOUS
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import aiohttp
-from aiohttp import web
+
+from inferstack.router.server import Response
 
 
 class UpstreamError(Exception):
@@ -62,6 +64,10 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "inva
 
 def error_response(
     status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None, *, param: str | None = None,
-) -> web.Response:
+) -> Response:
     body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "code": code, "param": param}}
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status, headers)
+
+
+def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(data).encode(), status, headers, content_type="application/json; charset=utf-8")

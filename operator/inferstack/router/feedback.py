@@ -38,7 +38,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from inferstack.api.v1alpha1 import Evaluator
@@ -46,9 +45,10 @@ from inferstack.core.durations import parse_seconds
 from inferstack.router import tracing
 from inferstack.router.audit import AuditLog, evaluation_record
 from inferstack.router.auth import ANONYMOUS, Identity, ModelNotAllowed, authorize, identity_of
-from inferstack.router.errors import error_response
+from inferstack.router.errors import error_response, json_response
 from inferstack.router.metrics import Labels, RouterMetrics
 from inferstack.router.plansource import PlanStore, UnknownModel
+from inferstack.router.server import BodyError, BodyTooLarge, Request, Response
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ class FeedbackEndpoint:
         """The ``x-inferstack-response-id`` of an answer served now under ``labels`` (empty if it cannot be issued)."""
         return self.signer.sign(labels, self.clock(), trace=trace) or ""
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: Request) -> Response:
         try:
             evaluator, ref, score, token = self._accept(await _read_bounded(request), identity_of(request))
         except Refused as r:
@@ -383,7 +383,7 @@ class FeedbackEndpoint:
                 evaluator=evaluator, score=score, label=result.label, response_id=token,
                 trace_id=format(ref.trace_id, "032x") if ref.trace_id else None,
             ))
-        return web.json_response({"status": "recorded", "evaluator": evaluator})
+        return json_response({"status": "recorded", "evaluator": evaluator})
 
     def _accept(self, data: bytes | None, identity: Identity = ANONYMOUS) -> tuple[str, ResponseRef, float, str]:
         if data is None:
@@ -450,18 +450,15 @@ class FeedbackEndpoint:
         raise Refused(400, "unknown_evaluator", f"the stack `{stack}` has no feedback evaluator `{name[:64]}`")
 
 
-async def _read_bounded(request: web.Request) -> bytes | None:
-    """The body, or None when it is larger than ``MAX_BODY_BYTES`` (read no further than that)."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+async def _read_bounded(request: Request) -> bytes | None:
+    """The body, or None when it is larger than ``MAX_BODY_BYTES`` (read no further than that); one that cannot
+    be decoded is empty (and refused as invalid JSON)."""
+    try:
+        return await request.read(MAX_BODY_BYTES)
+    except BodyTooLarge:
         return None
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(MAX_BODY_BYTES + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-    return b"".join(chunks)
+    except BodyError:
+        return b""
 
 
 def keys_from(path: str | None) -> tuple[bytes, ...]:

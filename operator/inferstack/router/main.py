@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-
-from aiohttp import web
+import signal
 
 from inferstack.eventloop import event_loop
-from inferstack.router.app import build_app, serve_admin
+from inferstack.router.app import build_app, serve
 from inferstack.router.auth import AUTH_MODES, DEFAULT_MAX_KEYS_PER_NAMESPACE, Authenticator, KeySource
 from inferstack.router.feedback import keys_from
 from inferstack.router.keysource import FileKeySource, KubeKeySource
@@ -171,20 +171,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"inferstack-router: {exc}") from None
     app = build_app(settings=settings, sources=sources_from(args, metrics), metrics=metrics, auth=auth)
-    serve_admin(app, args.metrics_host or args.host, args.metrics_port)
-    # handler_cancellation: a client that disconnects cancels its handler, and
-    # with it the backend request, instead of letting the GPU finish for nobody.
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        handler_cancellation=True,
-        shutdown_timeout=args.shutdown_timeout,
-        loop=event_loop(),
-    )
 
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, args.host, args.port, admin_host=args.metrics_host or args.host, admin_port=args.metrics_port,
+                    shutdown_timeout=args.shutdown_timeout, stop=stop)
+
+    with asyncio.Runner(loop_factory=event_loop) as runner:
+        runner.run(run())
 
 if __name__ == "__main__":
     main()

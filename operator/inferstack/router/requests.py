@@ -2,7 +2,7 @@
 
 :func:`read_request` is called once at the top of the router's handling of
 ``/v1/chat/completions`` and ``/v1/completions``. It reads the body with its
-own bound (a JSON 413 past it, never aiohttp's plain text) and deadline (a JSON
+own bound (a JSON 413 past it) and deadline (a JSON
 408 for a client that trickles it, ``Limits.read_timeout``), parses it with a
 nesting bound (a 400, never a ``RecursionError``), and checks the fields the
 router and a model server rely on, each refusal an OpenAI-style 400 naming the
@@ -13,10 +13,11 @@ The checks are cheap on purpose: this is on every request's path. Nothing is
 copied, and the nesting walk is skipped when the body has too few brackets to
 be deep.
 
-Requests aiohttp's own HTTP parser refuses (bad header bytes, lines over 8190
-bytes) never reach this module; :class:`MalformedRequestLog` keeps aiohttp's
-log of them to one line that quotes none of the request (it quoted the refused
-header line, which can be the API key).
+Requests the HTTP server itself refuses (router/server.py: bad header bytes,
+lines over 8190 bytes) never reach this module. :class:`MalformedRequestLog`
+keeps aiohttp's log of such requests (on the admin port, which aiohttp serves)
+to one line that quotes none of the request (it quoted the refused header line,
+which can be the API key).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 
 from inferstack.router.errors import error_response
+from inferstack.router.server import BodyError, BodyTooLarge, Request, Response
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class RequestError(Exception):
         self.code = code
         self.close = close  # the connection cannot carry another request: answer, then close it
 
-    def response(self) -> web.Response:
+    def response(self) -> Response:
         response = error_response(self.status, self.message, self.code, param=self.param)
         if self.close:
             response.force_close()
@@ -80,48 +82,33 @@ def _refuse(param: str | None, message: str, code: str = "invalid_value") -> Req
 # ------------------------------------------------------------------ reading
 
 
-async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The body, reading no more than ``limit`` bytes of it (past that, a JSON 413) for no longer than
     ``timeout`` seconds in all (past that, a JSON 408: a deadline, not an idle timeout, so a byte now and then
     does not keep a handler forever)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
     try:
-        if request.content.is_eof():
-            # The whole body came with the headers (nearly every request): reading cannot wait, so
+        if request.body_complete:
+            # The whole body came with the head (nearly every request): reading cannot wait, so
             # there is no deadline to arm (its timer and context were a few µs of every request).
-            return await _read_all(request, limit)
+            return await request.read(limit)
         async with asyncio.timeout(timeout):
-            return await _read_all(request, limit)
+            return await request.read(limit)
+    except BodyTooLarge:
+        raise _too_large(limit) from None
     except TimeoutError:
         # The rest of the body is never read, so the connection cannot carry another request: the answer
-        # closes it (aiohttp drains what still comes for at most its lingering time, 10 s, then closes).
-        # What was read so far is dropped with this frame.
+        # closes it. What was read so far is dropped with the request.
         raise RequestError(408, f"the request body was not received within {timeout:g} seconds", None,
                            "request_timeout", close=True) from None
-    except web.RequestPayloadError:
-        # aiohttp could not decode the body it was sent (a Content-Encoding that does not match the
-        # bytes, broken chunked framing): the client's fault, so a 400, never the middleware's 500.
-        # Its parser stops at such a body, so the connection cannot carry another request: the
-        # answer closes it, and the body counts as read (else aiohttp's drain of the unread rest
-        # re-raises the error after the handler, logs it as unhandled and resets the connection,
-        # which can lose the answer).
-        request.content.feed_eof()
+    except BodyError:
+        # A Content-Encoding that does not match the bytes, or broken chunked framing: the client's fault, so
+        # a 400. The parser cannot go on after such a body, so the answer closes the connection.
         raise RequestError(400, "the request body cannot be decoded (check Content-Encoding)", None, "invalid_body",
                            close=True) from None
 
 
 def _too_large(limit: int) -> RequestError:
     return RequestError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
-
-
-async def _read_all(request: web.Request, limit: int) -> bytes:
-    data = bytearray()
-    while chunk := await request.content.read(limit + 1 - len(data)):
-        data += chunk
-        if len(data) > limit:
-            raise _too_large(limit)
-    return bytes(data)
 
 
 def _no_constants(name: str) -> Any:
@@ -166,7 +153,7 @@ def _deeper_than(body: Any, limit: int) -> bool:
     return False
 
 
-async def read_request(request: web.Request, limits: Limits, *, chat: bool) -> dict[str, Any]:
+async def read_request(request: Request, limits: Limits, *, chat: bool) -> dict[str, Any]:
     """The request's body, read, parsed and checked; :class:`RequestError` when it is refused."""
     body = parse_body(await read_body(request, limits.max_body_bytes, limits.read_timeout), limits.max_depth)
     validate(body, limits, chat=chat)
@@ -366,28 +353,6 @@ def validate(body: dict[str, Any], limits: Limits, *, chat: bool) -> None:
     _check_optional(body, limits, chat=chat)
 
 
-# --------------------------------------------------------------- middleware
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every refusal aiohttp itself makes (unknown path, wrong method, body too large) as OpenAI-style JSON.
-
-    An exception no handler expected is a JSON 500 that says nothing of its cause; the log has it.
-    """
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        code = "request_too_large" if exc.status == 413 else None
-        return error_response(exc.status, exc.reason, code, headers)
-    except Exception as exc:
-        log.error("unexpected %s handling %s %s", type(exc).__name__, request.method, request.path, exc_info=exc)
-        return error_response(500, "internal error in the router", "internal")
-
-
 # ------------------------------------------------------------ aiohttp's log
 
 
@@ -426,5 +391,6 @@ def quiet_malformed_requests(logger: logging.Logger = server_logger) -> None:
         logger.addFilter(MalformedRequestLog(logger))
 
 
-# Every router imports this module (router/app.py), and a refused request can come before any handler runs.
+# Every router imports this module (router/app.py); its admin port is aiohttp's, and a refused request can come
+# before any handler runs.
 quiet_malformed_requests()

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from inferstack.core.apikeys import key_digest
 from inferstack.core.trafficplan import TrafficPlan
-from inferstack.router.app import ROUTER, build_admin_app, build_app
+from inferstack.router.app import ROUTER, RouterTestServer, build_admin_app, build_app
 from inferstack.router.auth import Authenticator, KeyTable
 from inferstack.router.plansource import PlanStore
 from inferstack.router.settings import RouterSettings
@@ -107,7 +107,7 @@ async def router_client() -> AsyncIterator[Callable[..., Any]]:
             store.apply(plan)
         auth = auth or Authenticator("api-keys", key_table((TEST_KEY, "team-a", "tests", "*")))
         app = build_app(store, settings or RouterSettings(upstream_timeout=5), auth=auth, tracer=tracer)
-        client = TestClient(TestServer(app), headers={"Authorization": f"Bearer {TEST_KEY}"} if headers is None else headers)
+        client = TestClient(RouterTestServer(app), headers={"Authorization": f"Bearer {TEST_KEY}"} if headers is None else headers)
         await client.start_server()
         admin = TestClient(TestServer(build_admin_app(app[ROUTER])))
         await admin.start_server()

@@ -458,7 +458,7 @@ async def test_a_marker_token_read_from_secrets_reaches_no_log_and_no_response(f
     status line, header or body a client gets."""
     from aiohttp.test_utils import TestClient
 
-    from inferstack.router.app import build_app
+    from inferstack.router.app import RouterTestServer, build_app
     from inferstack.router.auth import Authenticator
     from inferstack.router.settings import RouterSettings
 
@@ -517,7 +517,7 @@ async def test_a_marker_token_read_from_secrets_reaches_no_log_and_no_response(f
         auth = Authenticator("api-keys", make_keys((CLIENT_KEY, "team-a", "tests", "*")))
         app = build_app(store, RouterSettings(upstream_timeout=5), sources=[source(url, metrics)], metrics=metrics, auth=auth)
         seen: list[str] = []  # every status line, header and body a client got
-        async with TestClient(TestServer(app), headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as client:
+        async with TestClient(RouterTestServer(app), headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as client:
             errors = "inferstack_router_plan_errors_total"
             await until(lambda: all(store.get(f"team-a/{n}") is not None for n in served) and all(
                 metrics.registry.get_sample_value(errors, {"source": f"team-a/{n}-traffic"}) for n in refused))
