@@ -56,6 +56,7 @@ KEEPALIVE = 75.0  # seconds an idle keep-alive connection is kept (aiohttp's def
 # and the data dropped: closing a socket with unread data makes the kernel send a reset, which can destroy
 # the answer before the client reads it.
 LINGER = 2.0
+SWEEP = 1.0  # seconds between checks of the connections' deadlines (each may fire up to this late)
 DECODED = frozenset({"gzip", "x-gzip", "deflate", "identity"})
 
 
@@ -141,9 +142,11 @@ class StreamResponse:
 
     async def prepare(self, request: Request) -> None:
         conn = request.protocol
-        self._conn = conn
         self.headers["Transfer-Encoding"] = "chunked"
-        conn.write(_head(self.status, self.headers, b""))
+        head = _head(self.status, self.headers, b"")
+        conn.write(head)
+        self._conn = conn
+        request.answered = True
 
     def _transport(self) -> Any:
         conn = self._conn
@@ -178,7 +181,7 @@ Handler = Callable[["Request"], Awaitable[Response | StreamResponse]]
 class Request:
     """One request: its head, and its body as the connection receives it."""
 
-    __slots__ = ("_chunks", "_done", "_error", "_expect", "_size", "_too_large", "_waiter", "content_length",
+    __slots__ = ("_chunks", "_done", "_error", "_expect", "_size", "_too_large", "_waiter", "answered", "content_length",
                  "headers", "identity", "keep_alive", "method", "path", "protocol", "query", "transport")
 
     def __init__(self, protocol: _Connection, method: str, target: bytes, headers: CIMultiDictProxy[str],
@@ -194,6 +197,7 @@ class Request:
         length = headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
         self.identity: Any = None  # who calls: set by the router's authentication
+        self.answered = False  # a head was written for it (a stream's, or the whole answer)
         self._chunks: list[bytes] = []
         self._size = 0
         self._done = False
@@ -297,7 +301,7 @@ class _Connection(asyncio.Protocol):
         self._request: Request | None = None  # being received
         self._queue: deque[Request] = deque()  # received, waiting for the one being handled
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time when _timed_out is due (0: none); HTTPServer's sweep calls it
         self._closing = False
         self._reading = True
 
@@ -305,7 +309,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.server.connections.add(self)
+        self.server.opened(self)
         self._arm(self.server.keepalive)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -323,8 +327,9 @@ class _Connection(asyncio.Protocol):
         self.transport = None
 
     def eof_received(self) -> bool:
-        # A client that half-closes after its request still gets the answer; an idle one is done.
-        return self._task is not None and not self._closing
+        # The client closed its side: it went away (HTTP clients do not half-close and wait), so the
+        # transport closes and connection_lost cancels the handler, as aiohttp's server did.
+        return False
 
     def _linger(self) -> None:
         """Close after what is written: half-close now, drop what still comes for ``LINGER`` s, then close."""
@@ -361,16 +366,15 @@ class _Connection(asyncio.Protocol):
         transport.write(data)
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+        # A deadline the server's once-a-second sweep checks, not a timer per request: arming and
+        # cancelling two TimerHandles per request cost more than the whole sweep.
+        self.deadline = self.server.loop.time() + seconds
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
     def _timed_out(self) -> None:
-        self._timer = None
+        self.deadline = 0.0
         if self._closing:
             if self.transport is not None:
                 self.transport.close()  # lingered long enough
@@ -499,19 +503,33 @@ class _Connection(asyncio.Protocol):
         try:
             try:
                 response = await self.server.handler(request)
+                self._answered(request, response)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # The handler failed, or its answer could not be written (a header with a line break): a
+                # JSON 500 that says nothing of the cause, unless a stream already sent its head.
                 log.error("unexpected %s handling %s %s", type(exc).__name__, request.method, request.path[:200],
                           exc_info=exc)
-                response = self.server.internal_error()
-            self._answered(request, response)
+                if self.transport is not None and not self.transport.is_closing() and not request.answered:
+                    self._answered(request, self.server.internal_error())
+                elif self.transport is not None:
+                    self.transport.close()
         except asyncio.CancelledError:
             if self.transport is not None:
                 self.transport.close()
             raise
         finally:
             self._task = None
+        if self._closing or self.transport is None:
+            return
+        if self._queue:  # the next pipelined request
+            self._start(self._queue.popleft())
+            if not self._queue:
+                self.resume_body()
+            return
+        self.resume_body()
+        self._arm(self.server.keepalive)
 
     def _answered(self, request: Request, response: Response | StreamResponse) -> None:
         transport = self.transport
@@ -527,21 +545,15 @@ class _Connection(asyncio.Protocol):
             if not response._eof and not transport.is_closing():
                 transport.write(b"0\r\n\r\n")
         elif not transport.is_closing():
-            transport.write(response.encode(closing))
+            data = response.encode(closing)
+            request.answered = True
+            transport.write(data)
         if closing:
             if request._done and not self._closing:
                 self._closing = True
                 transport.close()  # nothing unread: the answer is flushed, then the socket closed
             else:
                 self._linger()
-            return
-        if self._queue:
-            self._start(self._queue.popleft())
-            if not self._queue:
-                self.resume_body()
-            return
-        self.resume_body()
-        self._arm(self.server.keepalive)
 
 
 class HTTPServer:
@@ -556,9 +568,24 @@ class HTTPServer:
         self.internal_error = internal_error or (lambda: Response(b"internal error\n", 500))
         self.connections: set[_Connection] = set()
         self.shutting_down = False
+        self.loop: Any = None  # the running loop, from the first connection on
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> _Connection:
         return _Connection(self)
+
+    def opened(self, conn: _Connection) -> None:
+        self.connections.add(conn)
+        if self._sweeper is None:
+            self.loop = asyncio.get_running_loop()
+            self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def _sweep(self) -> None:
+        """Time out what is due: heads not received in time, idle keep-alive connections, lingering closes."""
+        now = self.loop.time()
+        for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
+            conn._timed_out()
+        self._sweeper = self.loop.call_later(SWEEP, self._sweep) if self.connections else None
 
     # aiohttp's runner calls these when it stops (web_runner.BaseRunner.cleanup)
     def pre_shutdown(self) -> None:
@@ -567,6 +594,9 @@ class HTTPServer:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Close idle connections now; give in-flight answers ``timeout`` seconds, then cancel them."""
         self.shutting_down = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self.connections):
             if conn._task is None and conn.transport is not None:
                 conn.transport.close()
