@@ -68,32 +68,48 @@ class _Relay:
     """The sink of :meth:`UpstreamResponse.relay` (router/upstream.py) for a streamed answer.
 
     Called from the model server connection's ``data_received`` with each read's body bytes: it
-    observes them and writes them to the client's socket there and then, in the chunked framing
-    aiohttp would use (``size CRLF data CRLF``, one ``transport.write``). A paced stream has one
-    read per event, and this saves the future, the task wakeup and aiohttp's write coroutines of
-    each (issue 14). It returns False, which holds the model server's reading and hands control
-    back to the handler, when the client's socket is over its high-water mark (the handler waits
-    for it to drain, bounded by --stream-write-timeout) or closing (the client went away).
+    observes them and writes them to the client's socket there and then, chunked (``size CRLF
+    data CRLF``, one ``transport.write``). A paced stream has one read per event, and this saves
+    the future, the task wakeup and the write coroutines of each (issue 14). The head, held by
+    ``out`` until then, goes with the first bytes, and the stream's end with the last ones (one
+    write each, not three). It returns False, which holds the model server's reading and hands
+    control back to the handler, when the client's socket is over its high-water mark (the
+    handler waits for it to drain, bounded by --stream-write-timeout) or closing (the client
+    went away).
     """
 
-    __slots__ = ("chunked", "gone", "observer", "protocol", "transport")
+    __slots__ = ("first", "gone", "observer", "out", "protocol", "response", "transport")
 
-    def __init__(self, observer: proxy.SSEObserver, transport: asyncio.Transport, protocol: Any, chunked: bool) -> None:
+    def __init__(self, observer: proxy.SSEObserver, out: StreamResponse, request: Request, response: Any) -> None:
         self.observer = observer
-        self.transport = transport
-        self.protocol = protocol  # aiohttp's: writing_paused while the transport is over its high-water mark
-        self.chunked = chunked
+        self.out = out
+        self.response = response  # complete: the bytes at hand are the last
+        self.transport = request.transport
+        self.protocol = request.protocol  # writing_paused while the transport is over its high-water mark
         self.gone = False
+        self.first = 0.0  # perf_counter of the first body bytes (time to first token)
 
     def __call__(self, data: bytes) -> bool:
-        chunk = self.observer.feed(data)
-        if not chunk:
+        if not self.first:
+            self.first = time.perf_counter()
+        observer = self.observer
+        chunk = observer.feed(data)
+        last = self.response.complete
+        if last:
+            chunk += observer.flush()  # a last line without newline, held while stripping
+        frame = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""
+        out = self.out
+        if last:
+            frame = out.end(frame)
+        elif out.pending:
+            frame, out.pending = out.pending + frame, b""
+        if not frame:
             return True  # a partial line held back while stripping the usage chunk
         transport = self.transport
         if transport.is_closing():
             self.gone = True
             return False
-        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked else chunk)
+        transport.write(frame)
         return not self.protocol.writing_paused
 
 
@@ -490,34 +506,36 @@ class Router:
                 "X-Accel-Buffering": "no",
             }
         )
-        await out.prepare(request)
         observer = proxy.SSEObserver(strip_usage=strip_usage)
         ttft = None
-        transport = request.transport
-        # Our UpstreamClient's answers are relayed from the model server's connection once the
-        # headers are out (with the first write, through aiohttp); aiohttp's (https) are read here.
-        relay = getattr(response, "relay", None) if transport is not None else None
+        # Our UpstreamClient's answers are relayed from the model server's connection (_Relay);
+        # aiohttp's (a hosted https endpoint) are read here.
+        relay = getattr(response, "relay", None) if request.transport is not None else None
         try:
-            async for read in response.content.iter_any():
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-                chunk = observer.feed(read)
-                if not chunk:
-                    continue  # a partial line held back while stripping the usage chunk
-                if transport is None or transport.get_write_buffer_size() + len(chunk) > 16 * 1024:
-                    # The client may be behind: bound how long it may leave the stream unread.
-                    await self._write_bounded(out, request, chunk)
-                else:
-                    await out.write(chunk)  # stays under the buffer's high-water mark (64 KiB): cannot block
-                if relay is not None:
-                    break
             if relay is not None:
-                assert transport is not None
-                sink = _Relay(observer, transport, request.protocol, out.headers.get("Transfer-Encoding") == "chunked")
+                sink = _Relay(observer, out, request, response)
+                out.hold(request)
+                if not response.buffered:
+                    await out.write(b"")  # no token yet: the client gets the head now, not with the first one
                 while not await relay(sink):
                     if sink.gone:
                         raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")  # as out.write would
                     await self._write_bounded(out, request)
+                ttft = sink.first - started if sink.first else None
+            else:
+                await out.prepare(request)
+                transport = request.transport
+                async for read in response.content.iter_any():
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    chunk = observer.feed(read)
+                    if not chunk:
+                        continue  # a partial line held back while stripping the usage chunk
+                    if transport is None or transport.get_write_buffer_size() + len(chunk) > 16 * 1024:
+                        # The client may be behind: bound how long it may leave the stream unread.
+                        await self._write_bounded(out, request, chunk)
+                    else:
+                        await out.write(chunk)  # stays under the buffer's high-water mark (64 KiB): cannot block
             tail = observer.flush()  # a last line without newline, held while stripping
             if tail:
                 await self._write_bounded(out, request, tail)

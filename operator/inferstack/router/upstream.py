@@ -364,6 +364,16 @@ class _Response:
     def content(self) -> _Response:
         return self
 
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived (a sink of ``relay`` that sees True has the last bytes)."""
+        return self._complete
+
+    @property
+    def buffered(self) -> bool:
+        """Body bytes arrived and not read (or relayed) yet."""
+        return bool(self._pieces)
+
     def iter_any(self) -> _Response:
         return self
 
