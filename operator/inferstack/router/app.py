@@ -515,7 +515,7 @@ class Router:
             if relay is not None:
                 sink = _Relay(observer, out, request, response)
                 out.hold(request)
-                if not response.buffered:
+                if not getattr(response, "buffered", False):
                     await out.write(b"")  # no token yet: the client gets the head now, not with the first one
                 while not await relay(sink):
                     if sink.gone:
