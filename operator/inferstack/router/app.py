@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from inferstack.router.feedback import FeedbackEndpoint
 from inferstack.router.judge import JudgeRunner
 from inferstack.router.metrics import Labels, RouterMetrics, SliceLabels
 from inferstack.router.plansource import AmbiguousModel, PlanSource, PlanStore, UnknownModel
+from inferstack.router.randomness import token_bytes
 from inferstack.router.retrieval import Retriever, store_dsns
 from inferstack.router.server import HTTPServer, Request, Response, StreamResponse
 from inferstack.router.settings import RouterSettings
@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 
 def new_request_id() -> str:
     """``uuid.uuid4().hex`` (16 random bytes, version 4, RFC 4122 variant) without the UUID object it
-    builds, a third of its ~3 µs on every request that brings no id."""
-    raw = bytearray(os.urandom(16))
+    builds, a third of its ~3 µs on every request that brings no id; the bytes from the pooled CSPRNG."""
+    raw = bytearray(token_bytes(16))
     raw[6] = raw[6] & 0x0F | 0x40
     raw[8] = raw[8] & 0x3F | 0x80
     return raw.hex()

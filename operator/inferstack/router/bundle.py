@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import secrets
 from functools import lru_cache
 from typing import Any
 
 from inferstack.core.trafficplan import RevisionBundle
+from inferstack.router.randomness import token_bytes
 
 
 def cache_salt(tenant: str | None, cache_namespace: str) -> str:
@@ -20,7 +20,7 @@ def cache_salt(tenant: str | None, cache_namespace: str) -> str:
     random salt per request, which shares no prefix with anyone.
     """
     if tenant is None:
-        return secrets.token_hex(32)
+        return token_bytes(32).hex()
     return _salt(tenant, cache_namespace)
 
 

@@ -523,7 +523,7 @@ class _Connection(asyncio.Protocol):
 
     def _start(self, request: Request) -> None:
         self._disarm()
-        self._task = asyncio.get_running_loop().create_task(self._handle(request))
+        self._task = self.server.loop.create_task(self._handle(request))  # the server's: no getpid per call
 
     async def _handle(self, request: Request) -> None:
         try:

@@ -109,6 +109,8 @@ class UpstreamClient:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._cleanup: asyncio.TimerHandle | None = None
         self._closed = False
+        # asyncio.get_running_loop() makes a getpid syscall each time (its fork check): asked once.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(self, url: URL, body: bytes, headers: dict[str, str],
                    timeout: aiohttp.ClientTimeout) -> UpstreamResponse:
@@ -122,7 +124,9 @@ class UpstreamClient:
             raise ValueError("Newline or carriage return character detected in HTTP header")  # as aiohttp refuses it
         request = b"%s%sUser-Agent: inferstack-router\r\nContent-Length: %d\r\n\r\n%s" % (
             head, fields.encode(), len(body), body)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         total = timeout.total
         deadline = loop.time() + total if total else None
         await self._take_slot(deadline)
@@ -200,7 +204,7 @@ class UpstreamClient:
 
     def released(self, conn: _Connection) -> None:
         """``conn`` finished its answer and may carry another."""
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = self._loop.time() if self._loop is not None else asyncio.get_running_loop().time()
         self._idle.setdefault(conn.key, []).append(conn)
         self._give_back_slot()
         if self._cleanup is None:

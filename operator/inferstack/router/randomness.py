@@ -1,0 +1,39 @@
+"""Random bytes for the router's ids and nonces, drawn from the OS 4 KiB at a time.
+
+Every request takes some: its request id (16 bytes), the nonce of its signed response id (8)
+and, without a tenant, a cache salt (32). ``os.urandom`` for each was a ``getrandom`` syscall
+each, three per request on the hot path (issue 14). The bytes are the kernel's CSPRNG output
+either way, only drawn in batches; a forked child starts a pool of its own, so no two
+processes hand out the same bytes.
+
+For the event loop's thread only: two threads taking bytes at once could get the same ones.
+"""
+
+from __future__ import annotations
+
+import os
+
+_BATCH = 4096
+_pool = b""
+_taken = 0
+
+
+def token_bytes(n: int) -> bytes:
+    """``n`` bytes from the OS's CSPRNG (as ``secrets.token_bytes``)."""
+    global _pool, _taken
+    end = _taken + n
+    if end > len(_pool):
+        _pool, end = os.urandom(max(_BATCH, n)), n
+        start = 0
+    else:
+        start = _taken
+    _taken = end
+    return _pool[start:end]
+
+
+def _forget() -> None:
+    global _pool, _taken
+    _pool, _taken = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget)
