@@ -78,8 +78,13 @@ REASONS = (
 )  # fmt: skip
 
 
+# base64url is base64 with "-_" for "+/": binascii's encoder and one translate, which is
+# base64.urlsafe_b64encode without its two Python layers (0.46 -> 0.25 µs an id).
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _b64decode(text: str) -> bytes:
@@ -163,6 +168,46 @@ def _fields(*texts: str) -> bytes | None:
     return b"".join(parts)
 
 
+class _Nonces:
+    """8 random bytes at a time, cut from 4 KiB of ``os.urandom``: one system call per 512 ids instead of one
+    per id (0.42 -> 0.06 µs). Each nonce is bytes of the kernel's CSPRNG given out once, as unpredictable as
+    ``secrets.token_bytes(8)``. A forked child starts a pool of its own (never its parent's bytes); used from
+    the event loop's thread only, as the ids are signed there."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def reset(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def take(self) -> bytes:
+        at = self._at
+        if at + 8 > len(self._pool):
+            self._pool, at = os.urandom(self.SIZE), 0
+        self._at = at + 8
+        return self._pool[at : at + 8]
+
+
+_nonces = _Nonces()
+os.register_at_fork(after_in_child=_nonces.reset)
+
+_BLOCK = 64  # SHA-256's block size: the HMAC key is padded (or first hashed) to it
+
+
+def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states after HMAC's inner and outer padded key (RFC 2104), made once per key: an id's MAC is
+    then two copies, two updates and two digests (0.6 µs), where ``hmac.digest`` sets up the key and looks
+    up the digest by name on every call (1.3-1.9 µs). The same bytes as ``hmac.digest(key, msg, "sha256")``."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return (hashlib.sha256(key.translate(bytes(b ^ 0x36 for b in range(256)))),
+            hashlib.sha256(key.translate(bytes(b ^ 0x5C for b in range(256)))))
+
+
 class Signer:
     """Issues and verifies response ids with HMAC-SHA256 under shared keys (the first one signs)."""
 
@@ -170,6 +215,7 @@ class Signer:
         if not keys:
             raise ValueError("a Signer needs at least one key")
         self._keys = tuple(keys)
+        self._pads = {key: _hmac_pads(key) for key in self._keys}
 
     @classmethod
     def ephemeral(cls) -> Signer:
@@ -177,7 +223,13 @@ class Signer:
         return cls([secrets.token_bytes(32)])
 
     def _mac(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.digest(key, payload, "sha256")  # HMAC-SHA256 in one call (no HMAC object per id)
+        """HMAC-SHA256 of ``payload`` under ``key`` (one of the signer's), from its precomputed pads."""
+        inner_pad, outer_pad = self._pads[key]
+        inner = inner_pad.copy()
+        inner.update(payload)
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def sign(self, labels: Labels, now: float | None = None, nonce: bytes | None = None,
              trace: tracing.SpanContext | None = None) -> str | None:
@@ -189,7 +241,7 @@ class Signer:
         issued = int(time.time() if now is None else now)
         traced = trace is not None and trace.is_valid and trace.trace_flags.sampled
         version = _VERSION_TRACED if traced else _VERSION
-        head = _HEAD.pack(version, issued & 0xFFFFFFFF, _ROLES.index(labels.role), nonce or secrets.token_bytes(8))
+        head = _HEAD.pack(version, issued & 0xFFFFFFFF, _ROLES.index(labels.role), nonce or _nonces.take())
         fields = _fields(labels.namespace, labels.stack, labels.revision, labels.slice)
         if fields is None:
             return None
