@@ -77,19 +77,6 @@ def test_the_mac_is_hmac_sha256_and_the_encoding_base64url() -> None:
         assert signer.verify(token).nonce == b"n" * 8
 
 
-def test_nonces_are_drawn_fresh_and_never_repeat() -> None:
-    from inferstack.router.feedback import _Nonces
-
-    nonces = _Nonces()
-    drawn = [nonces.take() for _ in range(3 * _Nonces.SIZE // 8 + 5)]  # across refills of the pool
-    assert all(len(n) == 8 for n in drawn) and len(set(drawn)) == len(drawn)
-    signer = Signer([KEY])
-    seen = {signer.verify(signer.sign(LABELS, NOW) or "").nonce for _ in range(2000)}
-    assert len(seen) == 2000
-    nonces.reset()  # what a forked child does: a pool of its own
-    assert nonces.take() not in drawn
-
-
 def test_any_replica_with_the_same_key_verifies_and_no_other_does() -> None:
     token = Signer([KEY]).sign(LABELS, NOW) or ""
     assert Signer([KEY]).verify(token).labels == LABELS
