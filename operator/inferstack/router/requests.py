@@ -324,6 +324,12 @@ def _check_messages(messages: Any, limits: Limits) -> None:
     if len(messages) > limits.max_messages:
         raise _refuse("messages", f"`messages` may have at most {limits.max_messages} items")
     for i, message in enumerate(messages):
+        # The usual message (a role and text, nothing else to check) passes without the checks below, which
+        # build each field's name up front for their refusals (~0.25 µs a message, every message of a long chat).
+        if (type(message) is dict and type(role := message.get("role")) is str and role in CHAT_ROLES
+                and type(message.get("content")) is str and message.get("name") is None
+                and message.get("tool_call_id") is None and message.get("tool_calls") is None):
+            continue
         where = f"messages[{i}]"
         _expect(where, message, type(message) is dict, "an object")
         role = message.get("role")
