@@ -46,3 +46,7 @@ def test_counters_still_refuse_to_go_down() -> None:
         metrics.record_answer(LABELS_A, duration=0.1, ttft=None, prompt_tokens=-1, completion_tokens=0, checks={}, score=1.0)
     with pytest.raises(ValueError):
         metrics.record_samples(LABELS_A, {"judge": -0.5})
+    # As the counters' own inc() left it: the sample counted, its sum not.
+    judge = {**LABELS_A._asdict(), "evaluator": "judge"}
+    assert metrics.registry.get_sample_value("inferstack_eval_samples_total", judge) == 1
+    assert metrics.registry.get_sample_value("inferstack_eval_score_sum_total", judge) == 0
