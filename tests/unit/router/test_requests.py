@@ -8,6 +8,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inferstack.router.requests import Limits, RequestError, parse_body, validate
 from inferstack.router.settings import RouterSettings
@@ -268,6 +270,25 @@ def test_orjson_shortcut_on_random_numbers() -> None:
         data = b'{"n": [' + number.encode() + b"]}"
         expected, got = _json_outcome(data), _outcome(data)
         assert got[0] == expected[0] and _same(got[1], expected[1]), (number, got, expected)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**70), max_value=2**70) | st.text(st.characters(blacklist_categories=()), max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
+    max_leaves=24,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5), ascii_only=st.booleans())
+def test_any_json_body_is_read_as_json_reads_it(body: dict[str, Any], ascii_only: bool) -> None:
+    try:
+        data = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    except ValueError:
+        return
+    expected, got = _json_outcome(data), _outcome(data)
+    assert got[0] == expected[0] and _same(got[1], expected[1]), (data, got, expected)
 
 
 def test_deep_bodies_under_a_high_depth_limit_are_json_s() -> None:
