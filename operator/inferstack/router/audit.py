@@ -51,7 +51,11 @@ class AuditLog:
                                registry=registry)
         self.written = Counter("inferstack_router_audit_lines", "Audit lines written.", registry=registry)
         self._stream = stream
-        self._queue: queue.Queue[bytes | None] = queue.Queue(queue_limit)
+        # A SimpleQueue and a bound checked here: queue.Queue's put_nowait takes its lock and notifies the
+        # writer's condition on every line (0.95 µs a request against 0.06 µs; the writer is not woken through
+        # a Python-level condition). The bound may be passed by a line when the writer takes one meanwhile.
+        self._limit = queue_limit
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -63,18 +67,17 @@ class AuditLog:
         """Write what is queued (for at most ``timeout`` seconds), then stop."""
         if self._thread is None:
             return
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
+        self._queue.put(None)  # never blocks: the writer writes what is before it, for at most ``timeout``
         self._thread.join(timeout)
         self._thread = None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        try:
-            self._queue.put_nowait(proxy.dumps(record) + b"\n")
-        except queue.Full:
+        if self._queue.qsize() >= self._limit:
             self.dropped.inc()
+            return
+        self._queue.put(proxy.dumps(record) + b"\n")
 
     def _run(self) -> None:
         stream = self._stream or sys.stdout.buffer

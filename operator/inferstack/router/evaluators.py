@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, Protocol
 
 import jsonschema_rs
@@ -53,6 +54,24 @@ class AnswerView:
     retrieved: Sequence[str] = ()
 
 
+_new = object.__new__
+
+
+def view(text: str, truncated: bool, length: int, tool_calls: Sequence[ToolCall] = (),
+         retrieved: Sequence[str] = ()) -> AnswerView:
+    """``AnswerView(text, truncated, length, tool_calls, retrieved)``, the same frozen instance, built in a
+    third of the time: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``
+    (0.75 vs 0.3 µs), and a view is built for every answer."""
+    answer = _new(AnswerView)
+    fields = answer.__dict__
+    fields["text"] = text
+    fields["truncated"] = truncated
+    fields["length"] = length
+    fields["tool_calls"] = tool_calls
+    fields["retrieved"] = retrieved
+    return answer
+
+
 Score = Callable[[Mapping[str, Any], AnswerView], float | None]
 
 
@@ -76,6 +95,12 @@ class SeenAnswer(Protocol):
     def length(self) -> int: ...
     @property
     def tool_calls(self) -> Sequence[SeenCall]: ...
+
+
+def view_of(answer: SeenAnswer, retrieved: Sequence[str] = ()) -> AnswerView:
+    """What evaluators see of a ``proxy.Answer`` (text prefix, length, tool calls as the router saw them)."""
+    calls = tuple(ToolCall(c.name, c.arguments, c.truncated) for c in answer.tool_calls) if answer.tool_calls else ()
+    return view(answer.text, answer.truncated, answer.length, calls, tuple(retrieved))
 
 
 def wants_json(body: Mapping[str, Any]) -> bool:
@@ -126,12 +151,50 @@ def _search(compiled: Any, text: str) -> bool:
         return _found(compiled, text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
 
 
+def _searcher(compiled: Any) -> Callable[[str], bool]:
+    """``lambda text: _search(compiled, text)`` with the lookups of :func:`_found` done once per pattern
+    rather than per answer (0.75 -> 0.45 µs a check on a short answer)."""
+    regexp = getattr(compiled, "_regexp", None) if _UNANCHORED is not None else None
+    if regexp is None:
+        return lambda text: _search(compiled, text)
+    match, unanchored, null_span = regexp.Match, _UNANCHORED, _NULL_SPAN
+
+    def search(text: str) -> bool:
+        try:
+            encoded = text.encode()
+        except UnicodeEncodeError:
+            encoded = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
+        return bool(match(unanchored, encoded, 0, len(encoded))[0] != null_span)
+
+    return search
+
+
 def _refusal(markers: Sequence[str]) -> Score:
-    lowered_markers = tuple(m.lower() for m in markers)
+    return _refusal_of(tuple(m.lower() for m in markers))
+
+
+@lru_cache(maxsize=256)
+def _refusal_of(markers: tuple[str, ...]) -> Score:
+    """One scoring function per marker list: the built-in ``refusal`` check (router/checks.py) and a stack's
+    ``refusal: {}`` evaluator (the same default markers) share it, and with it the verdict on an answer,
+    kept for the last answer text it saw (the same str object: text is immutable, so the same verdict).
+    A loop rather than ``any()`` over a generator: 0.83 -> 0.45 µs on a short answer."""
+    last: tuple[str | None, float] = (None, 1.0)
 
     def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
-        lowered = answer.text[:MAX_CHECKED_CHARS].lower().replace("\u2019", "'")
-        return 0.0 if any(m in lowered for m in lowered_markers) else 1.0
+        nonlocal last
+        text = answer.text
+        seen, verdict = last
+        if text is seen:
+            return verdict
+        lowered = text[:MAX_CHECKED_CHARS].lower().replace("\u2019", "'")
+        verdict = 1.0
+        for marker in markers:
+            if marker in lowered:
+                verdict = 0.0
+                break
+        last = (text, verdict)
+        return verdict
 
     return score
 
@@ -196,10 +259,10 @@ def _tool_arguments(validators: Mapping[str, Any]) -> Score:
 
 
 def _must_match(pattern: str, *, present: bool) -> Score:
-    compiled = _re2(pattern)
+    search = _searcher(_re2(pattern))
 
     def score(_body: Mapping[str, Any], answer: AnswerView) -> float | None:
-        found = _search(compiled, answer.text)
+        found = search(answer.text)
         if found:
             return 1.0 if present else 0.0
         if answer.truncated:
@@ -279,8 +342,7 @@ class Evaluators:
         of the documents retrieved for it (by the revision that produced it)."""
         if not self.scores:
             return {}
-        calls = tuple(ToolCall(c.name, c.arguments, c.truncated) for c in answer.tool_calls)
-        return self.run(body, AnswerView(answer.text, answer.truncated, answer.length, calls, tuple(retrieved)))
+        return self.run(body, view_of(answer, retrieved))
 
     def run(self, body: Mapping[str, Any], answer: AnswerView) -> dict[str, float]:
         """Evaluator name -> sample, for the evaluators that apply to this answer."""

@@ -78,8 +78,13 @@ REASONS = (
 )  # fmt: skip
 
 
+# base64url is base64 with "-_" for "+/": binascii's encoder and one translate, which is
+# base64.urlsafe_b64encode without its two Python layers (0.46 -> 0.25 µs an id).
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _b64decode(text: str) -> bytes:
@@ -163,6 +168,20 @@ def _fields(*texts: str) -> bytes | None:
     return b"".join(parts)
 
 
+_BLOCK = 64  # SHA-256's block size: the HMAC key is padded (or first hashed) to it
+
+
+def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states after HMAC's inner and outer padded key (RFC 2104), made once per key: an id's MAC is
+    then two copies, two updates and two digests (0.6 µs), where ``hmac.digest`` sets up the key and looks
+    up the digest by name on every call (1.3-1.9 µs). The same bytes as ``hmac.digest(key, msg, "sha256")``."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return (hashlib.sha256(key.translate(bytes(b ^ 0x36 for b in range(256)))),
+            hashlib.sha256(key.translate(bytes(b ^ 0x5C for b in range(256)))))
+
+
 class Signer:
     """Issues and verifies response ids with HMAC-SHA256 under shared keys (the first one signs)."""
 
@@ -170,6 +189,7 @@ class Signer:
         if not keys:
             raise ValueError("a Signer needs at least one key")
         self._keys = tuple(keys)
+        self._pads = {key: _hmac_pads(key) for key in self._keys}
 
     @classmethod
     def ephemeral(cls) -> Signer:
@@ -177,7 +197,13 @@ class Signer:
         return cls([secrets.token_bytes(32)])
 
     def _mac(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.digest(key, payload, "sha256")  # HMAC-SHA256 in one call (no HMAC object per id)
+        """HMAC-SHA256 of ``payload`` under ``key`` (one of the signer's), from its precomputed pads."""
+        inner_pad, outer_pad = self._pads[key]
+        inner = inner_pad.copy()
+        inner.update(payload)
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def sign(self, labels: Labels, now: float | None = None, nonce: bytes | None = None,
              trace: tracing.SpanContext | None = None) -> str | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
 
 # Revision labels: namespace, stack, revision, role (stable|candidate|shadow), slice.
 LABELS = ("namespace", "stack", "revision", "role", "slice")
@@ -180,10 +181,12 @@ class RouterMetrics:
             return
         s = self.series(labels)
         for evaluator, score in samples.items():
-            count, total, squares = s.evaluator(evaluator)
-            count.inc()
-            total.inc(score)
-            squares.inc(score * score)
+            count, total, squares = s.evaluator_incs(evaluator)
+            count(1)
+            if score < 0:
+                s.evaluator(evaluator)[1].inc(score)  # raises, as the counter's own inc does
+            total(score)
+            squares(score * score)
 
     def record_pair(self, labels: Labels, baseline: str, evaluator: str, outcome: float) -> None:
         """One judged shadow pair: ``labels`` are the candidate's, ``baseline`` the stable revision."""
@@ -208,28 +211,89 @@ class RouterMetrics:
         self.errors.labels(*labels, kind).inc()
 
 
+class _LoopValue:
+    """The value of an answer series' child, without the lock of prometheus_client's ``MutexValue``.
+
+    Taking and releasing that lock is most of an ``inc()`` (0.31 µs of it; 0.15 µs without), and an
+    answer updates ~20 values (issue 14). These children are only written from the event loop's thread
+    (the handlers and what they call; no router thread touches the answer metrics), where nothing runs
+    between the read and the write of ``+=``; a scrape reads one float. Same interface, so the
+    metric's own ``inc``/``observe`` (their checks included) and its collection are unchanged.
+    """
+
+    __slots__ = ("_exemplar", "_value")
+
+    def __init__(self, value: float, exemplar: Any) -> None:
+        self._value = value
+        self._exemplar = exemplar
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> Any:
+        return self._exemplar
+
+
+def _unlocked(value: Any) -> Any:
+    """``value`` as a :class:`_LoopValue`; left as is unless it is a plain ``MutexValue`` (multiprocess mode
+    keeps its mmap'd values, and another prometheus_client may keep values otherwise)."""
+    if type(value) is not MutexValue:
+        return value
+    return _LoopValue(value.get(), value.get_exemplar())
+
+
+def _loop_child(child: Any) -> Any:
+    """A counter's or histogram's child whose values are :class:`_LoopValue` (see there)."""
+    if hasattr(child, "_value"):
+        child._value = _unlocked(child._value)
+    if hasattr(child, "_sum"):
+        child._sum = _unlocked(child._sum)
+    if isinstance(getattr(child, "_buckets", None), list):
+        child._buckets = [_unlocked(bucket) for bucket in child._buckets]
+    return child
+
+
+_Inc = Callable[[float], None]
+
+
+def _inc_of(child: Any) -> _Inc:
+    """``child.inc``, or its :class:`_LoopValue`'s ``inc`` when it has one (the same sum, without the checks)."""
+    value = getattr(child, "_value", None)
+    return value.inc if type(value) is _LoopValue else child.inc
+
+
 class _Series:
     """One label set's children of the answer metrics. Children that not every answer has
     (time to first token, token counts, a check, an evaluator) are made when first used,
     so the series a scrape shows are exactly those ``labels()`` on each use would make."""
 
-    __slots__ = ("_checks", "_children", "_evaluators", "_labels", "_metrics", "duration", "quality", "requests")
+    __slots__ = ("_checks", "_children", "_evaluator_incs", "_evaluators", "_labels", "_metrics", "duration", "quality", "requests")
 
     def __init__(self, metrics: RouterMetrics, labels: Labels) -> None:
         self._metrics = metrics
         self._labels = labels
-        self.requests = metrics.requests.labels(*labels)
-        self.duration = metrics.duration.labels(*labels)
-        self.quality = metrics.quality.labels(*labels)
+        self.requests = _loop_child(metrics.requests.labels(*labels))
+        self.duration = _loop_child(metrics.duration.labels(*labels))
+        self.quality = _loop_child(metrics.quality.labels(*labels))
         self._children: dict[str, Any] = {}
         self._checks: dict[str, tuple[Any, Any]] = {}
         self._evaluators: dict[str, tuple[Any, Any, Any]] = {}
+        self._evaluator_incs: dict[str, tuple[_Inc, _Inc, _Inc]] = {}
 
     def child(self, name: str) -> Any:
         """``name``'s child (an attribute of :class:`RouterMetrics` labelled like the answers)."""
         child = self._children.get(name)
         if child is None:
-            child = self._children[name] = getattr(self._metrics, name).labels(*self._labels)
+            child = self._children[name] = _loop_child(getattr(self._metrics, name).labels(*self._labels))
         return child
 
     def check(self, check: str) -> tuple[Any, Any]:
@@ -237,15 +301,26 @@ class _Series:
         pair = self._checks.get(check)
         if pair is None:
             checks = self._metrics.checks
-            pair = self._checks[check] = (checks.labels(*self._labels, check, "pass"),
-                                          checks.labels(*self._labels, check, "fail"))
+            pair = self._checks[check] = (_loop_child(checks.labels(*self._labels, check, "pass")),
+                                          _loop_child(checks.labels(*self._labels, check, "fail")))
         return pair
+
+    def evaluator_incs(self, evaluator: str) -> tuple[_Inc, _Inc, _Inc]:
+        """The ``inc`` of :meth:`evaluator`'s values, for amounts known not to be negative: a
+        :class:`_LoopValue`'s own (the counter's ``inc`` adds only its checks and a call: 0.18 -> 0.08 µs),
+        else the child's."""
+        incs = self._evaluator_incs.get(evaluator)
+        if incs is None:
+            count, total, squares = self.evaluator(evaluator)
+            incs = self._evaluator_incs[evaluator] = (_inc_of(count), _inc_of(total), _inc_of(squares))
+        return incs
 
     def evaluator(self, evaluator: str) -> tuple[Any, Any, Any]:
         """(samples, sum, sum of squares) children of one evaluator."""
         children = self._evaluators.get(evaluator)
         if children is None:
             m, key = self._metrics, (*self._labels, evaluator)
-            children = self._evaluators[evaluator] = (m.eval_samples.labels(*key), m.eval_sum.labels(*key),
-                                                      m.eval_squares.labels(*key))
+            children = self._evaluators[evaluator] = (_loop_child(m.eval_samples.labels(*key)),
+                                                      _loop_child(m.eval_sum.labels(*key)),
+                                                      _loop_child(m.eval_squares.labels(*key)))
         return children

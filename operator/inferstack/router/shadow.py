@@ -19,7 +19,7 @@ import aiohttp
 from inferstack.core.trafficplan import RevisionBundle
 from inferstack.router import checks, proxy, tracing
 from inferstack.router.errors import UpstreamError, classify
-from inferstack.router.evaluators import Evaluators
+from inferstack.router.evaluators import Evaluators, view_of
 from inferstack.router.exchange import rule_evaluations
 from inferstack.router.metrics import Labels, RouterMetrics
 from inferstack.router.upstream import UpstreamClient
@@ -155,7 +155,8 @@ def record_checked_answer(
     produced it. Returns the evaluators' scores, which are also the current
     span's evaluation events.
     """
-    results = checks.run_checks(request_body, answer.text, truncated=answer.truncated)
+    view = view_of(answer, retrieved)  # one view of the answer for the built-in checks and the evaluators
+    results = checks.check(request_body, view)
     metrics.record_answer(
         labels,
         duration=time.perf_counter() - started,
@@ -167,6 +168,6 @@ def record_checked_answer(
     )
     if evaluators is None:
         return {}
-    scores = evaluators.score(request_body, answer, retrieved)
+    scores = evaluators.run(request_body, view) if evaluators.scores else {}  # Evaluators.score, on the view built
     metrics.record_samples(labels, scores)
     return scores

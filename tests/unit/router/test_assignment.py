@@ -63,3 +63,16 @@ def test_shadow_only_mirrors_stable_served_requests(make_plan) -> None:
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+def test_a_route_is_the_frozen_dataclass(make_plan) -> None:
+    import dataclasses
+
+    from inferstack.router.assignment import Route
+
+    plan = make_plan(candidate_weight=0, shadow_percent=100)
+    route = choose(plan, {"x-user-id": "u1"}, "req-1")
+    expected = Route("stable", plan.stable, plan.candidate, True)
+    assert route == expected and repr(route) == repr(expected) and vars(route) == vars(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        route.role = "candidate"  # type: ignore[misc]

@@ -160,7 +160,7 @@ def test_a_lone_surrogate_in_an_answer_is_searched_not_raised(spec: dict[str, An
 
 def test_pattern_search_answers_as_re2_search_does() -> None:
     """The checks' match test (RE2's Match on the UTF-8 text, no match object) finds what ``search`` finds."""
-    from inferstack.router.evaluators import _re2, _search
+    from inferstack.router.evaluators import _re2, _search, _searcher
 
     patterns = ["(?i)refund (window|policy)", "(?i)guarantee[ds]?", "^$", "", "a*", "é+", r"\bword\b", "x$", r"^\s*$",
                 "(?:^|[^A-Za-z0-9_])(?:kb-1)(?:[^A-Za-z0-9_]|$)"]
@@ -171,3 +171,30 @@ def test_pattern_search_answers_as_re2_search_does() -> None:
         for text in texts:
             expected = compiled.search(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")) is not None
             assert _search(compiled, text) == expected, (pattern, text)
+            assert _searcher(compiled)(text) == expected, (pattern, text)  # the mustMatch checks' bound form
+
+
+def test_the_fast_view_is_the_dataclass() -> None:
+    from inferstack.router.evaluators import view
+
+    calls = (ToolCall("f", "{}"),)
+    fast, slow = view("text", True, 9, calls, ("kb-1",)), AnswerView("text", True, 9, calls, ("kb-1",))
+    assert fast == slow and repr(fast) == repr(slow) and hash(fast) == hash(slow)
+    assert vars(fast) == vars(slow)
+    with pytest.raises(AttributeError):
+        fast.text = "other"  # type: ignore[misc]
+
+
+def test_refusal_verdicts_follow_each_answer_text() -> None:
+    """The refusal checks keep their last verdict by text object: a new text, equal or not, is judged anew."""
+    from inferstack.router import checks
+
+    score = compile_rule(rule(refusal={}), {})
+    refused, fine = "I'm sorry, but I cannot help with that.", "Your parcel ships today."
+    for text, expected in [(refused, 0.0), (refused, 0.0), (fine, 1.0), ("".join(["I'm sorry", ", but no"]), 0.0),
+                           (fine, 1.0), ("I\u2019M UNABLE TO say", 0.0), ("x" * 9000 + "i cannot", 1.0)]:
+        assert score({}, answer(text)) == expected, text
+        assert checks.run_checks({}, text, truncated=False) == {"refusal": expected == 1.0}
+    custom = compile_rule(rule(refusal={"markers": ["Nope"]}), {})
+    assert custom({}, answer(refused)) == 1.0 and custom({}, answer("nope.")) == 0.0
+    assert score({}, answer("nope.")) == 1.0

@@ -55,6 +55,28 @@ def test_ids_are_unique_per_answer_and_carry_no_content() -> None:
     assert KEY not in unb64(a)
 
 
+def test_the_mac_is_hmac_sha256_and_the_encoding_base64url() -> None:
+    """The signer's MAC from precomputed pads, and its base64url, are the standard library's bytes."""
+    import hmac
+    import os
+    import random
+
+    from inferstack.router.feedback import _b64encode
+
+    rng = random.Random(14)
+    for size in (16, 32, 63, 64, 65, 100, 200):
+        key = bytes(rng.getrandbits(8) for _ in range(size))
+        signer = Signer([key])
+        for length in (0, 1, 55, 56, 64, 72, 300):
+            payload = os.urandom(length)
+            assert signer._mac(key, payload) == hmac.digest(key, payload, "sha256")
+            assert _b64encode(payload) == base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+        token = signer.sign(LABELS, NOW, nonce=b"n" * 8) or ""
+        raw = unb64(token)
+        assert raw[-32:] == hmac.digest(key, raw[:-32], "sha256") and b64(raw) == token
+        assert signer.verify(token).nonce == b"n" * 8
+
+
 def test_any_replica_with_the_same_key_verifies_and_no_other_does() -> None:
     token = Signer([KEY]).sign(LABELS, NOW) or ""
     assert Signer([KEY]).verify(token).labels == LABELS

@@ -8,6 +8,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inferstack.router.requests import Limits, RequestError, parse_body, validate
 from inferstack.router.settings import RouterSettings
@@ -81,6 +83,10 @@ REFUSED_CHAT = [
     (chat(messages=[USER, {"content": "hi"}]), "messages[1].role", "invalid_type"),
     (chat(messages=[{"role": "root", "content": "hi"}]), "messages[0].role", "invalid_value"),
     (chat(messages=[{"role": 1, "content": "hi"}]), "messages[0].role", "invalid_type"),
+    (chat(messages=[USER, {"role": ["user"], "content": "hi"}]), "messages[1].role", "invalid_type"),  # unhashable
+    (chat(messages=[USER, {"role": {"r": 1}, "content": "hi"}]), "messages[1].role", "invalid_type"),
+    (chat(messages=[USER, {"role": "assistant", "content": "hi", "tool_calls": [1]}]), "messages[1].tool_calls[0]", "invalid_type"),
+    (chat(messages=[USER, {"role": "user", "content": "hi", "name": ["n"]}]), "messages[1].name", "invalid_type"),
     (chat(messages=[{"role": "user"}]), "messages[0].content", "missing_required_parameter"),
     (chat(messages=[{"role": "user", "content": None}]), "messages[0].content", "missing_required_parameter"),
     (chat(messages=[{"role": "assistant", "content": None}]), "messages[0].content", "missing_required_parameter"),
@@ -180,6 +186,115 @@ def test_nesting_up_to_the_limit_is_accepted_and_brackets_in_strings_do_not_coun
     assert isinstance(body["x"], list)
     text = json.dumps({"model": "m", "messages": [{"role": "user", "content": "[[[[{{{{" * 1000}]}).encode()
     assert parse_body(text, 64)["model"] == "m"
+
+
+# Bodies on which orjson (parse_body's shortcut) and json could disagree: each is parsed, or refused, as json does it.
+TRICKY_BODIES = [
+    b'{"a": 1e400, "b": -1e400, "c": 1.7976931348623159e308}',  # json: inf (orjson refuses)
+    b'{"a": -0, "b": -0.0, "c": 1E2, "d": 0.1e-400, "e": 5e-324, "f": 2.2250738585072011e-308}',
+    b'{"a": 18446744073709551615, "b": -9223372036854775808}',  # the 64-bit ends: ints in both
+    b'{"seed": 18446744073709551616}',  # past 64 bits: orjson would make it a float
+    b'{"seed": -9223372036854775809}',
+    b'{"a": 100000000000000000000000, "b": [1, 2, 12345678901234567890123]}',
+    b'{"a": 123456789012345678901234567890.5}',
+    b'{"model": "m", "user": "1234567890123456789012"}',  # a digit run in a string: json decides, alike
+    b'{"a": "\\ud800", "b": "\\uDFFF\\uD800", "c": "\\ud83d\\ude00"}',  # lone surrogates: json keeps them
+    b'{"a": "\xed\xa0\x80"}',  # an encoded surrogate (json: surrogatepass)
+    b'\xef\xbb\xbf{"a": 1}',  # a UTF-8 BOM
+    '{"a": "\u00e9"}'.encode("utf-16"), '{"a": "\u00e9"}'.encode("utf-32-le"), '{"a": 1}'.encode("utf-16-be"),
+    b'{"a": 1, "a": 2}', b'{"a": "\x7f", "b": "\\u0000"}', b' \t{"a": []}\r\n ', b'{"a": "\xc3\xa9", "\\u00e9": 1}',
+    b'{"a": true, "b": false, "c": null, "d": {}, "e": [[], {}]}',
+    b'{"a": 0.30000000000000004, "b": 1.5E+3, "c": 1e-5, "d": 9.2e18, "e": -9.3e18}',
+    b'{"x": ' + b"[" * 1100 + b"]" * 1100 + b"}",  # past orjson's nesting limit
+]
+
+
+def _json_outcome(data: bytes, max_depth: int = 64) -> tuple[str, Any]:
+    """What parse_body gave before orjson: json.loads (NaN and Infinity refused), then the depth check."""
+    from inferstack.router import requests as module
+
+    try:
+        body = module._parse_json(data)
+    except RecursionError:
+        return "refused", "too_deep"
+    except ValueError:
+        return "refused", "invalid_json"
+    if not isinstance(body, dict):
+        return "refused", "invalid_json"
+    if module._deeper_than(body, max_depth):
+        return "refused", "too_deep"
+    return "parsed", body
+
+
+def _outcome(data: bytes, max_depth: int = 64) -> tuple[str, Any]:
+    try:
+        return "parsed", parse_body(data, max_depth)
+    except RequestError as err:
+        return "refused", err.code
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (1 == 1.0, but an int must stay an int)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return repr(a) == repr(b)  # floats: -0.0 and nan-free bit equality
+
+
+@pytest.mark.parametrize("data", TRICKY_BODIES)
+def test_orjson_shortcut_gives_what_json_gives(data: bytes) -> None:
+    expected, got = _json_outcome(data), _outcome(data)
+    assert got[0] == expected[0] and _same(got[1], expected[1]), (got, expected)
+
+
+def test_integers_past_64_bits_stay_integers() -> None:
+    body = parse_body(b'{"model": "m", "seed": 18446744073709551616, "x": [-9223372036854775809]}', 64)
+    assert body["seed"] == 2**64 and type(body["seed"]) is int
+    assert body["x"] == [-(2**63) - 1] and type(body["x"][0]) is int
+
+
+def test_orjson_shortcut_on_random_numbers() -> None:
+    import random
+
+    rng = random.Random(14)
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 24))).lstrip("0") or "0"
+        number = rng.choice(["", "-"]) + digits
+        if rng.random() < 0.5:
+            number += "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 20)))
+        if rng.random() < 0.4:
+            number += rng.choice("eE") + rng.choice(["", "+", "-"]) + str(rng.randint(0, 330))
+        data = b'{"n": [' + number.encode() + b"]}"
+        expected, got = _json_outcome(data), _outcome(data)
+        assert got[0] == expected[0] and _same(got[1], expected[1]), (number, got, expected)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**70), max_value=2**70) | st.text(st.characters(blacklist_categories=()), max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
+    max_leaves=24,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5), ascii_only=st.booleans())
+def test_any_json_body_is_read_as_json_reads_it(body: dict[str, Any], ascii_only: bool) -> None:
+    try:
+        data = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    except ValueError:
+        return
+    expected, got = _json_outcome(data), _outcome(data)
+    assert got[0] == expected[0] and _same(got[1], expected[1]), (data, got, expected)
+
+
+def test_deep_bodies_under_a_high_depth_limit_are_json_s() -> None:
+    # A limit near Python's recursion limit: json's RecursionError decides, as before orjson.
+    data = b'{"x": ' + b"[" * 990 + b"]" * 990 + b"}"
+    assert _outcome(data, 2000) == ("refused", "too_deep")
 
 
 def test_limits_follow_the_settings() -> None:

@@ -142,3 +142,16 @@ def test_one_event_per_read_is_observed_as_in_one_read() -> None:
         for got in (per_event[1], one_read[1]):
             assert (got.text, got.prompt_tokens, got.completion_tokens, got.finish_reasons) == ("Hello, world", 7, 3, ["tool_calls"])
             assert [(c.name, c.arguments) for c in got.tool_calls] == [("f", "{}")]
+
+
+@pytest.mark.parametrize("sizes", [[8191, 1, 5], [8192, 3], [8000, 500, 7], [9000], [4096, 4096], [4096, 4095, 1, 1]])
+def test_the_text_kept_is_a_bounded_prefix_however_it_was_read(sizes: list[int]) -> None:
+    """Past MAX_CHECKED_CHARS the text is cut and the answer marked truncated; its length counts everything."""
+    pieces = [chr(ord("a") + i) * n for i, n in enumerate(sizes)]
+    whole = "".join(pieces)
+    events = [event([delta(p)]) for p in pieces]
+    for chunks in (events, [b"".join(events)]):
+        _, answer = observe(chunks, strip=False)
+        assert answer.text == whole[: proxy.MAX_CHECKED_CHARS]
+        assert answer.length == len(whole)
+        assert answer.truncated == (len(whole) > proxy.MAX_CHECKED_CHARS)
