@@ -60,6 +60,14 @@ def new_request_id() -> str:
     return raw.hex()
 
 
+def client_request_id(value: str | None) -> str:
+    """The client's ``x-request-id`` when it is 1 to 128 printable ASCII characters, else a new one: it is
+    echoed in the answer's headers, sent to the model server and written to logs, traces and the audit line."""
+    if value and len(value) <= 128 and value.isascii() and value.isprintable():
+        return value
+    return new_request_id()
+
+
 class SlowClient(Exception):
     """A streaming client left the stream unread for longer than --stream-write-timeout."""
 
@@ -274,7 +282,7 @@ class Router:
         except AmbiguousModel as exc:
             return error_response(400, str(exc), "ambiguous_model")
 
-        request_id = request.headers.get("x-request-id") or new_request_id()
+        request_id = client_request_id(request.headers.get("x-request-id"))
         route = choose(plan, request.headers, request_id)
         tenant = identity.tenant  # from the key or the trusted proxy, never from a header a client sets
         slice_ = self._slice(plan, request.headers)

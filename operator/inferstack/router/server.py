@@ -98,7 +98,8 @@ def _head(status: int, headers: Mapping[str, str], extra: bytes) -> bytes:
     if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
         raise ValueError("newline or carriage return in a response header")
     return b"HTTP/1.1 %d %s\r\n%sDate: %s\r\n%s\r\n" % (
-        status, _PHRASES.get(status, b"Unknown"), fields.encode("utf-8"), _Date.now(), extra)
+        # surrogateescape: a value decoded that way (a model server's header bytes) goes out as it came.
+        status, _PHRASES.get(status, b"Unknown"), fields.encode("utf-8", "surrogateescape"), _Date.now(), extra)
 
 
 class Response:

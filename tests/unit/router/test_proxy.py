@@ -197,3 +197,23 @@ async def test_client_disconnect_cancels_the_backend_request(make_plan, router_c
         while running._value.get() != 0:
             assert time.monotonic() < deadline, "backend request still running after the client left"
             await asyncio.sleep(0.02)
+
+
+async def test_a_request_id_is_kept_only_when_it_is_short_printable_ascii(make_plan, router_client) -> None:
+    """The id is echoed in the answer's headers and sent to the model server: one a client could use to send
+    bytes a header cannot carry, or kilobytes per request, is replaced by one the router makes."""
+    client = await router_client(make_plan(candidate=False))
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "req-42"})
+    assert resp.status == 200 and resp.headers["x-request-id"] == "req-42"
+    port = client.server.port
+    for sent in (b"\xff\xfe-not-utf-8", "ünïcödé".encode(), b"x" * 129):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps(CHAT).encode()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: "
+                     + client._session.headers["Authorization"].encode() + b"\r\nx-request-id: " + sent
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        echoed = answer.split(b"\r\nx-request-id: ")[1].split(b"\r\n")[0]
+        assert echoed != sent and len(echoed) == 32 and echoed.isalnum()  # a fresh one
