@@ -160,19 +160,24 @@ class RouterMetrics:
     ) -> None:
         """Everything measured about one successful answer (client-facing or shadow)."""
         s = self.series(labels)
-        s.requests.inc()
+        s.requests_inc(1)
         s.duration.observe(duration)
         if ttft is not None:
             s.child("ttft").observe(ttft)
-        if prompt_tokens:
+        # Token counts come from the model server: a negative one raises through the counter's own inc, as it did.
+        if prompt_tokens > 0:
+            s.child_inc("prompt_tokens")(prompt_tokens)
+        elif prompt_tokens:
             s.child("prompt_tokens").inc(prompt_tokens)
-        if completion_tokens:
+        if completion_tokens > 0:
+            s.child_inc("completion_tokens")(completion_tokens)
+        elif completion_tokens:
             s.child("completion_tokens").inc(completion_tokens)
         for check, passed in checks.items():
             # Both results' series exist from the first answer checked: a revision that only
             # ever fails must give a pass rate of 0 in PromQL, not "no data".
-            ok, failed = s.check(check)
-            (ok if passed else failed).inc()
+            ok, failed = s.check_incs(check)
+            (ok if passed else failed)(1)
         s.quality.observe(score)
 
     def record_samples(self, labels: Labels, samples: dict[str, float]) -> None:
@@ -276,7 +281,8 @@ class _Series:
     (time to first token, token counts, a check, an evaluator) are made when first used,
     so the series a scrape shows are exactly those ``labels()`` on each use would make."""
 
-    __slots__ = ("_checks", "_children", "_evaluator_incs", "_evaluators", "_labels", "_metrics", "duration", "quality", "requests")
+    __slots__ = ("_check_incs", "_checks", "_children", "_evaluator_incs", "_evaluators", "_incs", "_labels", "_metrics", "duration",
+                 "quality", "requests", "requests_inc")
 
     def __init__(self, metrics: RouterMetrics, labels: Labels) -> None:
         self._metrics = metrics
@@ -288,6 +294,9 @@ class _Series:
         self._checks: dict[str, tuple[Any, Any]] = {}
         self._evaluators: dict[str, tuple[Any, Any, Any]] = {}
         self._evaluator_incs: dict[str, tuple[_Inc, _Inc, _Inc]] = {}
+        self._incs: dict[str, _Inc] = {}
+        self._check_incs: dict[str, tuple[_Inc, _Inc]] = {}
+        self.requests_inc = _inc_of(self.requests)
 
     def child(self, name: str) -> Any:
         """``name``'s child (an attribute of :class:`RouterMetrics` labelled like the answers)."""
@@ -295,6 +304,21 @@ class _Series:
         if child is None:
             child = self._children[name] = _loop_child(getattr(self._metrics, name).labels(*self._labels))
         return child
+
+    def child_inc(self, name: str) -> _Inc:
+        """:func:`_inc_of` :meth:`child`, for amounts known not to be negative."""
+        inc = self._incs.get(name)
+        if inc is None:
+            inc = self._incs[name] = _inc_of(self.child(name))
+        return inc
+
+    def check_incs(self, check: str) -> tuple[_Inc, _Inc]:
+        """:func:`_inc_of` the (pass, fail) children of :meth:`check`."""
+        incs = self._check_incs.get(check)
+        if incs is None:
+            ok, failed = self.check(check)
+            incs = self._check_incs[check] = (_inc_of(ok), _inc_of(failed))
+        return incs
 
     def check(self, check: str) -> tuple[Any, Any]:
         """(pass, fail) children of ``inferstack_router_check_total``."""

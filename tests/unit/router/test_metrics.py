@@ -45,6 +45,13 @@ def test_counters_still_refuse_to_go_down() -> None:
     with pytest.raises(ValueError):
         metrics.record_answer(LABELS_A, duration=0.1, ttft=None, prompt_tokens=-1, completion_tokens=0, checks={}, score=1.0)
     with pytest.raises(ValueError):
+        metrics.record_answer(LABELS_A, duration=0.1, ttft=None, prompt_tokens=5, completion_tokens=-2, checks={}, score=1.0)
+    # As the counters' own inc() left them: what came before the refused count is recorded.
+    get = metrics.registry.get_sample_value
+    assert get("inferstack_router_requests_total", dict(LABELS_A._asdict())) == 2
+    assert get("inferstack_router_prompt_tokens_total", dict(LABELS_A._asdict())) == 5
+    assert get("inferstack_router_completion_tokens_total", dict(LABELS_A._asdict())) == 0
+    with pytest.raises(ValueError):
         metrics.record_samples(LABELS_A, {"judge": -0.5})
     # As the counters' own inc() left it: the sample counted, its sum not.
     judge = {**LABELS_A._asdict(), "evaluator": "judge"}
