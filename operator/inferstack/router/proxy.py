@@ -81,8 +81,10 @@ class Answer:
 
 
 def loads(data: bytes) -> Any:
-    """JSON from bytes; raises ValueError. What orjson refuses but json takes (NaN, integers past
-    64 bits, UTF-16) goes to json, so the answer is what json.loads would give."""
+    """JSON from bytes; raises ValueError. What orjson refuses but json takes (NaN, UTF-16) goes to json.
+    An integer past 64 bits comes back as a float (orjson 3.13 reads it so, where json keeps the int):
+    only the router's view of an answer is parsed (text, ids, usage, which :func:`_count` bounds), and
+    the client gets the model server's own bytes."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -195,18 +197,33 @@ async def read_bounded(response: UpstreamResponse, limit: int) -> bytes:
 
 
 def _choice_text(choice: dict[str, Any]) -> str:
+    """The choice's text; "" for anything that is not a string where one belongs (a model server's answer
+    is not trusted to have the shape it should: an exception here was a 500 for the client)."""
     if "delta" in choice:
-        return (choice.get("delta") or {}).get("content") or ""
-    if "message" in choice:
-        return (choice.get("message") or {}).get("content") or ""
-    return choice.get("text") or ""
+        part = choice["delta"]
+    elif "message" in choice:
+        part = choice["message"]
+    else:
+        part = choice
+    text = part.get("content" if part is not choice else "text") if type(part) is dict else None
+    return text if type(text) is str else ""
+
+
+def _count(value: object) -> int:
+    """A token count from a model server: a non-negative integer (an integral float too), else 0 (a string,
+    a negative count, a bool: it raised, or made the metrics raise, after the answer was read)."""
+    if type(value) is int:
+        return value if value >= 0 else 0
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return 0
 
 
 def _take_usage(answer: Answer, event: dict[str, Any]) -> None:
     usage = event.get("usage")
     if isinstance(usage, dict):
-        answer.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        answer.completion_tokens = int(usage.get("completion_tokens") or 0)
+        answer.prompt_tokens = _count(usage.get("prompt_tokens"))
+        answer.completion_tokens = _count(usage.get("completion_tokens"))
 
 
 def _take_identity(answer: Answer, event: dict[str, Any]) -> None:
@@ -232,8 +249,8 @@ def parse_answer(body: bytes) -> Answer:
         return answer
     _take_usage(answer, event)
     _take_identity(answer, event)
-    choices = event.get("choices") or []
-    if choices and isinstance(choices[0], dict):
+    choices = event.get("choices")
+    if type(choices) is list and choices and type(choices[0]) is dict:
         _take_finish(answer, choices[0].get("finish_reason"))
         text = _choice_text(choices[0])
         answer.text = text[:MAX_CHECKED_CHARS]
@@ -397,8 +414,8 @@ class SSEObserver:
                 _take_identity(answer, event)
             usage = event.get("usage")
             if usage is not None and type(usage) is dict:
-                answer.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                answer.completion_tokens = int(usage.get("completion_tokens") or 0)
+                answer.prompt_tokens = _count(usage.get("prompt_tokens"))
+                answer.completion_tokens = _count(usage.get("completion_tokens"))
             choices = event.get("choices")
             if not choices:
                 usage_chunks += choices == [] and type(usage) is dict

@@ -155,3 +155,27 @@ def test_the_text_kept_is_a_bounded_prefix_however_it_was_read(sizes: list[int])
         assert answer.text == whole[: proxy.MAX_CHECKED_CHARS]
         assert answer.length == len(whole)
         assert answer.truncated == (len(whole) > proxy.MAX_CHECKED_CHARS)
+
+
+@pytest.mark.parametrize("answer", [
+    {"choices": {"0": {"message": {"content": "x"}}}},  # choices an object
+    {"choices": [{"message": ["not", "an", "object"]}]},
+    {"choices": [{"message": {"content": 42}}]},
+    {"choices": [{"delta": "text"}]},
+    {"choices": [{"text": {"nested": True}}]},
+    {"choices": [{"message": {"content": "ok"}}], "usage": {"prompt_tokens": "x", "completion_tokens": -5}},
+    {"choices": [], "usage": {"prompt_tokens": 1e300, "completion_tokens": 18446744073709551617}},
+    {"choices": [{"message": {"content": "ok"}}], "usage": {"prompt_tokens": True, "completion_tokens": 2.5}},
+])
+def test_answers_of_the_wrong_shape_are_read_as_far_as_they_go_never_raising(answer: dict) -> None:
+    """A model server's answer is valid JSON of any shape: what is not where it belongs is skipped (it raised,
+    a 500 for the client or a stream cut), and a token count that is not a non-negative integer counts 0."""
+    data = json.dumps(answer).encode()
+    whole = proxy.parse_answer(data)
+    observer = proxy.SSEObserver()
+    observer.feed(b"data: " + data + b"\n\n")
+    streamed = observer.finish()
+    for seen in (whole, streamed):
+        assert seen.prompt_tokens >= 0 and seen.completion_tokens >= 0
+        assert isinstance(seen.prompt_tokens, int) and isinstance(seen.completion_tokens, int)
+        assert seen.text in ("", "ok")
