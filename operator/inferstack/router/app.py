@@ -86,10 +86,11 @@ class _Relay:
     went away).
     """
 
-    __slots__ = ("first", "gone", "observer", "out", "protocol", "response", "transport")
+    __slots__ = ("feed", "first", "gone", "observer", "out", "protocol", "response", "transport")
 
     def __init__(self, observer: proxy.SSEObserver, out: StreamResponse, request: Request, response: Any) -> None:
         self.observer = observer
+        self.feed = observer.feed  # bound once: this runs per token
         self.out = out
         self.response = response  # complete: the bytes at hand are the last
         self.transport = request.transport
@@ -98,21 +99,29 @@ class _Relay:
         self.first = 0.0  # perf_counter of the first body bytes (time to first token)
 
     def __call__(self, data: bytes) -> bool:
+        chunk = self.feed(data)
+        out = self.out
+        if out.pending or not self.first or self.response.complete:
+            return self._edge(chunk)  # the first bytes (the head goes with them) or the last (the end does)
+        if chunk:  # else a partial line held back while stripping the usage chunk
+            transport = self.transport
+            if transport.is_closing():
+                self.gone = True
+                return False
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return not self.protocol.writing_paused
+
+    def _edge(self, chunk: bytes) -> bool:
         if not self.first:
             self.first = time.perf_counter()
-        observer = self.observer
-        chunk = observer.feed(data)
-        last = self.response.complete
-        if last:
-            chunk += observer.flush()  # a last line without newline, held while stripping
-        frame = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""
         out = self.out
-        if last:
-            frame = out.end(frame)
-        elif out.pending:
-            frame, out.pending = out.pending + frame, b""
+        if self.response.complete:
+            chunk += self.observer.flush()  # a last line without newline, held while stripping
+            frame = out.end(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b"")
+        else:
+            frame, out.pending = out.pending + (b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""), b""
         if not frame:
-            return True  # a partial line held back while stripping the usage chunk
+            return True
         transport = self.transport
         if transport.is_closing():
             self.gone = True

@@ -27,6 +27,7 @@ from inferstack.router.evaluators import MAX_CHECKED_CHARS
 from inferstack.router.upstream import UpstreamClient, UpstreamResponse
 
 _MAX_SSE_LINE = 1024 * 1024  # a longer line is not parsed (and the answer is marked truncated)
+_DEFER_BYTES = 16 * 1024  # whole events' JSON an SSEObserver keeps before it parses them together
 MAX_TOOL_CALLS = 16  # tool calls kept per answer for the evaluators; more mark the answer truncated
 
 
@@ -316,6 +317,8 @@ class SSEObserver:
     _text: list[str] = field(default_factory=list)
     _chars: int = 0
     _drop_blank: bool = False  # the usage chunk was dropped at the end of a read: so is the blank line after it
+    _deferred: list[bytes] = field(default_factory=list)  # whole events' JSON, parsed together later
+    _deferred_bytes: int = 0
 
     def feed(self, chunk: bytes) -> bytes:
         """Observe ``chunk``; returns what to pass on: ``chunk`` itself, unless stripping."""
@@ -329,6 +332,18 @@ class SSEObserver:
             data = chunk[5:-2].strip()
             if not data or data == b"[DONE]":
                 return chunk
+            if b'"usage"' not in data:
+                # Kept to be parsed with the next ones, in one orjson call and one pass of _take
+                # (_take_deferred): per token, only this append (issue 14). Bounded by _DEFER_BYTES;
+                # an event that may be the usage chunk, which may have to be stripped now, is
+                # parsed now.
+                self._deferred.append(data)
+                self._deferred_bytes += len(data)
+                if self._deferred_bytes > _DEFER_BYTES:
+                    self._take_deferred()
+                return chunk
+            if self._deferred:
+                self._take_deferred()  # in order: its text comes before this event's
             try:
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -339,6 +354,8 @@ class SSEObserver:
             if self._take((event,)) and self.strip_usage:
                 return self._strip(chunk)
             return chunk
+        if self._deferred:
+            self._take_deferred()
         if self._partial:
             self._partial += chunk
             data = bytes(self._partial)
@@ -458,9 +475,15 @@ class SSEObserver:
                     self._chars += room
         return usage_chunks
 
+    def _take_deferred(self) -> None:
+        payloads, self._deferred, self._deferred_bytes = self._deferred, [], 0
+        self._take(_events(payloads))
+
     def flush(self) -> bytes:
         """At the end of the stream: observe a last line that had no newline; returns what is
         still to pass on (only when stripping: otherwise it has passed already)."""
+        if self._deferred:
+            self._take_deferred()
         if not self._partial:
             return b""
         line = bytes(self._partial)

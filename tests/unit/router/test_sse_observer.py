@@ -179,3 +179,17 @@ def test_answers_of_the_wrong_shape_are_read_as_far_as_they_go_never_raising(ans
         assert seen.prompt_tokens >= 0 and seen.completion_tokens >= 0
         assert isinstance(seen.prompt_tokens, int) and isinstance(seen.completion_tokens, int)
         assert seen.text in ("", "ok")
+
+
+def test_events_kept_for_a_later_parse_are_bounded_and_come_out_in_order() -> None:
+    """A paced stream's events are parsed in batches (issue 14); what waits is bounded, and the answer is the same."""
+    words = [f"w{i} " for i in range(2000)]
+    events = [event([delta(w)]) for w in words]
+    observer = proxy.SSEObserver()
+    most = 0
+    for e in events:
+        assert observer.feed(e) == e
+        most = max(most, observer._deferred_bytes)
+    assert most <= proxy._DEFER_BYTES + max(len(e) for e in events)
+    answer = observer.finish()
+    assert answer.text == "".join(words)[: proxy.MAX_CHECKED_CHARS] and answer.length == len("".join(words))
