@@ -12,9 +12,10 @@ quotes nothing the client sent, and a closed connection (the parser cannot go on
 * malformed HTTP (llhttp in its strict mode: bad header names or values, a request with both
   ``Content-Length`` and ``Transfer-Encoding``, a ``Transfer-Encoding`` that does not end in
   ``chunked``, bad chunk framing): 400;
-* a head over ``MAX_HEAD_BYTES``, more than ``MAX_HEADERS`` header fields, or one field over
-  ``MAX_FIELD_BYTES``: 431; a target over ``MAX_FIELD_BYTES``: 414;
-* an ``Expect`` other than ``100-continue``: 417; an upgrade (WebSocket, h2c): 400;
+* a head over ``MAX_HEAD_BYTES`` (past the read it began in), more than ``MAX_HEADERS`` header
+  fields: 431; one field over ``MAX_FIELD_BYTES``: 400; a target over ``MAX_FIELD_BYTES``: 414;
+* an ``Expect`` other than ``100-continue``: 417; bytes after a ``CONNECT``: 400 (an ``Upgrade`` header
+  is ignored: the request is answered over HTTP/1.1 and the connection closed);
 * a head not received within ``head_timeout`` seconds of its first byte (slowloris): 408.
 
 Its log names the peer and the kind of error only (a refused header line can be an API key).
@@ -324,6 +325,7 @@ class _Connection(asyncio.Protocol):
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._in_head = False
+        self._messages = 0  # requests begun on this connection
         self._expect = False
         self._request: Request | None = None  # being received
         self._queue: deque[Request] = deque()  # received, waiting for the one being handled
@@ -420,12 +422,16 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
+        in_head, messages = self._in_head, self._messages
         try:
             self.parser.feed_data(data)
-            if self._in_head and self._head_bytes > MAX_HEAD_BYTES + MAX_FIELD_BYTES:
-                raise _Refuse(431, "the request head is too large")
+            # llhttp buffers a head's partial field itself, unbounded: count what a head has taken.
+            # A read in which the head began is not counted (it may hold the message before):
+            # the bound is MAX_HEAD_BYTES past the read a head starts in.
+            if self._in_head and in_head and self._messages == messages:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    raise _Refuse(431, "the request head is too large")
         except _Refuse as refusal:
             self._refuse(refusal)
         except httptools.HttpParserUpgrade:
@@ -444,6 +450,7 @@ class _Connection(asyncio.Protocol):
             self._refuse(_Refuse(400, "malformed HTTP request"), kind=type(exc).__name__)
 
     def on_message_begin(self) -> None:
+        self._messages += 1
         self._in_head = True
         self._head_bytes = 0
         self._target = b""

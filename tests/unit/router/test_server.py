@@ -115,6 +115,7 @@ async def test_keep_alive_serves_several_requests_on_one_connection(serve) -> No
     (b"POST /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET + b"\x01\r\n\r\n", 400),  # control character
     (b"POST /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET + b"k" * 9000 + b"\r\n\r\n", 400),  # line too long
     (b"POST /x HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-%d: v\r\n" % i for i in range(200)) + b"\r\n", 431),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-%d: %s\r\n" % (i, b"v" * 8000) for i in range(120)), 431),  # 960 KB
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}", 417),
     (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),  # smuggling
