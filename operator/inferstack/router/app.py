@@ -108,18 +108,17 @@ class _Relay:
             if transport.is_closing():
                 self.gone = True
                 return False
-            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))  # out.framed, inlined: the head is gone
         return not self.protocol.writing_paused
 
     def _edge(self, chunk: bytes) -> bool:
         if not self.first:
             self.first = time.perf_counter()
-        out = self.out
         if self.response.complete:
             chunk += self.observer.flush()  # a last line without newline, held while stripping
-            frame = out.end(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b"")
+            frame = self.out.end(chunk)
         else:
-            frame, out.pending = out.pending + (b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""), b""
+            frame = self.out.framed(chunk)
         if not frame:
             return True
         transport = self.transport

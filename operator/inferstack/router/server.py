@@ -129,9 +129,11 @@ class Response:
 class StreamResponse:
     """An answer written as it is produced (chunked); ``prepare`` sends the head.
 
-    ``hold`` instead keeps the head in ``pending`` until the first write, which then sends both in
-    one ``transport.write`` (a syscall and a TCP segment fewer per stream, when the first chunk is
-    already there: router/app.py's relay of a model server's stream).
+    ``hold`` instead keeps the head until the first write, which then sends both in one
+    ``transport.write`` (a syscall and a TCP segment fewer per stream, when the first chunk is
+    already there: router/app.py's relay of a model server's stream); a write of nothing sends it
+    alone. A caller that writes to the transport itself frames its bytes with ``framed`` and
+    ``end``, which put the held head first: this class alone decides when the head goes.
     """
 
     __slots__ = ("_conn", "_eof", "close", "headers", "pending", "status")
@@ -140,7 +142,7 @@ class StreamResponse:
         self.status = status
         self.headers: dict[str, str] = dict(headers) if headers else {}
         self.close = False
-        self.pending = b""  # the head, held until the first write
+        self.pending = b""  # the head, held until the first write (read it; ``framed`` and ``end`` take it)
         self._conn: _Connection | None = None
         self._eof = False
 
@@ -148,13 +150,9 @@ class StreamResponse:
     def prepared(self) -> bool:
         return self._conn is not None
 
-    @property
-    def ended(self) -> bool:
-        return self._eof
-
     async def prepare(self, request: Request) -> None:
         self.hold(request)
-        self._send(b"")
+        await self.write(b"")
 
     def hold(self, request: Request) -> None:
         conn = request.protocol
@@ -171,23 +169,25 @@ class StreamResponse:
             raise ClientConnectionResetError("Cannot write to closing transport")
         return transport
 
-    def _send(self, data: bytes) -> None:
-        transport = self._transport()
+    def framed(self, data: bytes) -> bytes:
+        """``data`` as one chunk (nothing for no data), after the head if it is still held: the bytes to write
+        (the head counts as sent)."""
+        frame = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
         if self.pending:
-            data, self.pending = self.pending + data, b""
-        if data:
-            transport.write(data)
+            frame, self.pending = self.pending + frame, b""
+        return frame
 
-    def end(self, frame: bytes = b"") -> bytes:
-        """The stream's last bytes: the head if still held, ``frame`` (a chunk), the end; for the caller to
-        write. The stream counts as ended."""
+    def end(self, data: bytes = b"") -> bytes:
+        """The stream's last bytes: :meth:`framed` ``data`` and the end, for the caller to write; the stream
+        counts as ended."""
         self._eof = True
-        data, self.pending = self.pending + frame + b"0\r\n\r\n", b""
-        return data
+        return self.framed(data) + b"0\r\n\r\n"
 
     async def write(self, data: bytes) -> None:
-        if data:
-            self._send(b"%x\r\n%b\r\n" % (len(data), data))
+        transport = self._transport()
+        frame = self.framed(data)
+        if frame:
+            transport.write(frame)
         await self.drain()
 
     async def drain(self) -> None:
@@ -200,7 +200,7 @@ class StreamResponse:
     async def write_eof(self) -> None:
         if self._eof:
             return
-        self._send(self.end())
+        self._transport().write(self.end())
 
 
 Handler = Callable[["Request"], Awaitable[Response | StreamResponse]]

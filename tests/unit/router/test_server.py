@@ -306,3 +306,36 @@ async def test_shutdown_lets_an_answer_in_flight_finish_and_closes_idle_connecti
     assert statuses(answer) == [200] and answer.endswith(b"done") and b"Connection: close" in answer
     idle_writer.close()
     writer.close()
+
+
+async def test_a_held_head_goes_out_alone_on_an_empty_write_and_with_the_first_chunk_otherwise(serve) -> None:
+    """``hold`` keeps the head for the first chunk (one write); ``write(b"")`` sends it at once (no token yet)."""
+    first_chunk = asyncio.Event()
+
+    async def stream(request: Request) -> StreamResponse:
+        out = StreamResponse(headers={"Content-Type": "text/event-stream"})
+        out.hold(request)
+        if request.path == "/now":
+            await out.write(b"")
+        await first_chunk.wait()
+        await out.write(b"data: 1\n\n")
+        await out.write_eof()
+        return out
+
+    served = await serve(stream)
+    for path in ("/now", "/held"):
+        first_chunk.clear()
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        try:
+            writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
+            if path == "/now":
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # before any chunk
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in head
+            else:
+                with pytest.raises(TimeoutError):  # nothing until the first chunk
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+            first_chunk.set()
+            rest = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert rest.endswith(b"9\r\ndata: 1\n\n\r\n0\r\n\r\n")
