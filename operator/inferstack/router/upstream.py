@@ -85,6 +85,18 @@ class MalformedResponse(aiohttp.ClientError):
     """The model server's answer is not HTTP/1.1 the router can read (``upstream_io``)."""
 
 
+def _whole_chunk(data: bytes) -> int:
+    """Where the payload starts when ``data`` is exactly one whole, non-empty chunk with no extension
+    (``size CRLF payload CRLF``, a token as a model server writes it), else 0."""
+    eol = data.find(b"\r\n", 0, 17)
+    if eol > 0 and _HEX.fullmatch(data, 0, eol) is not None:
+        start = eol + 2
+        end = start + int(data[:eol], 16)
+        if end > start and end + 2 == len(data) and data[end:] == b"\r\n":
+            return start
+    return 0
+
+
 @lru_cache(maxsize=1024)
 def _target(url: URL) -> tuple[str, int, bytes]:
     """(host to connect to, port, the request line and Host header), once per URL."""
@@ -564,20 +576,18 @@ class _Response:
             # A relayed stream's read that is exactly one whole chunk, no extension: a token as a
             # model server writes it, nearly every read of a paced stream. Handed to the sink with
             # none of the general path's steps (issue 14: per event, the steps were its cost).
-            eol = data.find(b"\r\n", 0, 17)
-            if eol > 0 and _HEX.fullmatch(data, 0, eol) is not None:
-                end = eol + 2 + int(data[:eol], 16)
-                if end > eol + 2 and end + 2 == len(data) and data[end:] == b"\r\n":
-                    if self._read_timeout is not None:
-                        self._last_data = self._loop.time()
-                    try:
-                        go_on = sink(data[eol + 2:end])
-                    except BaseException as exc:  # the router's own failure, from a protocol callback: relay() raises it
-                        self._sink_exc = exc
-                        go_on = False
-                    if not go_on:
-                        self._hold()
-                    return
+            start = _whole_chunk(data)
+            if start:
+                if self._read_timeout is not None:
+                    self._last_data = self._loop.time()
+                try:
+                    go_on = sink(data[start:-2])
+                except BaseException as exc:  # the router's own failure, from a protocol callback: relay() raises it
+                    self._sink_exc = exc
+                    go_on = False
+                if not go_on:
+                    self._hold()
+                return
         if self._exc is not None or self._complete:
             return
         if self._read_timeout is not None:
@@ -734,13 +744,11 @@ class _Response:
         if state == _SIZE:
             # Exactly one whole chunk, no extension: a streamed event as a model server writes it,
             # nearly every read of a paced stream. Taken here without the general loop below.
-            eol = data.find(b"\r\n", 0, 17)
-            if eol > 0 and _HEX.fullmatch(data, 0, eol) is not None:
-                end = eol + 2 + int(data[:eol], 16)
-                if end > eol + 2 and end + 2 == len(data) and data[end:] == b"\r\n":
-                    pieces.append(data[eol + 2:end])
-                    self._buffered += end - eol - 2
-                    return
+            start = _whole_chunk(data)
+            if start:
+                pieces.append(data[start:-2])
+                self._buffered += len(data) - start - 2
+                return
         pos, n = 0, len(data)
         while pos < n:
             if state == _DATA:
