@@ -8,12 +8,12 @@ agree on who is a canary user without sharing state.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from inferstack.core.trafficplan import RevisionBundle, TrafficPlan
+from inferstack.router.randomness import token_bytes
 
 BUCKETS = 10_000  # weight resolution: 0.01 %
 
@@ -106,8 +106,9 @@ def choose(plan: TrafficPlan, headers: Mapping[str, str], request_id: str) -> Ro
     candidate already serves would measure it twice.
     """
     who = identity(plan, headers)
-    # Anonymous: 128 random bits in hex, hashed like an identity (uuid4().hex, 1.7 µs, builds a UUID object for it: 0.4 µs).
-    key = who if who is not None else secrets.token_hex(16)
+    # Anonymous: 128 random bits in hex, hashed like an identity (uuid4().hex, 1.7 µs, built a UUID object for
+    # it), from the router's pooled CSPRNG like its other per-request bytes (router/randomness.py).
+    key = who if who is not None else token_bytes(16).hex()
     if plan.candidate is not None and in_candidate(plan, key):
         return _route("candidate", plan.candidate, None, who is not None)
     shadow = plan.candidate if plan.candidate is not None and shadowed(plan, request_id) else None

@@ -1,8 +1,10 @@
 """Random bytes for the router's ids and nonces, drawn from the OS 4 KiB at a time.
 
-Every request takes some: its request id (16 bytes), the nonce of its signed response id (8)
-and, without a tenant, a cache salt (32). ``os.urandom`` for each was a ``getrandom`` syscall
-each, three per request on the hot path (issue 14). The bytes are the kernel's CSPRNG output
+A request takes some: its request id when the client sent none (16 bytes), its assignment key
+when it carries no user identity (16) and, without a tenant, a cache salt (32). ``os.urandom``
+for each was a ``getrandom`` syscall each on the hot path (issue 14). The nonce of a signed
+response id stays ``secrets.token_bytes``: ``feedback.Signer`` is pure and may be used from any
+thread. The bytes are the kernel's CSPRNG output
 either way, only drawn in batches; a forked child starts a pool of its own, so no two
 processes hand out the same bytes.
 
