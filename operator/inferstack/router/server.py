@@ -161,13 +161,10 @@ class StreamResponse:
         self._conn = conn
         request.answered = True
 
-    def _transport(self) -> Any:
+    def _connection(self) -> _Connection:
         conn = self._conn
         assert conn is not None, "prepare() first"
-        transport = conn.transport
-        if transport is None or transport.is_closing():
-            raise ClientConnectionResetError("Cannot write to closing transport")
-        return transport
+        return conn
 
     def framed(self, data: bytes) -> bytes:
         """``data`` as one chunk (nothing for no data), after the head if it is still held: the bytes to write
@@ -184,23 +181,19 @@ class StreamResponse:
         return self.framed(data) + b"0\r\n\r\n"
 
     async def write(self, data: bytes) -> None:
-        transport = self._transport()
-        frame = self.framed(data)
-        if frame:
-            transport.write(frame)
+        self._connection().write(self.framed(data))
         await self.drain()
 
     async def drain(self) -> None:
-        conn = self._conn
-        assert conn is not None
+        conn = self._connection()
         if conn.writing_paused:
-            self._transport()
+            conn.write(b"")  # raises when the client went away
             await conn.drained()
 
     async def write_eof(self) -> None:
         if self._eof:
             return
-        self._transport().write(self.end())
+        self._connection().write(self.end())
 
 
 Handler = Callable[["Request"], Awaitable[Response | StreamResponse]]
@@ -326,7 +319,6 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = False
         self._messages = 0  # requests begun on this connection
-        self._expect = False
         self._request: Request | None = None  # being received
         self._queue: deque[Request] = deque()  # received, waiting for the one being handled
         self._task: asyncio.Task[None] | None = None
@@ -389,10 +381,12 @@ class _Connection(asyncio.Protocol):
             await self._drain
 
     def write(self, data: bytes) -> None:
+        """Write ``data`` (none: only check); raises as aiohttp's writers do when the client went away."""
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ClientConnectionResetError("Cannot write to closing transport")
-        transport.write(data)
+        if data:
+            transport.write(data)
 
     def _arm(self, seconds: float) -> None:
         # A deadline the server's once-a-second sweep checks, not a timer per request: arming and
@@ -455,7 +449,6 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._target = b""
         self._fields = []
-        self._expect = False
         self._arm(self.server.head_timeout)
 
     def on_url(self, url: bytes) -> None:
