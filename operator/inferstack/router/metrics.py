@@ -281,8 +281,8 @@ class _Series:
     (time to first token, token counts, a check, an evaluator) are made when first used,
     so the series a scrape shows are exactly those ``labels()`` on each use would make."""
 
-    __slots__ = ("_check_incs", "_checks", "_children", "_evaluator_incs", "_evaluators", "_incs", "_labels", "_metrics", "duration",
-                 "quality", "requests", "requests_inc")
+    __slots__ = ("_check_incs", "_children", "_evaluator_incs", "_incs", "_labels", "_metrics", "duration", "quality",
+                 "requests", "requests_inc")
 
     def __init__(self, metrics: RouterMetrics, labels: Labels) -> None:
         self._metrics = metrics
@@ -291,8 +291,7 @@ class _Series:
         self.duration = _loop_child(metrics.duration.labels(*labels))
         self.quality = _loop_child(metrics.quality.labels(*labels))
         self._children: dict[str, Any] = {}
-        self._checks: dict[str, tuple[Any, Any]] = {}
-        self._evaluators: dict[str, tuple[Any, Any, Any]] = {}
+        # What an answer adds to, per check and evaluator (check_incs, evaluator_incs): made on first use.
         self._evaluator_incs: dict[str, tuple[_Inc, _Inc, _Inc]] = {}
         self._incs: dict[str, _Inc] = {}
         self._check_incs: dict[str, tuple[_Inc, _Inc]] = {}
@@ -321,13 +320,11 @@ class _Series:
         return incs
 
     def check(self, check: str) -> tuple[Any, Any]:
-        """(pass, fail) children of ``inferstack_router_check_total``."""
-        pair = self._checks.get(check)
-        if pair is None:
-            checks = self._metrics.checks
-            pair = self._checks[check] = (_loop_child(checks.labels(*self._labels, check, "pass")),
-                                          _loop_child(checks.labels(*self._labels, check, "fail")))
-        return pair
+        """(pass, fail) children of ``inferstack_router_check_total`` (the metric keeps them: ``labels`` gives the
+        same children again, and making one a loop child twice changes nothing)."""
+        checks = self._metrics.checks
+        return (_loop_child(checks.labels(*self._labels, check, "pass")),
+                _loop_child(checks.labels(*self._labels, check, "fail")))
 
     def evaluator_incs(self, evaluator: str) -> tuple[_Inc, _Inc, _Inc]:
         """The ``inc`` of :meth:`evaluator`'s values, for amounts known not to be negative: a
@@ -340,11 +337,7 @@ class _Series:
         return incs
 
     def evaluator(self, evaluator: str) -> tuple[Any, Any, Any]:
-        """(samples, sum, sum of squares) children of one evaluator."""
-        children = self._evaluators.get(evaluator)
-        if children is None:
-            m, key = self._metrics, (*self._labels, evaluator)
-            children = self._evaluators[evaluator] = (_loop_child(m.eval_samples.labels(*key)),
-                                                      _loop_child(m.eval_sum.labels(*key)),
-                                                      _loop_child(m.eval_squares.labels(*key)))
-        return children
+        """(samples, sum, sum of squares) children of one evaluator (kept by the metrics, as in :meth:`check`)."""
+        m, key = self._metrics, (*self._labels, evaluator)
+        return (_loop_child(m.eval_samples.labels(*key)), _loop_child(m.eval_sum.labels(*key)),
+                _loop_child(m.eval_squares.labels(*key)))
